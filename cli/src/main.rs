@@ -1,0 +1,130 @@
+//! `tidecast`: every service in one binary. With no arguments it runs everything (`all`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tidecast_common::metrics::Registry;
+use tidecast_common::Config;
+use tokio::net::TcpListener;
+use tracing::info;
+
+/// Live streaming origin, transcode ladder and player demo in one binary.
+///
+/// Publish from OBS with Server `rtmp://HOST:1935/live` and any Stream key (open mode) or a key
+/// from `[ingest.keys]`; watch at `http://HOST:8080/demo/` or `/live/{stream}/master.m3u8`.
+/// Every config key can also be set as `TIDECAST_SECTION__KEY` (e.g. `TIDECAST_ORIGIN__HTTP_LISTEN`).
+#[derive(Parser, Debug)]
+#[command(name = "tidecast", version, about, long_about)]
+struct Cli {
+    /// TOML config file (defaults are embedded; see docs/configuration.md).
+    #[arg(long, short, global = true, env = "TIDECAST_CONFIG")]
+    config: Option<PathBuf>,
+    /// RTMP listen address (ingest.rtmp_listen), default 0.0.0.0:1935.
+    #[arg(long, global = true)]
+    rtmp_listen: Option<String>,
+    /// Origin HTTP listen address (origin.http_listen), default 0.0.0.0:8080.
+    #[arg(long, global = true)]
+    http_listen: Option<String>,
+    /// Data directory (data_dir), default ./data.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Stream key mapping KEY=STREAM (repeatable); with none, publishing is open.
+    #[arg(long = "stream-key", global = true, value_name = "KEY=STREAM")]
+    stream_keys: Vec<String>,
+    /// Log filter (RUST_LOG syntax), default `info`.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+enum Command {
+    /// Every service in one process (the default).
+    All,
+    /// Only the RTMP ingest and transcode ladder (needs an origin in the same process for now).
+    Ingest,
+    /// Only the origin HTTP server.
+    Origin,
+    /// Print the effective configuration as TOML-like debug output and exit.
+    Config,
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    let mut config =
+        Config::load(cli.config.as_deref(), std::env::vars()).context("loading configuration")?;
+    if let Some(v) = &cli.rtmp_listen {
+        config.ingest.rtmp_listen = v.clone();
+    }
+    if let Some(v) = &cli.http_listen {
+        config.origin.http_listen = v.clone();
+    }
+    if let Some(v) = &cli.data_dir {
+        config.data_dir = v.clone();
+    }
+    for pair in &cli.stream_keys {
+        let (key, stream) = pair
+            .split_once('=')
+            .with_context(|| format!("--stream-key {pair}: expected KEY=STREAM"))?;
+        anyhow::ensure!(
+            tidecast_common::keys::is_valid_stream_name(stream),
+            "--stream-key {pair}: stream names are 1-64 characters of A-Z a-z 0-9 _ -"
+        );
+        config
+            .ingest
+            .keys
+            .insert(key.to_string(), stream.to_string());
+    }
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .init();
+    let config = load_config(&cli)?;
+    let command = cli.command.unwrap_or(Command::All);
+    if let Command::Config = command {
+        println!("{config:#?}");
+        return Ok(());
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let registry = Registry::default();
+    let origin = tidecast_origin::Origin::new(&config, &registry);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if matches!(command, Command::All | Command::Origin) {
+        let listener = TcpListener::bind(&config.origin.http_listen)
+            .await
+            .with_context(|| format!("binding origin HTTP on {}", config.origin.http_listen))?;
+        let o = origin.clone();
+        tasks.spawn(async move { o.serve(listener).await.context("origin http") });
+    }
+    if matches!(command, Command::All | Command::Ingest) {
+        tidecast_ingest::ladder::init_gstreamer().context("initialising GStreamer")?;
+        let listener = TcpListener::bind(&config.ingest.rtmp_listen)
+            .await
+            .with_context(|| format!("binding RTMP on {}", config.ingest.rtmp_listen))?;
+        let ingest = tidecast_ingest::IngestServer::new(&config, origin.event_sender(), &registry);
+        tasks.spawn(async move { ingest.run(listener).await.context("rtmp ingest") });
+    }
+    info!(?command, "tidecast running");
+    tokio::select! {
+        r = tasks.join_next() => {
+            match r {
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(e)) => anyhow::bail!("service task failed: {e}"),
+                _ => {}
+            }
+        }
+        _ = tokio::signal::ctrl_c() => info!("interrupted, shutting down"),
+    }
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! Configuration: one TOML file, every key overridable by `TIDECAST_SECTION__KEY=value` env vars.
+//!
+//! Defaults are embedded, so `tidecast` with no file runs everything with open publishing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Errors reading or merging configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The TOML (file or merged env) did not parse or did not fit the schema.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where local data (object store, spool) lives.
+    pub data_dir: PathBuf,
+    /// RTMP ingest.
+    pub ingest: IngestConfig,
+    /// Transcode ladder.
+    pub ladder: LadderConfig,
+    /// Origin HTTP server and packager.
+    pub origin: OriginConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            ingest: IngestConfig::default(),
+            ladder: LadderConfig::default(),
+            origin: OriginConfig::default(),
+        }
+    }
+}
+
+/// RTMP ingest settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// RTMP listen address.
+    pub rtmp_listen: String,
+    /// RTMP application name publishers connect to (`rtmp://host:1935/{app}`).
+    pub app: String,
+    /// Stream key → stream name. Empty = open publishing (stream name = key).
+    pub keys: BTreeMap<String, String>,
+    /// Seconds a client may take to finish the handshake and start publishing.
+    pub handshake_timeout_secs: u64,
+    /// Seconds without any bytes from a publisher before it is dropped.
+    pub idle_timeout_secs: u64,
+    /// A new publisher on a live key takes the stream over if the current one has sent no media
+    /// for this many seconds (a half-dead connection after a network drop); otherwise it is refused.
+    pub takeover_after_secs: u64,
+    /// Where ladders send CMAF: empty = this process's origin; an URL (`http://origin:8080`) =
+    /// HTTP push to a remote origin.
+    pub origin_url: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            rtmp_listen: "0.0.0.0:1935".into(),
+            app: "live".into(),
+            keys: BTreeMap::new(),
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 15,
+            takeover_after_secs: 3,
+            origin_url: String::new(),
+        }
+    }
+}
+
+/// One rung of the video ladder.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RungConfig {
+    /// Rendition name used in URLs, e.g. `720p`.
+    pub name: String,
+    /// Output height; width follows the source aspect ratio.
+    pub height: u32,
+    /// x264 target bitrate in kbit/s.
+    pub video_kbps: u32,
+}
+
+/// Transcode ladder settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LadderConfig {
+    /// Target segment duration in milliseconds; transcoded rungs get a keyframe at each boundary.
+    pub segment_ms: u64,
+    /// x264 `speed-preset` (ultrafast … veryslow).
+    pub x264_preset: String,
+    /// x264 threads per rung (0 = auto).
+    pub x264_threads: u32,
+    /// Add a `source` rendition that repackages the publisher's H.264 without re-encoding.
+    pub passthrough: bool,
+    /// Video rungs, highest first; rungs above the source height are dropped.
+    pub rungs: Vec<RungConfig>,
+}
+
+impl Default for LadderConfig {
+    fn default() -> Self {
+        let rung = |name: &str, height, video_kbps| RungConfig {
+            name: name.into(),
+            height,
+            video_kbps,
+        };
+        LadderConfig {
+            segment_ms: 2000,
+            x264_preset: "veryfast".into(),
+            x264_threads: 0,
+            passthrough: false,
+            rungs: vec![
+                rung("1080p", 1080, 5000),
+                rung("720p", 720, 2800),
+                rung("480p", 480, 1400),
+                rung("360p", 360, 800),
+                rung("240p", 240, 400),
+            ],
+        }
+    }
+}
+
+/// Origin settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginConfig {
+    /// HTTP listen address.
+    pub http_listen: String,
+    /// Segments listed in a live media playlist.
+    pub window_segments: usize,
+    /// Segments kept downloadable after they leave the playlist.
+    pub grace_segments: usize,
+    /// Streams that ended are forgotten after this many seconds.
+    pub ended_stream_ttl_secs: u64,
+    /// Directory with the player demo to serve under `/demo/` instead of the embedded copy.
+    pub demo_dir: Option<PathBuf>,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            http_listen: "0.0.0.0:8080".into(),
+            window_segments: 6,
+            grace_segments: 6,
+            ended_stream_ttl_secs: 3600,
+            demo_dir: None,
+        }
+    }
+}
+
+impl Config {
+    /// Parse TOML text (missing keys take defaults).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let value: toml::Value =
+            toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Self::from_value(value)
+    }
+
+    fn from_value(value: toml::Value) -> Result<Self, ConfigError> {
+        value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// Load: optional file, then env overrides from `vars` (pass `std::env::vars()`).
+    pub fn load(
+        path: Option<&std::path::Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let mut value: toml::Value =
+            toml::from_str(&text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for (name, raw) in vars {
+            if let Some(rest) = name.strip_prefix("TIDECAST_") {
+                apply_env_override(&mut value, rest, &raw)?;
+            }
+        }
+        Self::from_value(value)
+    }
+}
+
+/// `INGEST__RTMP_LISTEN=…` sets `ingest.rtmp_listen`. Path parts are lower-cased except map keys
+/// under `keys` (stream keys are case-sensitive). Values parse as TOML scalars/arrays when they
+/// can (`2000`, `true`, `["a"]`) and are strings otherwise.
+fn apply_env_override(root: &mut toml::Value, path: &str, raw: &str) -> Result<(), ConfigError> {
+    let mut parts: Vec<String> = Vec::new();
+    for part in path.split("__") {
+        if part.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "env override TIDECAST_{path}: empty path component"
+            )));
+        }
+        let keep_case = parts.last().map(|p| p == "keys").unwrap_or(false);
+        parts.push(if keep_case {
+            part.to_string()
+        } else {
+            part.to_ascii_lowercase()
+        });
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut cur = root;
+    let (last, dirs) = parts
+        .split_last()
+        .ok_or_else(|| ConfigError::Invalid("empty env override".into()))?;
+    for dir in dirs {
+        let table = cur
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Invalid(format!("TIDECAST_{path}: not a table")))?;
+        cur = table
+            .entry(dir.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    }
+    let table = cur
+        .as_table_mut()
+        .ok_or_else(|| ConfigError::Invalid(format!("TIDECAST_{path}: not a table")))?;
+    table.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_file() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.ladder.rungs.len(), 5);
+    }
+
+    #[test]
+    fn env_overrides_nested_keys() {
+        let vars = vec![
+            (
+                "TIDECAST_ORIGIN__HTTP_LISTEN".into(),
+                "127.0.0.1:9000".into(),
+            ),
+            ("TIDECAST_LADDER__SEGMENT_MS".into(), "1000".into()),
+            ("TIDECAST_INGEST__KEYS__AbC".into(), "main".into()),
+            ("OTHER".into(), "x".into()),
+        ];
+        let c = Config::load(None, vars).unwrap();
+        assert_eq!(c.origin.http_listen, "127.0.0.1:9000");
+        assert_eq!(c.ladder.segment_ms, 1000);
+        assert_eq!(c.ingest.keys.get("AbC").map(String::as_str), Some("main"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::from_toml("[origin]\nhttp_lsten = 'x'").is_err());
+        let c = Config::from_toml("[[ladder.rungs]]\nname='a'\nheight=100\nvideo_kbps=10").unwrap();
+        assert_eq!(c.ladder.rungs.len(), 1);
+    }
+}

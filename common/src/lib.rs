@@ -1,0 +1,11 @@
+//! Shared pieces of tidecast: configuration (TOML + `TIDECAST_…` env overrides), the live media
+//! events that flow from ingest to origin, stream-key checks and a small Prometheus registry.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod keys;
+pub mod live;
+pub mod metrics;
+
+pub use config::{Config, ConfigError};
+pub use live::{CmafSegment, LiveEvent, RenditionInfo, TrackKind};

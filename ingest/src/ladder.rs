@@ -1,0 +1,517 @@
+//! The transcode ladder: one GStreamer pipeline per publishing session.
+//!
+//! ```text
+//! appsrc (FLV bytes) ─ flvdemux ─┬─ h264parse ─ avdec_h264 ─ videoconvert(I420)
+//!                                │      └─ scale→tee(720p) ─┬─ x264enc ─ cmafmux ─ appsink
+//!                                │                          └─ scale→tee(480p) ─┬─ …
+//!                                └─ aacparse ─ cmafmux ─ appsink (audio)
+//! ```
+//! Decode once; each rung scales from the previous rung (a cascade, cheaper than scaling every
+//! rung from the source). Every `cmafmux` asks its encoder for a keyframe at each fragment
+//! boundary (`send-force-keyunit`), and all rungs see the same decoded frames, so segments are cut
+//! at the same PTS in every rendition.
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use tidecast_common::{CmafSegment, LiveEvent, RenditionInfo, TrackKind};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::ladder_plan::PlannedRung;
+use crate::IngestError;
+
+/// Settings that shape every ladder (from `[ladder]` config).
+#[derive(Debug, Clone)]
+pub struct LadderSettings {
+    /// Target segment duration.
+    pub segment: Duration,
+    /// x264 speed preset.
+    pub x264_preset: String,
+    /// x264 threads per rung (0 = auto).
+    pub x264_threads: u32,
+}
+
+/// Initialise GStreamer and register `cmafmux` (statically linked from gst-plugin-fmp4).
+pub fn init_gstreamer() -> Result<(), IngestError> {
+    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
+    INIT.get_or_init(|| {
+        gst::init().map_err(|e| e.to_string())?;
+        gstfmp4::plugin_register_static().map_err(|e| e.to_string())?;
+        for needed in [
+            "appsrc",
+            "flvdemux",
+            "h264parse",
+            "avdec_h264",
+            "videoconvert",
+            "videoscale",
+            "x264enc",
+            "aacparse",
+            "cmafmux",
+            "appsink",
+            "tee",
+            "queue",
+        ] {
+            if gst::ElementFactory::find(needed).is_none() {
+                return Err(format!(
+                    "GStreamer element '{needed}' is missing; install gstreamer1.0-plugins-base, \
+                     -good, -bad, -ugly and gstreamer1.0-libav (infra/bootstrap.sh does)"
+                ));
+            }
+        }
+        Ok(())
+    })
+    .clone()
+    .map_err(IngestError::Ladder)
+}
+
+/// One running ladder.
+pub struct Ladder {
+    stream: String,
+    pipeline: gst::Pipeline,
+    appsrc: gst_app::AppSrc,
+    done: Option<std_mpsc::Sender<()>>,
+}
+
+/// What the ladder is asked to build.
+#[derive(Debug, Clone)]
+pub struct LadderInput {
+    /// Stream name.
+    pub stream: String,
+    /// Session id.
+    pub session: u64,
+    /// Planned video rungs, highest first.
+    pub rungs: Vec<PlannedRung>,
+    /// Whether the source has AAC audio.
+    pub has_audio: bool,
+    /// Ingest wall clock of the first media byte (running time 0).
+    pub started_at: SystemTime,
+}
+
+fn make(factory: &str, name: &str) -> Result<gst::Element, IngestError> {
+    gst::ElementFactory::make(factory)
+        .name(name)
+        .build()
+        .map_err(|e| IngestError::Ladder(format!("creating {factory}: {e}")))
+}
+
+fn link(elements: &[&gst::Element]) -> Result<(), IngestError> {
+    gst::Element::link_many(elements.iter().copied())
+        .map_err(|e| IngestError::Ladder(format!("linking: {e}")))
+}
+
+fn queue(name: &str) -> Result<gst::Element, IngestError> {
+    let q = make("queue", name)?;
+    // generous in time, so a slow rung does not stall its siblings for a moment
+    q.set_property("max-size-time", 4_000_000_000u64);
+    q.set_property("max-size-buffers", 0u32);
+    q.set_property("max-size-bytes", 0u32);
+    Ok(q)
+}
+
+impl Ladder {
+    /// Build and start the pipeline; announces the session to `sink`.
+    pub fn start(
+        input: LadderInput,
+        settings: &LadderSettings,
+        sink: mpsc::Sender<LiveEvent>,
+    ) -> Result<Ladder, IngestError> {
+        init_gstreamer()?;
+        let pipeline =
+            gst::Pipeline::with_name(&format!("ladder-{}-{}", input.stream, input.session));
+        let appsrc = gst_app::AppSrc::builder()
+            .name("src")
+            .caps(&gst::Caps::builder("video/x-flv").build())
+            .is_live(false)
+            .stream_type(gst_app::AppStreamType::Stream)
+            .max_bytes(64 * 1024 * 1024)
+            .build();
+        let demux = make("flvdemux", "demux")?;
+        pipeline
+            .add_many([appsrc.upcast_ref(), &demux])
+            .map_err(|e| IngestError::Ladder(e.to_string()))?;
+        link(&[appsrc.upcast_ref(), &demux])?;
+
+        // video: parse, decode once, convert to I420 once
+        let vqueue = queue("vqueue")?;
+        let parse = make("h264parse", "vparse")?;
+        let dec = make("avdec_h264", "vdec")?;
+        let conv = make("videoconvert", "vconv")?;
+        let i420 = make("capsfilter", "i420")?;
+        i420.set_property(
+            "caps",
+            gst::Caps::builder("video/x-raw")
+                .field("format", "I420")
+                .build(),
+        );
+        pipeline
+            .add_many([&vqueue, &parse, &dec, &conv, &i420])
+            .map_err(|e| IngestError::Ladder(e.to_string()))?;
+        link(&[&vqueue, &parse, &dec, &conv, &i420])?;
+
+        let mut renditions = Vec::new();
+        let mut upstream = i420.clone();
+        for rung in &input.rungs {
+            let n = &rung.name;
+            let scale_q = queue(&format!("scaleq-{n}"))?;
+            let scale = make("videoscale", &format!("scale-{n}"))?;
+            let caps = make("capsfilter", &format!("size-{n}"))?;
+            caps.set_property(
+                "caps",
+                gst::Caps::builder("video/x-raw")
+                    .field("width", rung.width as i32)
+                    .field("height", rung.height as i32)
+                    .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                    .build(),
+            );
+            let tee = make("tee", &format!("tee-{n}"))?;
+            let enc_q = queue(&format!("encq-{n}"))?;
+            let enc = make("x264enc", &format!("x264-{n}"))?;
+            enc.set_property("bitrate", rung.video_kbps);
+            enc.set_property_from_str("speed-preset", &settings.x264_preset);
+            enc.set_property_from_str("tune", "zerolatency");
+            enc.set_property("threads", settings.x264_threads);
+            // keyframes come from cmafmux's force-keyunit requests at every boundary; this only
+            // bounds the GOP if those stop
+            enc.set_property("key-int-max", 600u32);
+            let profile = make("capsfilter", &format!("profile-{n}"))?;
+            profile.set_property(
+                "caps",
+                gst::Caps::builder("video/x-h264")
+                    .field("profile", "high")
+                    .build(),
+            );
+            let mux = cmafmux(&format!("mux-{n}"), settings.segment, true)?;
+            let appsink = appsink(&format!("sink-{n}"));
+            pipeline
+                .add_many([
+                    &scale_q,
+                    &scale,
+                    &caps,
+                    &tee,
+                    &enc_q,
+                    &enc,
+                    &profile,
+                    &mux,
+                    appsink.upcast_ref(),
+                ])
+                .map_err(|e| IngestError::Ladder(e.to_string()))?;
+            link(&[&upstream, &scale_q, &scale, &caps, &tee])?;
+            link(&[&tee, &enc_q, &enc, &profile, &mux, appsink.upcast_ref()])?;
+            wire_appsink(&appsink, &input, n, sink.clone());
+            upstream = tee;
+            renditions.push(RenditionInfo {
+                name: n.clone(),
+                kind: TrackKind::Video,
+                bitrate_bps: u64::from(rung.video_kbps) * 1000,
+                width: rung.width,
+                height: rung.height,
+            });
+        }
+
+        // audio: AAC is kept as it is, repackaged as its own CMAF track
+        let audio_entry = if input.has_audio {
+            let aqueue = queue("aqueue")?;
+            let aparse = make("aacparse", "aparse")?;
+            let amux = cmafmux("mux-audio", settings.segment, false)?;
+            let asink = appsink("sink-audio");
+            pipeline
+                .add_many([&aqueue, &aparse, &amux, asink.upcast_ref()])
+                .map_err(|e| IngestError::Ladder(e.to_string()))?;
+            link(&[&aqueue, &aparse, &amux, asink.upcast_ref()])?;
+            wire_appsink(&asink, &input, "audio", sink.clone());
+            renditions.push(RenditionInfo {
+                name: "audio".into(),
+                kind: TrackKind::Audio,
+                bitrate_bps: 128_000,
+                width: 0,
+                height: 0,
+            });
+            Some(aqueue)
+        } else {
+            None
+        };
+
+        // flvdemux pads appear once tags arrive; anything unexpected goes to a fakesink
+        let video_entry = vqueue.clone();
+        let pipeline_weak = pipeline.downgrade();
+        let stream_name = input.stream.clone();
+        demux.connect_pad_added(move |_demux, pad| {
+            let target = match pad.name().as_str() {
+                "video" => Some(video_entry.clone()),
+                "audio" => audio_entry.clone(),
+                _ => None,
+            };
+            let target = match target {
+                Some(t) => t,
+                None => {
+                    let Some(pipeline) = pipeline_weak.upgrade() else {
+                        return;
+                    };
+                    let Ok(fake) = gst::ElementFactory::make("fakesink").build() else {
+                        return;
+                    };
+                    fake.set_property("sync", false);
+                    let _ = pipeline.add(&fake);
+                    let _ = fake.sync_state_with_parent();
+                    fake
+                }
+            };
+            let Some(sinkpad) = target.static_pad("sink") else {
+                return;
+            };
+            if let Err(e) = pad.link(&sinkpad) {
+                warn!(stream = %stream_name, pad = %pad.name(), "linking demuxer pad: {e:?}");
+            }
+        });
+
+        let started = LiveEvent::SessionStarted {
+            stream: input.stream.clone(),
+            session: input.session,
+            renditions,
+            started_at: input.started_at,
+        };
+        if sink.blocking_send_or_try(started).is_err() {
+            return Err(IngestError::Ladder("origin is gone".into()));
+        }
+
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|e| IngestError::Ladder(format!("starting pipeline: {e}")))?;
+
+        let (done_tx, done_rx) = std_mpsc::channel::<()>();
+        spawn_bus_watch(&pipeline, &input, sink, done_rx)?;
+        info!(stream = %input.stream, session = input.session, rungs = input.rungs.len(), audio = input.has_audio, "ladder started");
+        Ok(Ladder {
+            stream: input.stream,
+            pipeline,
+            appsrc,
+            done: Some(done_tx),
+        })
+    }
+
+    /// Feed FLV bytes (file header first, then tags).
+    pub fn push(&self, data: Bytes) -> Result<(), IngestError> {
+        let buffer = gst::Buffer::from_slice(data);
+        self.appsrc
+            .push_buffer(buffer)
+            .map(|_| ())
+            .map_err(|e| IngestError::Ladder(format!("pipeline refused data: {e:?}")))
+    }
+
+    /// Bytes queued in the ladder's input (grows when transcoding falls behind real time).
+    pub fn queued_bytes(&self) -> u64 {
+        self.appsrc.current_level_bytes()
+    }
+
+    /// End of stream: drain every rung, then the bus watch reports `SessionEnded`.
+    pub fn finish(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        if let Some(done) = self.done.take() {
+            debug!(stream = %self.stream, "ladder draining");
+            let _ = self.appsrc.end_of_stream();
+            let _ = done.send(());
+        }
+    }
+
+    /// The pipeline (for diagnostics).
+    pub fn pipeline(&self) -> &gst::Pipeline {
+        &self.pipeline
+    }
+}
+
+impl Drop for Ladder {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+trait SendFromAnyThread {
+    fn blocking_send_or_try(&self, ev: LiveEvent) -> Result<(), ()>;
+}
+
+impl SendFromAnyThread for mpsc::Sender<LiveEvent> {
+    /// `blocking_send` panics inside a runtime thread; there we fall back to `try_send`.
+    fn blocking_send_or_try(&self, ev: LiveEvent) -> Result<(), ()> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.try_send(ev).map_err(|_| ())
+        } else {
+            self.blocking_send(ev).map_err(|_| ())
+        }
+    }
+}
+
+fn cmafmux(name: &str, segment: Duration, video: bool) -> Result<gst::Element, IngestError> {
+    let mux = make("cmafmux", name)?;
+    mux.set_property(
+        "fragment-duration",
+        gst::ClockTime::from_nseconds(segment.as_nanos() as u64),
+    );
+    mux.set_property("send-force-keyunit", video);
+    Ok(mux)
+}
+
+fn appsink(name: &str) -> gst_app::AppSink {
+    gst_app::AppSink::builder()
+        .name(name)
+        .buffer_list(true)
+        .sync(false)
+        .build()
+}
+
+fn wire_appsink(
+    appsink: &gst_app::AppSink,
+    input: &LadderInput,
+    rendition: &str,
+    sink: mpsc::Sender<LiveEvent>,
+) {
+    let stream = input.stream.clone();
+    let rendition = rendition.to_string();
+    let started_at = input.started_at;
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |appsink| {
+                let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                for event in sample_events(&sample, &stream, &rendition, started_at) {
+                    if sink.blocking_send_or_try(event).is_err() {
+                        warn!(stream = %stream, rendition = %rendition, "origin gone, dropping output");
+                        return Err(gst::FlowError::Flushing);
+                    }
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+}
+
+/// Turn one `cmafmux` output sample (a buffer list) into init / segment events.
+fn sample_events(
+    sample: &gst::Sample,
+    stream: &str,
+    rendition: &str,
+    started_at: SystemTime,
+) -> Vec<LiveEvent> {
+    let mut out = Vec::new();
+    let Some(list) = sample.buffer_list() else {
+        return out;
+    };
+    let mut buffers: Vec<&gst::BufferRef> = list.iter().collect();
+    if buffers.is_empty() {
+        return out;
+    }
+    if buffers[0]
+        .flags()
+        .contains(gst::BufferFlags::DISCONT | gst::BufferFlags::HEADER)
+    {
+        if let Ok(map) = buffers[0].map_readable() {
+            out.push(LiveEvent::Init {
+                stream: stream.to_string(),
+                rendition: rendition.to_string(),
+                data: Bytes::copy_from_slice(&map),
+            });
+        }
+        buffers.remove(0);
+        if buffers.is_empty() {
+            return out;
+        }
+    }
+    let first = buffers[0];
+    let pts = first
+        .pts()
+        .and_then(|pts| {
+            sample
+                .segment()
+                .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                .and_then(|s| s.to_running_time(pts))
+        })
+        .unwrap_or(gst::ClockTime::ZERO);
+    let duration = first.duration().unwrap_or(gst::ClockTime::ZERO);
+    let size: usize = buffers.iter().map(|b| b.size()).sum();
+    let mut data = BytesMut::with_capacity(size);
+    for b in &buffers {
+        if let Ok(map) = b.map_readable() {
+            data.extend_from_slice(&map);
+        }
+    }
+    let pts = Duration::from_nanos(pts.nseconds());
+    out.push(LiveEvent::Segment {
+        stream: stream.to_string(),
+        rendition: rendition.to_string(),
+        segment: CmafSegment {
+            data: data.freeze(),
+            pts,
+            duration: Duration::from_nanos(duration.nseconds()),
+            program_date_time: started_at + pts,
+            samples: buffers.len().saturating_sub(1) as u32,
+        },
+    });
+    out
+}
+
+/// Watch the bus on a plain thread: errors and EOS end the session. After `finish`, a pipeline
+/// that does not drain within 10 s is stopped anyway.
+fn spawn_bus_watch(
+    pipeline: &gst::Pipeline,
+    input: &LadderInput,
+    sink: mpsc::Sender<LiveEvent>,
+    done: std_mpsc::Receiver<()>,
+) -> Result<(), IngestError> {
+    let bus = pipeline
+        .bus()
+        .ok_or_else(|| IngestError::Ladder("pipeline without bus".into()))?;
+    let pipeline = pipeline.clone();
+    let stream = input.stream.clone();
+    let session = input.session;
+    std::thread::Builder::new()
+        .name(format!("ladder-{stream}"))
+        .spawn(move || {
+            let mut drain_deadline: Option<std::time::Instant> = None;
+            loop {
+                if drain_deadline.is_none() && done.try_recv().is_ok() {
+                    drain_deadline = Some(std::time::Instant::now() + Duration::from_secs(10));
+                }
+                if let Some(deadline) = drain_deadline {
+                    if std::time::Instant::now() > deadline {
+                        warn!(stream = %stream, session, "ladder did not drain in 10 s, stopping");
+                        break;
+                    }
+                }
+                let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(200)) else {
+                    continue;
+                };
+                match msg.view() {
+                    gst::MessageView::Eos(_) => {
+                        info!(stream = %stream, session, "ladder drained");
+                        break;
+                    }
+                    gst::MessageView::Error(err) => {
+                        warn!(
+                            stream = %stream,
+                            session,
+                            source = ?err.src().map(|s| s.path_string()),
+                            debug = ?err.debug(),
+                            "ladder error: {}",
+                            err.error()
+                        );
+                        break;
+                    }
+                    gst::MessageView::Warning(w) => {
+                        debug!(stream = %stream, "ladder warning: {}", w.error());
+                    }
+                    _ => {}
+                }
+            }
+            let _ = pipeline.set_state(gst::State::Null);
+            let _ = sink.blocking_send(LiveEvent::SessionEnded { stream, session });
+        })
+        .map(|_| ())
+        .map_err(|e| IngestError::Ladder(format!("spawning bus thread: {e}")))
+}

@@ -1,0 +1,17 @@
+//! tidecast ingest: an RTMP server (rml_rtmp) that accepts publishers the way OBS pushes, and the
+//! GStreamer ladder that turns each published stream into CMAF renditions for the origin.
+//!
+//! Pure cores: [`flv`] (FLV tags, AVC decoder configuration and SPS parsing), [`ladder_plan`]
+//! (which rungs a source gets), [`publishers`] (who owns a stream name). Shells: [`server`]
+//! (sockets, one task per connection) and [`ladder`] (the GStreamer pipeline per session).
+
+pub mod error;
+pub mod flv;
+pub mod ladder;
+pub mod ladder_plan;
+pub mod media_gate;
+pub mod publishers;
+pub mod server;
+
+pub use error::IngestError;
+pub use server::{IngestMetrics, IngestServer};

@@ -1,0 +1,571 @@
+//! The packager core: live streams, their renditions and the rolling segment window. Pure —
+//! events and `now` go in, snapshots for playlists and bytes for segments come out.
+//!
+//! Media sequence numbers never go back for a stream name: a publisher that comes back starts a
+//! new session, every rendition continues from the highest next number of any rendition (so
+//! renditions stay aligned) and the first segment of the session carries a discontinuity.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tidecast_common::{CmafSegment, LiveEvent, RenditionInfo};
+use tracing::{info, warn};
+
+use crate::cmaf::{self, TrackInfo};
+
+/// One media segment as stored.
+#[derive(Debug, Clone)]
+pub struct StoredSegment {
+    /// Media sequence number.
+    pub msn: u64,
+    /// Discontinuity sequence (session index within the stream).
+    pub disc: u64,
+    /// Duration.
+    pub duration: Duration,
+    /// `EXT-X-PROGRAM-DATE-TIME`.
+    pub program_date_time: SystemTime,
+    /// Samples (frames) in it.
+    pub samples: u32,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// One rendition's track: init segments per discontinuity and the segment window.
+#[derive(Debug)]
+pub struct RenditionTrack {
+    /// Declared by the ladder.
+    pub declared: RenditionInfo,
+    /// Parsed from the init segment.
+    pub info: Option<TrackInfo>,
+    /// Init segment per discontinuity sequence.
+    pub inits: BTreeMap<u64, Bytes>,
+    /// Retained segments, oldest first (the playlist lists the newest `window`).
+    pub segments: VecDeque<StoredSegment>,
+    /// Next media sequence number.
+    pub next_msn: u64,
+    /// Discontinuity sequence new segments get.
+    pub disc: u64,
+    /// Longest segment seen (for `EXT-X-TARGETDURATION`, which must not shrink).
+    pub max_duration: Duration,
+}
+
+impl RenditionTrack {
+    fn new(declared: RenditionInfo, next_msn: u64, disc: u64) -> Self {
+        RenditionTrack {
+            declared,
+            info: None,
+            inits: BTreeMap::new(),
+            segments: VecDeque::new(),
+            next_msn,
+            disc,
+            max_duration: Duration::ZERO,
+        }
+    }
+
+    /// Peak and average bitrate (bits/s) over retained segments; declared bitrate when none.
+    pub fn bitrates(&self) -> (u64, u64) {
+        let mut peak = 0u64;
+        let (mut bytes, mut secs) = (0u64, 0f64);
+        for s in &self.segments {
+            let d = s.duration.as_secs_f64();
+            if d < 0.05 {
+                continue;
+            }
+            peak = peak.max((s.data.len() as f64 * 8.0 / d) as u64);
+            bytes += s.data.len() as u64;
+            secs += d;
+        }
+        if secs == 0.0 {
+            return (self.declared.bitrate_bps, self.declared.bitrate_bps);
+        }
+        (peak, (bytes as f64 * 8.0 / secs) as u64)
+    }
+
+    /// Frames per second measured over retained segments of the current session.
+    pub fn frame_rate(&self) -> Option<f64> {
+        let (mut frames, mut secs) = (0u64, 0f64);
+        for s in self.segments.iter().filter(|s| s.disc == self.disc) {
+            frames += u64::from(s.samples);
+            secs += s.duration.as_secs_f64();
+        }
+        (secs > 0.0 && frames > 0).then(|| snap_frame_rate(frames as f64 / secs))
+    }
+
+    /// Segment by media sequence number.
+    pub fn segment(&self, msn: u64) -> Option<&StoredSegment> {
+        let first = self.segments.front()?.msn;
+        let s = self.segments.get(msn.checked_sub(first)? as usize)?;
+        (s.msn == msn).then_some(s)
+    }
+}
+
+/// Measured rates jitter by a frame over a window; report the nominal rate when within 0.5%.
+fn snap_frame_rate(measured: f64) -> f64 {
+    const NOMINAL: [f64; 9] = [23.976, 24.0, 25.0, 29.97, 30.0, 48.0, 50.0, 59.94, 60.0];
+    NOMINAL
+        .iter()
+        .copied()
+        .filter(|n| (measured - n).abs() / n < 0.0005)
+        .min_by(|a, b| (measured - a).abs().total_cmp(&(measured - b).abs()))
+        .unwrap_or((measured * 1000.0).round() / 1000.0)
+}
+
+/// Client addresses that asked for a playlist recently.
+#[derive(Debug, Default)]
+struct ViewerTracker {
+    seen: HashMap<String, Instant>,
+}
+
+const VIEWER_WINDOW: Duration = Duration::from_secs(30);
+
+impl ViewerTracker {
+    fn touch(&mut self, client: &str, now: Instant) {
+        if self.seen.len() > 100_000 {
+            self.seen
+                .retain(|_, t| now.saturating_duration_since(*t) < VIEWER_WINDOW);
+        }
+        self.seen.insert(client.to_string(), now);
+    }
+
+    fn count(&self, now: Instant) -> usize {
+        self.seen
+            .values()
+            .filter(|t| now.saturating_duration_since(**t) < VIEWER_WINDOW)
+            .count()
+    }
+}
+
+/// A stream name and everything published under it.
+#[derive(Debug)]
+pub struct LiveStream {
+    /// Stream name.
+    pub name: String,
+    /// Current (or last) session id.
+    pub session: u64,
+    /// Number of sessions so far.
+    pub sessions: u64,
+    /// Wall clock of the current session's start.
+    pub started_at: SystemTime,
+    /// Publisher connected and ladder running.
+    pub live: bool,
+    /// Renditions of the current session, in ladder order.
+    pub current: Vec<String>,
+    /// All renditions ever seen under this name.
+    pub renditions: BTreeMap<String, RenditionTrack>,
+    /// Discontinuity sequence of the current session.
+    pub disc: u64,
+    ended_at: Option<Instant>,
+    viewers: ViewerTracker,
+}
+
+impl LiveStream {
+    /// Ready to be played: every rendition of the current session has an init and a segment.
+    pub fn is_ready(&self) -> bool {
+        !self.current.is_empty()
+            && self.current.iter().all(|r| {
+                self.renditions.get(r).is_some_and(|t| {
+                    t.info.is_some() && t.segments.iter().any(|s| s.disc == self.disc)
+                })
+            })
+    }
+
+    /// A rendition of the current session.
+    pub fn rendition(&self, name: &str) -> Option<&RenditionTrack> {
+        self.renditions.get(name)
+    }
+
+    /// Viewers seen in the last 30 s.
+    pub fn viewers(&self, now: Instant) -> usize {
+        self.viewers.count(now)
+    }
+
+    /// Record a playlist request from `client`.
+    pub fn touch_viewer(&mut self, client: &str, now: Instant) {
+        self.viewers.touch(client, now);
+    }
+}
+
+/// Settings of the segment window.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowSettings {
+    /// Segments listed in a live playlist.
+    pub window: usize,
+    /// Segments kept downloadable after leaving the playlist.
+    pub grace: usize,
+    /// Target segment duration (lower bound for `EXT-X-TARGETDURATION`).
+    pub target: Duration,
+    /// Forget streams this long after they end.
+    pub ended_ttl: Duration,
+}
+
+/// Counters the shell exports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PackagerCounters {
+    /// Segments accepted.
+    pub segments: u64,
+    /// Segment bytes accepted.
+    pub segment_bytes: u64,
+    /// Events that referred to unknown streams/renditions or carried bad init segments.
+    pub rejected: u64,
+}
+
+/// All streams.
+#[derive(Debug)]
+pub struct StreamTable {
+    settings: WindowSettings,
+    streams: BTreeMap<String, LiveStream>,
+    counters: PackagerCounters,
+}
+
+impl StreamTable {
+    /// Empty table.
+    pub fn new(settings: WindowSettings) -> Self {
+        StreamTable {
+            settings,
+            streams: BTreeMap::new(),
+            counters: PackagerCounters::default(),
+        }
+    }
+
+    /// Window settings.
+    pub fn settings(&self) -> WindowSettings {
+        self.settings
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> PackagerCounters {
+        self.counters
+    }
+
+    /// Look up a stream.
+    pub fn get(&self, name: &str) -> Option<&LiveStream> {
+        self.streams.get(name)
+    }
+
+    /// Look up a stream mutably.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut LiveStream> {
+        self.streams.get_mut(name)
+    }
+
+    /// All streams.
+    pub fn streams(&self) -> impl Iterator<Item = &LiveStream> {
+        self.streams.values()
+    }
+
+    /// Apply one event from a ladder.
+    pub fn apply(&mut self, event: LiveEvent, now: Instant) {
+        match event {
+            LiveEvent::SessionStarted {
+                stream,
+                session,
+                renditions,
+                started_at,
+            } => self.start_session(stream, session, renditions, started_at),
+            LiveEvent::Init {
+                stream,
+                rendition,
+                data,
+            } => self.init(&stream, &rendition, data),
+            LiveEvent::Segment {
+                stream,
+                rendition,
+                segment,
+            } => self.segment(&stream, &rendition, segment),
+            LiveEvent::SessionEnded { stream, session } => {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    if s.session == session {
+                        s.live = false;
+                        s.ended_at = Some(now);
+                        info!(stream = %stream, session, "stream ended");
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.expire(now);
+    }
+
+    fn start_session(
+        &mut self,
+        stream: String,
+        session: u64,
+        renditions: Vec<RenditionInfo>,
+        started_at: SystemTime,
+    ) {
+        let s = self
+            .streams
+            .entry(stream.clone())
+            .or_insert_with(|| LiveStream {
+                name: stream.clone(),
+                session,
+                sessions: 0,
+                started_at,
+                live: true,
+                current: Vec::new(),
+                renditions: BTreeMap::new(),
+                disc: 0,
+                ended_at: None,
+                viewers: ViewerTracker::default(),
+            });
+        let had_media = s.renditions.values().any(|r| !r.segments.is_empty());
+        if had_media {
+            s.disc += 1;
+        }
+        let next_msn = s.renditions.values().map(|r| r.next_msn).max().unwrap_or(0);
+        for r in s.renditions.values_mut() {
+            r.next_msn = next_msn;
+            r.disc = s.disc;
+        }
+        s.current.clear();
+        for info in renditions {
+            s.current.push(info.name.clone());
+            match s.renditions.get_mut(&info.name) {
+                Some(track) => track.declared = info,
+                None => {
+                    let track = RenditionTrack::new(info.clone(), next_msn, s.disc);
+                    s.renditions.insert(info.name, track);
+                }
+            }
+        }
+        s.session = session;
+        s.sessions += 1;
+        s.started_at = started_at;
+        s.live = true;
+        s.ended_at = None;
+        info!(stream = %stream, session, disc = s.disc, next_msn, "stream session started");
+    }
+
+    fn track(&mut self, stream: &str, rendition: &str) -> Option<&mut RenditionTrack> {
+        let track = self
+            .streams
+            .get_mut(stream)
+            .and_then(|s| s.renditions.get_mut(rendition));
+        if track.is_none() {
+            self.counters.rejected += 1;
+            warn!(
+                stream,
+                rendition, "media for an unknown stream or rendition"
+            );
+        }
+        track
+    }
+
+    fn init(&mut self, stream: &str, rendition: &str, data: Bytes) {
+        let parsed = cmaf::parse_init(&data);
+        let Some(track) = self.track(stream, rendition) else {
+            return;
+        };
+        match parsed {
+            Ok(info) => {
+                track.info = Some(info);
+                let disc = track.disc;
+                track.inits.insert(disc, data);
+            }
+            Err(e) => {
+                warn!(stream, rendition, "rejecting init segment: {e}");
+                self.counters.rejected += 1;
+            }
+        }
+    }
+
+    fn segment(&mut self, stream: &str, rendition: &str, seg: CmafSegment) {
+        let keep = self.settings.window + self.settings.grace;
+        let Some(track) = self.track(stream, rendition) else {
+            return;
+        };
+        if !track.inits.contains_key(&track.disc) {
+            warn!(
+                stream,
+                rendition, "segment before its init segment, dropped"
+            );
+            self.counters.rejected += 1;
+            return;
+        }
+        let bytes = seg.data.len() as u64;
+        track.max_duration = track.max_duration.max(seg.duration);
+        track.segments.push_back(StoredSegment {
+            msn: track.next_msn,
+            disc: track.disc,
+            duration: seg.duration,
+            program_date_time: seg.program_date_time,
+            samples: seg.samples,
+            data: seg.data,
+        });
+        track.next_msn += 1;
+        while track.segments.len() > keep {
+            track.segments.pop_front();
+        }
+        let oldest_disc = track.segments.front().map(|s| s.disc).unwrap_or(track.disc);
+        track.inits.retain(|d, _| *d >= oldest_disc);
+        self.counters.segments += 1;
+        self.counters.segment_bytes += bytes;
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let ttl = self.settings.ended_ttl;
+        self.streams.retain(|_, s| match s.ended_at {
+            Some(t) => now.saturating_duration_since(t) < ttl,
+            None => true,
+        });
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use tidecast_common::TrackKind;
+
+    pub fn video_init() -> Bytes {
+        fn bx(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+            let mut v = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+            v.extend_from_slice(kind);
+            v.extend_from_slice(body);
+            v
+        }
+        let mut entry = vec![0u8; 78];
+        entry[24..26].copy_from_slice(&1280u16.to_be_bytes());
+        entry[26..28].copy_from_slice(&720u16.to_be_bytes());
+        entry.extend(bx(b"avcC", &[1, 0x64, 0x00, 0x1f, 0xff]));
+        let mut stsd = vec![0, 0, 0, 0, 0, 0, 0, 1];
+        stsd.extend(bx(b"avc1", &entry));
+        let mut hdlr = vec![0u8; 8];
+        hdlr.extend_from_slice(b"vide");
+        hdlr.extend_from_slice(&[0; 12]);
+        let mut mdia = bx(b"hdlr", &hdlr);
+        mdia.extend(bx(b"minf", &bx(b"stbl", &bx(b"stsd", &stsd))));
+        Bytes::from(bx(b"moov", &bx(b"trak", &bx(b"mdia", &mdia))))
+    }
+
+    pub fn settings() -> WindowSettings {
+        WindowSettings {
+            window: 3,
+            grace: 2,
+            target: Duration::from_secs(2),
+            ended_ttl: Duration::from_secs(60),
+        }
+    }
+
+    pub fn start(t: &mut StreamTable, session: u64, now: Instant) {
+        t.apply(
+            LiveEvent::SessionStarted {
+                stream: "s".into(),
+                session,
+                renditions: vec![RenditionInfo {
+                    name: "720p".into(),
+                    kind: TrackKind::Video,
+                    bitrate_bps: 1_000_000,
+                    width: 1280,
+                    height: 720,
+                }],
+                started_at: SystemTime::UNIX_EPOCH,
+            },
+            now,
+        );
+        t.apply(
+            LiveEvent::Init {
+                stream: "s".into(),
+                rendition: "720p".into(),
+                data: video_init(),
+            },
+            now,
+        );
+    }
+
+    pub fn push(t: &mut StreamTable, n: usize, now: Instant) {
+        for i in 0..n {
+            t.apply(
+                LiveEvent::Segment {
+                    stream: "s".into(),
+                    rendition: "720p".into(),
+                    segment: CmafSegment {
+                        data: Bytes::from(vec![0u8; 250_000]),
+                        pts: Duration::from_secs(2 * i as u64),
+                        duration: Duration::from_secs(2),
+                        program_date_time: SystemTime::UNIX_EPOCH
+                            + Duration::from_secs(2 * i as u64),
+                        samples: 60,
+                    },
+                },
+                now,
+            );
+        }
+    }
+
+    #[test]
+    fn window_retains_window_plus_grace() {
+        let now = Instant::now();
+        let mut t = StreamTable::new(settings());
+        start(&mut t, 1, now);
+        push(&mut t, 7, now);
+        let s = t.get("s").unwrap();
+        let r = s.rendition("720p").unwrap();
+        assert_eq!(r.segments.len(), 5);
+        assert_eq!(r.segments.front().unwrap().msn, 2);
+        assert!(r.segment(1).is_none());
+        assert_eq!(r.segment(6).unwrap().msn, 6);
+        assert_eq!(r.frame_rate(), Some(30.0));
+        assert_eq!(snap_frame_rate(29.999), 30.0);
+        assert_eq!(snap_frame_rate(29.971), 29.97);
+        assert_eq!(snap_frame_rate(12.5), 12.5);
+        assert_eq!(r.bitrates(), (1_000_000, 1_000_000));
+        assert!(s.is_ready());
+    }
+
+    #[test]
+    fn reconnect_continues_msn_with_discontinuity() {
+        let now = Instant::now();
+        let mut t = StreamTable::new(settings());
+        start(&mut t, 1, now);
+        push(&mut t, 3, now);
+        t.apply(
+            LiveEvent::SessionEnded {
+                stream: "s".into(),
+                session: 1,
+            },
+            now,
+        );
+        assert!(!t.get("s").unwrap().live);
+        start(&mut t, 2, now);
+        assert!(!t.get("s").unwrap().is_ready());
+        push(&mut t, 2, now);
+        let s = t.get("s").unwrap();
+        assert!(s.live);
+        assert_eq!(s.disc, 1);
+        let r = s.rendition("720p").unwrap();
+        let msns: Vec<_> = r.segments.iter().map(|x| (x.msn, x.disc)).collect();
+        assert_eq!(msns, vec![(0, 0), (1, 0), (2, 0), (3, 1), (4, 1)]);
+        assert_eq!(r.inits.len(), 2);
+    }
+
+    #[test]
+    fn segments_for_unknown_streams_are_rejected() {
+        let now = Instant::now();
+        let mut t = StreamTable::new(settings());
+        push(&mut t, 1, now);
+        assert_eq!(t.counters().rejected, 1);
+        assert!(t.get("s").is_none());
+    }
+
+    #[test]
+    fn ended_streams_expire() {
+        let now = Instant::now();
+        let mut t = StreamTable::new(settings());
+        start(&mut t, 1, now);
+        t.apply(
+            LiveEvent::SessionEnded {
+                stream: "s".into(),
+                session: 1,
+            },
+            now,
+        );
+        t.apply(
+            LiveEvent::SessionEnded {
+                stream: "x".into(),
+                session: 1,
+            },
+            now + Duration::from_secs(61),
+        );
+        assert!(t.get("s").is_none());
+    }
+}

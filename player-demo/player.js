@@ -1,0 +1,91 @@
+// tidecast player demo: lists live streams from /api/streams and plays one with hls.js.
+// window.tidecastPlayer exposes the player state for tests.
+(function () {
+  'use strict';
+  const video = document.getElementById('video');
+  const list = document.getElementById('streams');
+  const status = document.getElementById('status');
+  const picker = document.getElementById('rendition');
+  const info = document.getElementById('info');
+  const state = { hls: null, stream: null, errors: [], fatal: null };
+  window.tidecastPlayer = state;
+
+  function play(name) {
+    if (state.hls) { state.hls.destroy(); state.hls = null; }
+    state.stream = name;
+    state.fatal = null;
+    const url = '/live/' + encodeURIComponent(name) + '/master.m3u8';
+    history.replaceState(null, '', '?stream=' + encodeURIComponent(name));
+    if (window.Hls && Hls.isSupported()) {
+      const hls = new Hls({ liveSyncDurationCount: 3 });
+      state.hls = hls;
+      hls.on(Hls.Events.MANIFEST_PARSED, function () {
+        picker.innerHTML = '<option value="-1">Auto</option>';
+        hls.levels.forEach(function (level, i) {
+          const o = document.createElement('option');
+          o.value = String(i);
+          o.textContent = level.height + 'p · ' + Math.round(level.bitrate / 1000) + ' kb/s';
+          picker.appendChild(o);
+        });
+        video.play().catch(function () {});
+      });
+      hls.on(Hls.Events.LEVEL_SWITCHED, function (_e, data) {
+        const l = hls.levels[data.level];
+        if (l) info.textContent = 'playing ' + l.width + '×' + l.height;
+      });
+      hls.on(Hls.Events.ERROR, function (_e, data) {
+        state.errors.push(data.type + ':' + data.details + (data.fatal ? ' (fatal)' : ''));
+        if (data.fatal) {
+          state.fatal = data.details;
+          if (data.type === Hls.ErrorTypes.NETWORK_ERROR) {
+            setTimeout(function () { if (state.stream === name) play(name); }, 2000);
+          } else if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
+            hls.recoverMediaError();
+          }
+        }
+      });
+      hls.loadSource(url);
+      hls.attachMedia(video);
+    } else if (video.canPlayType('application/vnd.apple.mpegurl')) {
+      video.src = url; // Safari plays HLS natively
+      video.play().catch(function () {});
+    }
+    render(lastStreams);
+  }
+
+  picker.addEventListener('change', function () {
+    if (state.hls) state.hls.currentLevel = parseInt(picker.value, 10);
+  });
+
+  let lastStreams = [];
+  function render(streams) {
+    lastStreams = streams;
+    list.innerHTML = '';
+    streams.forEach(function (s) {
+      const li = document.createElement('li');
+      const b = document.createElement('button');
+      const top = s.renditions.filter(function (r) { return r.kind === 'video'; })[0];
+      b.textContent = s.name + (top ? ' · ' + top.height + 'p' : '') + ' · ' + s.viewers + ' viewers';
+      b.dataset.stream = s.name;
+      if (s.name === state.stream) b.className = 'active';
+      b.addEventListener('click', function () { play(s.name); });
+      li.appendChild(b);
+      list.appendChild(li);
+    });
+    status.textContent = streams.length ? streams.length + ' live' : 'no live streams yet';
+  }
+
+  function refresh() {
+    fetch('/api/streams').then(function (r) { return r.json(); }).then(function (j) {
+      const live = j.streams.filter(function (s) { return s.live && s.ready; });
+      render(live);
+      const wanted = new URLSearchParams(location.search).get('stream');
+      if (!state.stream && live.length) {
+        const pick = live.find(function (s) { return s.name === wanted; }) || (wanted ? null : live[0]);
+        if (pick) play(pick.name);
+      }
+    }).catch(function () { status.textContent = 'origin unreachable'; });
+  }
+  refresh();
+  setInterval(refresh, 2000);
+})();
