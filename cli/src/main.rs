@@ -87,6 +87,7 @@ async fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
         )
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
     let config = load_config(&cli)?;
     let command = cli.command.unwrap_or(Command::All);

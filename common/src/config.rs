@@ -65,9 +65,6 @@ pub struct IngestConfig {
     /// A new publisher on a live key takes the stream over if the current one has sent no media
     /// for this many seconds (a half-dead connection after a network drop); otherwise it is refused.
     pub takeover_after_secs: u64,
-    /// Where ladders send CMAF: empty = this process's origin; an URL (`http://origin:8080`) =
-    /// HTTP push to a remote origin.
-    pub origin_url: String,
 }
 
 impl Default for IngestConfig {
@@ -79,7 +76,6 @@ impl Default for IngestConfig {
             handshake_timeout_secs: 10,
             idle_timeout_secs: 15,
             takeover_after_secs: 3,
-            origin_url: String::new(),
         }
     }
 }
@@ -106,8 +102,6 @@ pub struct LadderConfig {
     pub x264_preset: String,
     /// x264 threads per rung (0 = auto).
     pub x264_threads: u32,
-    /// Add a `source` rendition that repackages the publisher's H.264 without re-encoding.
-    pub passthrough: bool,
     /// Video rungs, highest first; rungs above the source height are dropped.
     pub rungs: Vec<RungConfig>,
 }
@@ -123,7 +117,6 @@ impl Default for LadderConfig {
             segment_ms: 2000,
             x264_preset: "veryfast".into(),
             x264_threads: 0,
-            passthrough: false,
             rungs: vec![
                 rung("1080p", 1080, 5000),
                 rung("720p", 720, 2800),

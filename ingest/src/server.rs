@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use rml_rtmp::chunk_io::ChunkDeserializer;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
@@ -202,15 +203,20 @@ impl IngestServer {
         let handshake_deadline =
             tokio::time::Instant::now() + Duration::from_secs(self.config.handshake_timeout_secs);
         let mut handshake = Handshake::new(PeerType::Server);
+        let mut received = 0usize;
         let leftover = loop {
             let n = tokio::time::timeout_at(handshake_deadline, socket.read(&mut buf))
                 .await
                 .map_err(|_| IngestError::Timeout("handshake not completed"))??;
             if n == 0 {
+                if received == 0 {
+                    return Ok(()); // a port probe or health check, not an error
+                }
                 return Err(IngestError::Handshake(
                     "connection closed mid-handshake".into(),
                 ));
             }
+            received += n;
             match handshake
                 .process_bytes(&buf[..n])
                 .map_err(|e| IngestError::Handshake(e.to_string()))?
@@ -230,12 +236,17 @@ impl IngestServer {
 
         let (mut session, initial) = ServerSession::new(ServerSessionConfig::new())
             .map_err(|e| IngestError::Protocol(e.to_string()))?;
+        let mut guard = ChunkSizeGuard::new();
         let mut out = Vec::new();
         let mut processed = self.process(conn, &mut session, initial, state, &mut out);
         if processed.is_ok() && !leftover.is_empty() {
-            processed = session
-                .handle_input(&leftover)
-                .map_err(|e| IngestError::Protocol(e.to_string()))
+            processed = guard
+                .check(&leftover)
+                .and_then(|()| {
+                    session
+                        .handle_input(&leftover)
+                        .map_err(|e| IngestError::Protocol(e.to_string()))
+                })
                 .and_then(|results| self.process(conn, &mut session, results, state, &mut out));
         }
         socket.write_all(&out).await?;
@@ -257,6 +268,7 @@ impl IngestServer {
             if n == 0 {
                 return Ok(());
             }
+            guard.check(&buf[..n])?;
             let results = session
                 .handle_input(&buf[..n])
                 .map_err(|e| IngestError::Protocol(e.to_string()))?;
@@ -305,14 +317,6 @@ impl IngestServer {
         let proto =
             |e: rml_rtmp::sessions::ServerSessionError| IngestError::Protocol(e.to_string());
         match event {
-            ServerSessionEvent::ClientChunkSizeChanged { new_chunk_size } => {
-                if new_chunk_size == 0 || new_chunk_size > MAX_CHUNK_SIZE {
-                    return Err(IngestError::Protocol(format!(
-                        "absurd chunk size {new_chunk_size}"
-                    )));
-                }
-                Ok(Vec::new())
-            }
             ServerSessionEvent::ConnectionRequested {
                 request_id,
                 app_name,
@@ -483,6 +487,48 @@ impl IngestServer {
                     ));
                 }
                 ladder.push(tag)
+            }
+        }
+    }
+}
+
+/// rml_rtmp applies a client's Set Chunk Size silently (any value below 2^31). This follows the
+/// chunk stream alongside it, only to refuse sizes no encoder sends (0 or above 16 MiB, which is
+/// also the largest possible message) before they are used.
+struct ChunkSizeGuard {
+    shadow: ChunkDeserializer,
+}
+
+impl ChunkSizeGuard {
+    fn new() -> Self {
+        ChunkSizeGuard {
+            shadow: ChunkDeserializer::new(),
+        }
+    }
+
+    fn check(&mut self, bytes: &[u8]) -> Result<(), IngestError> {
+        let mut input = bytes;
+        loop {
+            let message = self
+                .shadow
+                .get_next_message(input)
+                .map_err(|e| IngestError::Protocol(format!("chunk stream: {e}")))?;
+            input = &[];
+            let Some(message) = message else {
+                return Ok(());
+            };
+            if message.type_id == 1 {
+                let size = message
+                    .data
+                    .get(..4)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                    .ok_or_else(|| IngestError::Protocol("short Set Chunk Size".into()))?;
+                if size == 0 || size > MAX_CHUNK_SIZE {
+                    return Err(IngestError::Protocol(format!("absurd chunk size {size}")));
+                }
+                self.shadow
+                    .set_max_chunk_size(size as usize)
+                    .map_err(|e| IngestError::Protocol(e.to_string()))?;
             }
         }
     }

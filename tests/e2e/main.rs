@@ -1,1 +1,9 @@
+//! End-to-end tests: the real `tidecast` binary, published to by ffmpeg the way OBS does, played
+//! by ffprobe and hls.js in Chromium. `make test` installs the tools and builds the binary first.
 
+mod harness;
+mod http;
+
+mod bad_input;
+mod browser;
+mod live_spine;

@@ -1,0 +1,41 @@
+# tidecast — the two commands a new user needs:
+#   make run    set up the machine and run every service (RTMP :1935, HTTP :8080, demo at /demo/)
+#   make test   set up the machine and run every test (unit + end-to-end with ffmpeg/Chromium)
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/tidecast/target
+CARGO ?= cargo
+
+.PHONY: run test bootstrap test-tools build build-release unit e2e bench-ladder fmt clippy
+
+bootstrap:
+	infra/bootstrap.sh
+
+run: bootstrap build-release
+	$(CARGO_TARGET_DIR)/release/tidecast
+
+build-release:
+	$(CARGO) build --release -p tidecast
+
+build:
+	$(CARGO) build -p tidecast
+
+test-tools:
+	infra/bootstrap.sh --test
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+
+test: test-tools build
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=1
+
+unit:
+	$(CARGO) test --workspace --lib
+
+e2e: build
+	$(CARGO) test -p tidecast-tests -- --test-threads=1 --nocapture
+
+bench-ladder: bootstrap build-release
+	bench/ladder.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets

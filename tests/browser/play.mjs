@@ -1,0 +1,53 @@
+// Opens a tidecast player page in headless Chromium and reports playback as one JSON line.
+//   node play.mjs URL SECONDS [TIMEOUT_SECONDS]
+// Succeeds when the <video> currentTime advanced by SECONDS with no fatal hls.js error.
+import { chromium } from 'playwright-core';
+
+const [url, secondsArg, timeoutArg] = process.argv.slice(2);
+const want = Number(secondsArg || 5);
+const timeoutMs = Number(timeoutArg || 60) * 1000;
+const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
+
+const browser = await chromium.launch({
+  executablePath,
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    '--autoplay-policy=no-user-gesture-required'],
+});
+const result = { ok: false, url, start: null, end: null, errors: [], fatal: null, level: null, console: [] };
+try {
+  const page = await browser.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') result.console.push(m.text()); });
+  page.on('pageerror', (e) => result.console.push(String(e)));
+  await page.goto(url);
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const s = await page.evaluate(() => {
+      const v = document.querySelector('video');
+      const p = window.tidecastPlayer || {};
+      return {
+        t: v ? v.currentTime : 0,
+        paused: v ? v.paused : true,
+        errors: p.errors || [],
+        fatal: p.fatal || null,
+        level: p.hls && p.hls.levels && p.hls.currentLevel >= 0 ? p.hls.levels[p.hls.currentLevel].height : null,
+        latency: p.hls ? p.hls.latency : null,
+      };
+    });
+    result.errors = s.errors;
+    result.fatal = s.fatal;
+    result.level = s.level;
+    result.latency = s.latency;
+    if (s.t > 0 && result.start === null) result.start = s.t;
+    result.end = s.t;
+    if (result.start !== null && s.t - result.start >= want) { result.ok = !s.fatal; break; }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+} catch (e) {
+  result.console.push(String(e));
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
+process.exit(result.ok ? 0 : 1);

@@ -1,0 +1,48 @@
+//! hls.js in headless Chromium plays the player demo.
+
+use std::process::Command;
+
+use crate::harness::{heavy, require_tool, Publisher, Tidecast};
+
+pub fn browser_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed: run `cd tests/browser && npm ci` (make test does)"
+    );
+    dir
+}
+
+#[test]
+fn hlsjs_plays_the_demo_page() {
+    require_tool("node", "apt-get install nodejs npm");
+    require_tool("chromium", "apt-get install chromium");
+    let dir = browser_dir();
+    let _guard = heavy();
+    let t = Tidecast::start(&[], &[]);
+    let _publisher = Publisher::start(&t.rtmp_url("demo"), 40, "1280x720");
+    t.wait_master("demo");
+    let url = format!("http://127.0.0.1:{}/demo/?stream=demo", t.http_port);
+    let out = Command::new("node")
+        .arg(dir.join("play.mjs"))
+        .args([&url, "5", "40"])
+        .output()
+        .expect("running node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}): {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(report["ok"], true, "playback failed: {report}");
+    assert!(report["fatal"].is_null(), "{report}");
+    let advanced = report["end"].as_f64().unwrap_or(0.0) - report["start"].as_f64().unwrap_or(0.0);
+    assert!(
+        advanced >= 5.0,
+        "currentTime advanced only {advanced}s: {report}"
+    );
+    // the demo counted as a viewer
+    let api = t.get("/api/streams").text();
+    assert!(api.contains("\"viewers\": 1"), "{api}");
+}

@@ -1,0 +1,230 @@
+//! Starts the real `tidecast` binary on free loopback ports, waits for readiness, runs ffmpeg
+//! publishers, and always cleans up (processes are killed on drop).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::http;
+
+/// Tests that transcode share 2 cores: they take this lock so they never overlap.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+pub fn heavy() -> MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port on loopback")
+}
+
+/// Fails the test with an install hint when a tool is missing.
+pub fn require_tool(tool: &str, hint: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is not installed: {hint} (or run `make test`, which installs it)"
+    );
+}
+
+fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("TIDECAST_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/debug/deps/e2e-… → target/debug/tidecast
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("tidecast");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build -p tidecast` (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Tidecast {
+    child: Child,
+    pub rtmp_port: u16,
+    pub http_port: u16,
+    pub dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Tidecast {
+    /// Start `tidecast all` with extra args and env; waits until HTTP and RTMP accept.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Tidecast {
+        let rtmp_port = free_port();
+        let http_port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("tidecast-e2e-{}-{}", std::process::id(), http_port));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let log = dir.join("tidecast.log");
+        let logfile = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(binary());
+        cmd.arg("--rtmp-listen")
+            .arg(format!("127.0.0.1:{rtmp_port}"))
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(logfile);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawning tidecast");
+        let t = Tidecast {
+            child,
+            rtmp_port,
+            http_port,
+            dir,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let http_ok = http::get(http_port, "/healthz")
+                .map(|r| r.status == 200)
+                .unwrap_or(false);
+            let rtmp_ok = TcpStream::connect(("127.0.0.1", rtmp_port)).is_ok();
+            if http_ok && rtmp_ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tidecast did not start:\n{}",
+                t.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        t
+    }
+
+    pub fn rtmp_url(&self, key: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/live/{key}", self.rtmp_port)
+    }
+
+    pub fn get(&self, path: &str) -> http::Response {
+        http::get(self.http_port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until `f` returns Some, polling every 250 ms.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Wait until the stream's master playlist is served.
+    pub fn wait_master(&self, stream: &str) -> String {
+        self.wait_for("master playlist", Duration::from_secs(40), || {
+            let r = http::get(self.http_port, &format!("/live/{stream}/master.m3u8")).ok()?;
+            (r.status == 200).then(|| r.text())
+        })
+    }
+}
+
+impl Drop for Tidecast {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- tidecast log ---\n{}", self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// ffmpeg publishing a test pattern the way OBS does (x264 veryfast, 2 s GOP, AAC, FLV/RTMP).
+pub struct Publisher {
+    child: Child,
+}
+
+impl Publisher {
+    pub fn start(url: &str, seconds: u32, size: &str) -> Publisher {
+        require_tool("ffmpeg", "apt-get install ffmpeg");
+        let child = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("testsrc2=size={size}:rate=30"),
+            ])
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args(["-t", &seconds.to_string()])
+            .args([
+                "-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-pix_fmt", "yuv420p",
+            ])
+            .args(["-c:a", "aac", "-b:a", "128k", "-ac", "2"])
+            .args(["-f", "flv", url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning ffmpeg");
+        Publisher { child }
+    }
+
+    /// Wait for ffmpeg to exit; returns (success, stderr).
+    pub fn wait(mut self, timeout: Duration) -> (bool, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (status.success(), err);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return (false, "timed out".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

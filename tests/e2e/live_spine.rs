@@ -1,0 +1,230 @@
+//! The live spine: ffmpeg → RTMP → ladder → CMAF → HLS, checked with m3u8-rs and ffprobe;
+//! stream end (ENDLIST) and reconnect (DISCONTINUITY, media sequence continues).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use m3u8_rs::{MasterPlaylist, MediaPlaylist};
+
+use crate::harness::{heavy, require_tool, Publisher, Tidecast};
+
+fn master(t: &Tidecast, stream: &str) -> MasterPlaylist {
+    let text = t.wait_master(stream);
+    m3u8_rs::parse_master_playlist_res(text.as_bytes())
+        .unwrap_or_else(|e| panic!("master playlist does not parse: {e:?}\n{text}"))
+}
+
+pub fn media(t: &Tidecast, stream: &str, rendition: &str) -> (MediaPlaylist, String) {
+    let r = t.get(&format!("/live/{stream}/{rendition}/media.m3u8"));
+    assert_eq!(r.status, 200, "{rendition} media playlist");
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/vnd.apple.mpegurl")
+    );
+    let text = r.text();
+    let p = m3u8_rs::parse_media_playlist_res(text.as_bytes())
+        .unwrap_or_else(|e| panic!("media playlist does not parse: {e:?}\n{text}"));
+    (p, text)
+}
+
+fn last_msn(p: &MediaPlaylist) -> u64 {
+    p.media_sequence + p.segments.len() as u64 - 1
+}
+
+struct Probe {
+    codec: String,
+    width: u64,
+    height: u64,
+    fps: f64,
+}
+
+fn ffprobe(path: &std::path::Path) -> Probe {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["stream=codec_name,width,height,r_frame_rate", "-of", "json"])
+        .arg(path)
+        .output()
+        .expect("running ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
+    let s = &j["streams"][0];
+    let rate = s["r_frame_rate"].as_str().unwrap_or("0/1");
+    let (n, d) = rate.split_once('/').unwrap_or((rate, "1"));
+    Probe {
+        codec: s["codec_name"].as_str().unwrap_or_default().to_string(),
+        width: s["width"].as_u64().unwrap_or(0),
+        height: s["height"].as_u64().unwrap_or(0),
+        fps: n.parse::<f64>().unwrap_or(0.0) / d.parse::<f64>().unwrap_or(1.0),
+    }
+}
+
+#[test]
+fn ladder_playlists_segments_and_lifecycle() {
+    require_tool("ffprobe", "apt-get install ffmpeg");
+    let _guard = heavy();
+    let t = Tidecast::start(&[], &[]);
+    let stream = "spine";
+    let publisher = Publisher::start(&t.rtmp_url(stream), 16, "1280x720");
+
+    // multivariant playlist: 720p and below, never 1080p, with derived codecs and sizes
+    let m = master(&t, stream);
+    let expected = [(1280u64, 720u64), (854, 480), (640, 360), (426, 240)];
+    let sizes: Vec<(u64, u64)> = m
+        .variants
+        .iter()
+        .map(|v| {
+            v.resolution
+                .map(|r| (r.width, r.height))
+                .expect("RESOLUTION")
+        })
+        .collect();
+    assert_eq!(sizes, expected, "renditions");
+    for v in &m.variants {
+        let codecs = v.codecs.as_deref().expect("CODECS");
+        assert!(codecs.starts_with("avc1.64"), "video codec in {codecs}");
+        assert!(codecs.ends_with(",mp4a.40.2"), "audio codec in {codecs}");
+        assert!(v.bandwidth > 100_000, "BANDWIDTH {}", v.bandwidth);
+        assert!(v.average_bandwidth.unwrap_or(0) <= v.bandwidth);
+        let fps = v.frame_rate.expect("FRAME-RATE");
+        assert!((fps - 30.0).abs() < 0.01, "FRAME-RATE {fps}");
+        assert_eq!(v.audio.as_deref(), Some("aac"));
+    }
+    assert!(m
+        .alternatives
+        .iter()
+        .any(|a| a.uri.as_deref() == Some("audio/media.m3u8")));
+    let renditions: Vec<String> = m
+        .variants
+        .iter()
+        .map(|v| v.uri.trim_end_matches("/media.m3u8").to_string())
+        .chain(std::iter::once("audio".to_string()))
+        .collect();
+
+    // every media playlist advances
+    let before: BTreeMap<String, u64> = renditions
+        .iter()
+        .map(|r| (r.clone(), last_msn(&media(&t, stream, r).0)))
+        .collect();
+    t.wait_for("playlists to advance", Duration::from_secs(15), || {
+        renditions
+            .iter()
+            .all(|r| {
+                let p = media(&t, stream, r).0;
+                last_msn(&p) > before[r] && p.segments.len() >= 4
+            })
+            .then_some(())
+    });
+
+    // every advertised segment downloads; ffprobe checks codec, size and frame rate
+    let mut durations: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
+    for (i, r) in renditions.iter().enumerate() {
+        let (p, text) = media(&t, stream, r);
+        assert!(text.contains("#EXT-X-PROGRAM-DATE-TIME:"), "{text}");
+        assert!(text.contains("#EXT-X-MAP:URI=\"init.mp4\""), "{text}");
+        let init = t.get(&format!("/live/{stream}/{r}/init.mp4"));
+        assert_eq!(init.status, 200);
+        let mut file = init.body.clone();
+        for s in &p.segments {
+            let seg = t.get(&format!("/live/{stream}/{r}/{}", s.uri));
+            assert_eq!(seg.status, 200, "{r}/{}", s.uri);
+            assert!(seg
+                .header("cache-control")
+                .unwrap_or("")
+                .contains("immutable"));
+            file.extend_from_slice(&seg.body);
+        }
+        if r == "audio" {
+            continue;
+        }
+        for (k, s) in p.segments.iter().enumerate() {
+            durations
+                .entry(p.media_sequence + k as u64)
+                .or_default()
+                .push(s.duration);
+        }
+        let path = t.dir.join(format!("{r}.mp4"));
+        std::fs::write(&path, &file).expect("write probe file");
+        let probe = ffprobe(&path);
+        assert_eq!(probe.codec, "h264", "{r}");
+        assert_eq!((probe.width, probe.height), expected[i], "{r} size");
+        assert!((probe.fps - 30.0).abs() < 0.1, "{r} fps {}", probe.fps);
+    }
+    // keyframe alignment: the same segment has the same duration in every video rendition
+    let mut compared = 0;
+    for (msn, d) in &durations {
+        if d.len() == expected.len() {
+            let (lo, hi) = d
+                .iter()
+                .fold((f32::MAX, 0f32), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+            assert!(
+                hi - lo < 0.001,
+                "segment {msn} durations differ across renditions: {d:?}"
+            );
+            assert!((1.9..=2.1).contains(&hi), "segment {msn} duration {hi}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 3, "too few segments compared: {durations:?}");
+
+    // publisher stops: ENDLIST on every media playlist
+    let (ok, err) = publisher.wait(Duration::from_secs(30));
+    assert!(ok, "ffmpeg failed: {err}");
+    t.wait_for("ENDLIST everywhere", Duration::from_secs(15), || {
+        renditions
+            .iter()
+            .all(|r| media(&t, stream, r).1.contains("#EXT-X-ENDLIST"))
+            .then_some(())
+    });
+    let (ended, _) = media(&t, stream, "720p");
+    let end_msn = last_msn(&ended);
+
+    // publisher comes back: same stream, DISCONTINUITY, sequence continues
+    let again = Publisher::start(&t.rtmp_url(stream), 10, "1280x720");
+    let (resumed, text) = t.wait_for("resumed playlist", Duration::from_secs(30), || {
+        let (p, text) = media(&t, stream, "720p");
+        (!text.contains("#EXT-X-ENDLIST") && last_msn(&p) > end_msn).then_some((p, text))
+    });
+    assert!(
+        resumed.media_sequence >= ended.media_sequence,
+        "media sequence went back"
+    );
+    assert!(text.contains("#EXT-X-DISCONTINUITY\n"), "{text}");
+    let first_new = resumed
+        .segments
+        .iter()
+        .position(|s| s.discontinuity)
+        .expect("a discontinuity");
+    assert_eq!(
+        resumed.media_sequence + first_new as u64,
+        end_msn + 1,
+        "{text}"
+    );
+    // the audio rendition and the others continue the same way
+    for r in &renditions {
+        let (_, text) = media(&t, stream, r);
+        assert!(
+            text.contains("#EXT-X-DISCONTINUITY\n") || !text.contains("ENDLIST"),
+            "{r}: {text}"
+        );
+    }
+    let api: serde_json::Value = serde_json::from_slice(&t.get("/api/streams").body).expect("json");
+    let s = &api["streams"][0];
+    assert_eq!(s["name"], stream);
+    assert_eq!(s["sessions"], 2);
+    assert_eq!(s["renditions"].as_array().map(|a| a.len()), Some(5));
+    let metrics = t.get("/metrics").text();
+    assert!(
+        metrics.contains("tidecast_origin_live_streams 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tidecast_ingest_publishers 1"),
+        "{metrics}"
+    );
+    drop(again);
+}
