@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Ladder cost: tidecast vs ffmpeg on the same 20 s 720p30 H.264+AAC input, same rungs and the
+# same x264 settings (veryfast, zerolatency, High profile, per-rung bitrate, keyframe every 2 s).
+# Prints CPU-seconds per media-second for both and the ratio tidecast/ffmpeg.
+#   bench/ladder.sh            (make bench-ladder builds the release binary first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-$HOME/.cache/tidecast/target}"
+bin="${TIDECAST_BIN:-$target/release/tidecast}"
+[ -x "$bin" ] || { echo "build first: cargo build --release -p tidecast" >&2; exit 1; }
+command -v ffmpeg >/dev/null || { echo "ffmpeg missing: apt-get install ffmpeg" >&2; exit 1; }
+
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+secs=20
+input="$work/input.flv"
+ffmpeg -loglevel error -f lavfi -i "testsrc2=size=1280x720:rate=30" -f lavfi -i "sine=frequency=440:sample_rate=48000" \
+  -t $secs -c:v libx264 -preset veryfast -g 60 -pix_fmt yuv420p -b:v 4000k -c:a aac -b:a 128k -ac 2 -f flv "$input"
+
+ticks=$(getconf CLK_TCK)
+cpu_of() { awk -v t="$ticks" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"; }
+
+# --- tidecast: publish the file in real time, wait until every playlist has ENDLIST ---
+rtmp=$((20000 + RANDOM % 10000)); http=$((30000 + RANDOM % 10000))
+RUST_LOG=warn "$bin" --rtmp-listen 127.0.0.1:$rtmp --http-listen 127.0.0.1:$http --data-dir "$work/data" 2>"$work/tidecast.log" &
+pid=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http/healthz" >/dev/null && break; sleep 0.1; done
+before=$(cpu_of $pid)
+ffmpeg -loglevel error -re -i "$input" -c copy -f flv "rtmp://127.0.0.1:$rtmp/live/bench"
+for _ in $(seq 200); do
+  if curl -sf "http://127.0.0.1:$http/live/bench/240p/media.m3u8" | grep -q ENDLIST \
+     && curl -sf "http://127.0.0.1:$http/live/bench/720p/media.m3u8" | grep -q ENDLIST; then break; fi
+  sleep 0.1
+done
+after=$(cpu_of $pid)
+kill $pid; wait $pid 2>/dev/null || true
+tc=$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.3f", a - b }')
+
+# --- ffmpeg: decode once, split, scale, x264 per rung ---
+x264="-preset veryfast -tune zerolatency -profile:v high -force_key_frames expr:gte(t,n_forced*2) -sc_threshold 0"
+TIMEFORMAT="%U %S"
+{ time ffmpeg -loglevel error -i "$input" -filter_complex \
+  "[0:v]split=4[a][b][c][d];[a]scale=1280:720[v1];[b]scale=854:480[v2];[c]scale=640:360[v3];[d]scale=426:240[v4]" \
+  -map "[v1]" $x264 -c:v libx264 -b:v 2800k -f mp4 -movflags frag_keyframe+empty_moov "$work/o1.mp4" \
+  -map "[v2]" $x264 -c:v libx264 -b:v 1400k -f mp4 -movflags frag_keyframe+empty_moov "$work/o2.mp4" \
+  -map "[v3]" $x264 -c:v libx264 -b:v 800k -f mp4 -movflags frag_keyframe+empty_moov "$work/o3.mp4" \
+  -map "[v4]" $x264 -c:v libx264 -b:v 400k -f mp4 -movflags frag_keyframe+empty_moov "$work/o4.mp4" \
+  -map 0:a -c:a copy -f mp4 -movflags frag_keyframe+empty_moov "$work/oa.mp4" ; } 2> "$work/ff.time"
+ff=$(tail -n1 "$work/ff.time" | awk '{ print $1 + $2 }')
+
+printf 'ladder 720p30 -> 720p/480p/360p/240p, %ss input\n' $secs
+awk -v tc="$tc" -v ff="$ff" -v s="$secs" 'BEGIN {
+  printf "  tidecast: %6.2f CPU-s  %.3f CPU-s per media-s\n", tc, tc / s
+  printf "  ffmpeg:   %6.2f CPU-s  %.3f CPU-s per media-s\n", ff, ff / s
+  printf "  ratio tidecast/ffmpeg: %.2f\n", tc / ff
+}'
