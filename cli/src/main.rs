@@ -43,7 +43,8 @@ struct Cli {
 enum Command {
     /// Every service in one process (the default).
     All,
-    /// Only the RTMP ingest and transcode ladder (needs an origin in the same process for now).
+    /// Only the RTMP ingest and transcode ladder, pushing CMAF to `ingest.origin_url` (a remote
+    /// `tidecast origin` with `origin.push_token`). Serves /metrics and /healthz on the HTTP port.
     Ingest,
     /// Only the origin HTTP server.
     Origin,
@@ -101,7 +102,7 @@ async fn main() -> Result<()> {
     let origin = tidecast_origin::Origin::new(&config, &registry);
     let mut tasks = tokio::task::JoinSet::new();
 
-    if matches!(command, Command::All | Command::Origin) {
+    if matches!(command, Command::All | Command::Origin | Command::Ingest) {
         let listener = TcpListener::bind(&config.origin.http_listen)
             .await
             .with_context(|| format!("binding origin HTTP on {}", config.origin.http_listen))?;
@@ -113,7 +114,21 @@ async fn main() -> Result<()> {
         let listener = TcpListener::bind(&config.ingest.rtmp_listen)
             .await
             .with_context(|| format!("binding RTMP on {}", config.ingest.rtmp_listen))?;
-        let ingest = tidecast_ingest::IngestServer::new(&config, origin.event_sender(), &registry);
+        let sink = if config.ingest.origin_url.is_empty() {
+            anyhow::ensure!(
+                matches!(command, Command::All),
+                "`tidecast ingest` pushes to a remote origin: set ingest.origin_url \
+                 (TIDECAST_INGEST__ORIGIN_URL) and ingest.origin_token"
+            );
+            origin.event_sender()
+        } else {
+            tidecast_ingest::push::spawn_pusher(
+                &config.ingest.origin_url,
+                &config.ingest.origin_token,
+                &registry,
+            )?
+        };
+        let ingest = tidecast_ingest::IngestServer::new(&config, sink, &registry);
         tasks.spawn(async move { ingest.run(listener).await.context("rtmp ingest") });
     }
     info!(?command, "tidecast running");

@@ -65,6 +65,11 @@ pub struct IngestConfig {
     /// A new publisher on a live key takes the stream over if the current one has sent no media
     /// for this many seconds (a half-dead connection after a network drop); otherwise it is refused.
     pub takeover_after_secs: u64,
+    /// Empty: ladders hand CMAF to the origin in this process (`tidecast all`). Set (e.g.
+    /// `http://origin:8080`): ladders push CMAF to that origin over HTTP (`tidecast ingest`).
+    pub origin_url: String,
+    /// Bearer token for pushing to `origin_url` (the origin's `origin.push_token`).
+    pub origin_token: String,
 }
 
 impl Default for IngestConfig {
@@ -76,6 +81,8 @@ impl Default for IngestConfig {
             handshake_timeout_secs: 10,
             idle_timeout_secs: 15,
             takeover_after_secs: 3,
+            origin_url: String::new(),
+            origin_token: String::new(),
         }
     }
 }
@@ -142,6 +149,9 @@ pub struct OriginConfig {
     pub ended_stream_ttl_secs: u64,
     /// Directory with the player demo to serve under `/demo/` instead of the embedded copy.
     pub demo_dir: Option<PathBuf>,
+    /// Bearer token remote ladders must present to push CMAF to `/ingest/…`; empty = push
+    /// disabled.
+    pub push_token: String,
 }
 
 impl Default for OriginConfig {
@@ -152,6 +162,7 @@ impl Default for OriginConfig {
             grace_segments: 6,
             ended_stream_ttl_secs: 3600,
             demo_dir: None,
+            push_token: String::new(),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod keys;
 pub mod live;
 pub mod metrics;
+pub mod push;
 
 pub use config::{Config, ConfigError};
 pub use live::{CmafSegment, LiveEvent, RenditionInfo, TrackKind};

@@ -76,6 +76,8 @@ pub enum LiveEvent {
     Init {
         /// Stream name.
         stream: String,
+        /// Session id from `SessionStarted`.
+        session: u64,
         /// Rendition name.
         rendition: String,
         /// The init segment.
@@ -85,6 +87,8 @@ pub enum LiveEvent {
     Segment {
         /// Stream name.
         stream: String,
+        /// Session id from `SessionStarted`.
+        session: u64,
         /// Rendition name.
         rendition: String,
         /// The segment.

@@ -374,13 +374,14 @@ fn wire_appsink(
     sink: mpsc::Sender<LiveEvent>,
 ) {
     let stream = input.stream.clone();
+    let session = input.session;
     let rendition = rendition.to_string();
     let started_at = input.started_at;
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |appsink| {
                 let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                for event in sample_events(&sample, &stream, &rendition, started_at) {
+                for event in sample_events(&sample, &stream, session, &rendition, started_at) {
                     if sink.blocking_send_or_try(event).is_err() {
                         warn!(stream = %stream, rendition = %rendition, "origin gone, dropping output");
                         return Err(gst::FlowError::Flushing);
@@ -396,6 +397,7 @@ fn wire_appsink(
 fn sample_events(
     sample: &gst::Sample,
     stream: &str,
+    session: u64,
     rendition: &str,
     started_at: SystemTime,
 ) -> Vec<LiveEvent> {
@@ -414,6 +416,7 @@ fn sample_events(
         if let Ok(map) = buffers[0].map_readable() {
             out.push(LiveEvent::Init {
                 stream: stream.to_string(),
+                session,
                 rendition: rendition.to_string(),
                 data: Bytes::copy_from_slice(&map),
             });
@@ -444,6 +447,7 @@ fn sample_events(
     let pts = Duration::from_nanos(pts.nseconds());
     out.push(LiveEvent::Segment {
         stream: stream.to_string(),
+        session,
         rendition: rendition.to_string(),
         segment: CmafSegment {
             data: data.freeze(),

@@ -11,6 +11,7 @@ pub mod ladder;
 pub mod ladder_plan;
 pub mod media_gate;
 pub mod publishers;
+pub mod push;
 pub mod server;
 
 pub use error::IngestError;

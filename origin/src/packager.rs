@@ -264,14 +264,24 @@ impl StreamTable {
             } => self.start_session(stream, session, renditions, started_at),
             LiveEvent::Init {
                 stream,
+                session,
                 rendition,
                 data,
-            } => self.init(&stream, &rendition, data),
+            } => {
+                if self.is_current(&stream, session) {
+                    self.init(&stream, &rendition, data)
+                }
+            }
             LiveEvent::Segment {
                 stream,
+                session,
                 rendition,
                 segment,
-            } => self.segment(&stream, &rendition, segment),
+            } => {
+                if self.is_current(&stream, session) {
+                    self.segment(&stream, &rendition, segment)
+                }
+            }
             LiveEvent::SessionEnded { stream, session } => {
                 if let Some(s) = self.streams.get_mut(&stream) {
                     if s.session == session {
@@ -334,6 +344,22 @@ impl StreamTable {
         s.live = true;
         s.ended_at = None;
         info!(stream = %stream, session, disc = s.disc, next_msn, "stream session started");
+    }
+
+    /// Media of an old session (a late ladder after a takeover) is dropped.
+    fn is_current(&mut self, stream: &str, session: u64) -> bool {
+        let current = self
+            .streams
+            .get(stream)
+            .is_some_and(|s| s.session == session);
+        if !current {
+            self.counters.rejected += 1;
+            warn!(
+                stream,
+                session, "media for an unknown stream or an old session, dropped"
+            );
+        }
+        current
     }
 
     fn track(&mut self, stream: &str, rendition: &str) -> Option<&mut RenditionTrack> {
@@ -465,6 +491,7 @@ pub(crate) mod tests {
         t.apply(
             LiveEvent::Init {
                 stream: "s".into(),
+                session,
                 rendition: "720p".into(),
                 data: video_init(),
             },
@@ -473,10 +500,12 @@ pub(crate) mod tests {
     }
 
     pub fn push(t: &mut StreamTable, n: usize, now: Instant) {
+        let session = t.get("s").map(|s| s.session).unwrap_or(0);
         for i in 0..n {
             t.apply(
                 LiveEvent::Segment {
                     stream: "s".into(),
+                    session,
                     rendition: "720p".into(),
                     segment: CmafSegment {
                         data: Bytes::from(vec![0u8; 250_000]),

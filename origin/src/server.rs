@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use subtle::ConstantTimeEq;
 use tidecast_common::config::Config;
 use tidecast_common::keys::is_valid_stream_name;
 use tidecast_common::metrics::Registry;
@@ -27,6 +28,7 @@ use crate::playlist;
 /// Shared origin state.
 pub struct Origin {
     table: Mutex<StreamTable>,
+    push_token: String,
     registry: Registry,
     demo: Demo,
 }
@@ -36,6 +38,8 @@ pub type OriginHandle = Arc<Origin>;
 
 type Body = Full<Bytes>;
 
+/// Largest pushed object (a segment of a high-bitrate rung is a few MB).
+const MAX_PUSH_BODY: usize = 64 * 1024 * 1024;
 const SEGMENT_CACHE: &str = "public, max-age=86400, immutable";
 const PLAYLIST_CACHE: &str = "public, max-age=1";
 const NOT_FOUND_CACHE: &str = "public, max-age=1";
@@ -78,6 +82,7 @@ impl Origin {
         Arc::new(Origin {
             table: Mutex::new(StreamTable::new(settings)),
             registry: registry.clone(),
+            push_token: config.origin.push_token.clone(),
             demo: Demo::new(config.origin.demo_dir.clone()),
         })
     }
@@ -120,7 +125,12 @@ impl Origin {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let origin = origin.clone();
-                    async move { Ok::<_, Infallible>(origin.handle(req, peer)) }
+                    async move {
+                        if req.uri().path().starts_with("/ingest/") {
+                            return Ok::<_, Infallible>(origin.push(req).await);
+                        }
+                        Ok(origin.handle(req, peer))
+                    }
                 });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -131,6 +141,60 @@ impl Origin {
                     debug!(%peer, "http connection ended: {e}");
                 }
             });
+        }
+    }
+
+    /// CMAF pushed by a remote ladder (`tidecast ingest`), see `tidecast_common::push`.
+    async fn push(&self, req: Request<Incoming>) -> Response<Body> {
+        let status = |code: StatusCode, why: &'static str| {
+            self.registry
+                .counter(
+                    "tidecast_origin_push_requests_total",
+                    "CMAF push requests from remote ladders, by status.",
+                    &[("status", code.as_str())],
+                )
+                .inc();
+            text(code, why)
+        };
+        if self.push_token.is_empty() {
+            return status(
+                StatusCode::FORBIDDEN,
+                "push disabled: set origin.push_token\n",
+            );
+        }
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let ok: bool = presented
+            .as_bytes()
+            .ct_eq(self.push_token.as_bytes())
+            .into();
+        if !ok {
+            warn!("push refused: bad token");
+            return status(StatusCode::UNAUTHORIZED, "bad push token\n");
+        }
+        let method = req.method().as_str().to_string();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().map(str::to_string);
+        let body = match Limited::new(req.into_body(), MAX_PUSH_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                warn!(%path, "push body: {e}");
+                return status(StatusCode::PAYLOAD_TOO_LARGE, "body too large or broken\n");
+            }
+        };
+        match tidecast_common::push::decode(&method, &path, query.as_deref(), body) {
+            Ok(event) => {
+                self.apply(event);
+                status(StatusCode::NO_CONTENT, "")
+            }
+            Err(e) => {
+                warn!(%method, %path, "push refused: {e}");
+                status(StatusCode::BAD_REQUEST, "bad push request\n")
+            }
         }
     }
 

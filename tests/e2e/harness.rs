@@ -65,6 +65,11 @@ pub struct Tidecast {
 impl Tidecast {
     /// Start `tidecast all` with extra args and env; waits until HTTP and RTMP accept.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Tidecast {
+        Self::start_role("all", args, env)
+    }
+
+    /// Start `tidecast {role}`; waits for HTTP, and for RTMP unless the role is `origin`.
+    pub fn start_role(role: &str, args: &[&str], env: &[(&str, &str)]) -> Tidecast {
         let rtmp_port = free_port();
         let http_port = free_port();
         let dir =
@@ -73,7 +78,8 @@ impl Tidecast {
         let log = dir.join("tidecast.log");
         let logfile = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(binary());
-        cmd.arg("--rtmp-listen")
+        cmd.arg(role)
+            .arg("--rtmp-listen")
             .arg(format!("127.0.0.1:{rtmp_port}"))
             .arg("--http-listen")
             .arg(format!("127.0.0.1:{http_port}"))
@@ -100,7 +106,7 @@ impl Tidecast {
             let http_ok = http::get(http_port, "/healthz")
                 .map(|r| r.status == 200)
                 .unwrap_or(false);
-            let rtmp_ok = TcpStream::connect(("127.0.0.1", rtmp_port)).is_ok();
+            let rtmp_ok = role == "origin" || TcpStream::connect(("127.0.0.1", rtmp_port)).is_ok();
             if http_ok && rtmp_ok {
                 break;
             }

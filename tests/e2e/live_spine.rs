@@ -228,3 +228,60 @@ fn ladder_playlists_segments_and_lifecycle() {
     );
     drop(again);
 }
+
+#[test]
+fn split_ingest_pushes_to_a_remote_origin() {
+    let _guard = heavy();
+    let origin = Tidecast::start_role(
+        "origin",
+        &[],
+        &[("TIDECAST_ORIGIN__PUSH_TOKEN", "push-secret")],
+    );
+    let origin_url = format!("http://127.0.0.1:{}", origin.http_port);
+    // a wrong token is refused with 401 and nothing is created
+    let bad = Tidecast::start_role(
+        "ingest",
+        &[],
+        &[
+            ("TIDECAST_INGEST__ORIGIN_URL", origin_url.as_str()),
+            ("TIDECAST_INGEST__ORIGIN_TOKEN", "wrong"),
+        ],
+    );
+    let (ok, err) =
+        Publisher::start(&bad.rtmp_url("nope"), 3, "320x240").wait(Duration::from_secs(20));
+    assert!(ok, "{err}");
+    assert!(
+        origin.log().contains("push refused: bad token"),
+        "{}",
+        origin.log()
+    );
+    drop(bad);
+    let ingest = Tidecast::start_role(
+        "ingest",
+        &[],
+        &[
+            ("TIDECAST_INGEST__ORIGIN_URL", origin_url.as_str()),
+            ("TIDECAST_INGEST__ORIGIN_TOKEN", "push-secret"),
+        ],
+    );
+    let publisher = Publisher::start(&ingest.rtmp_url("split"), 8, "640x360");
+    let m = master(&origin, "split");
+    assert_eq!(m.variants.len(), 2, "360p and 240p");
+    let (p, _) = media(&origin, "split", "360p");
+    let seg = origin.get(&format!("/live/split/360p/{}", p.segments[0].uri));
+    assert_eq!(seg.status, 200);
+    assert!(!origin.get("/api/streams").text().contains("\"nope\""));
+    let (ok, err) = publisher.wait(Duration::from_secs(30));
+    assert!(ok, "{err}");
+    origin.wait_for("ENDLIST pushed", Duration::from_secs(15), || {
+        media(&origin, "split", "360p")
+            .1
+            .contains("#EXT-X-ENDLIST")
+            .then_some(())
+    });
+    let metrics = ingest.get("/metrics").text();
+    assert!(
+        metrics.contains("tidecast_ingest_push_failures_total 0"),
+        "{metrics}"
+    );
+}
