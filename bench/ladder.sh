@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Ladder cost: tidecast vs ffmpeg on the same 20 s 720p30 H.264+AAC input, same rungs and the
-# same x264 settings (veryfast, zerolatency, High profile, per-rung bitrate, keyframe every 2 s).
+# same x264 settings (veryfast, zerolatency, High profile, per-rung bitrate with GStreamer
+# x264enc's default CBR: maxrate = bitrate, VBV buffer 600 ms, keyframe every 2 s).
 # Prints CPU-seconds per media-second for both and the ratio tidecast/ffmpeg.
 #   bench/ladder.sh            (make bench-ladder builds the release binary first)
 set -euo pipefail
@@ -41,10 +42,10 @@ x264="-preset veryfast -tune zerolatency -profile:v high -force_key_frames expr:
 TIMEFORMAT="%U %S"
 { time ffmpeg -loglevel error -i "$input" -filter_complex \
   "[0:v]split=4[a][b][c][d];[a]scale=1280:720[v1];[b]scale=854:480[v2];[c]scale=640:360[v3];[d]scale=426:240[v4]" \
-  -map "[v1]" $x264 -c:v libx264 -b:v 2800k -f mp4 -movflags frag_keyframe+empty_moov "$work/o1.mp4" \
-  -map "[v2]" $x264 -c:v libx264 -b:v 1400k -f mp4 -movflags frag_keyframe+empty_moov "$work/o2.mp4" \
-  -map "[v3]" $x264 -c:v libx264 -b:v 800k -f mp4 -movflags frag_keyframe+empty_moov "$work/o3.mp4" \
-  -map "[v4]" $x264 -c:v libx264 -b:v 400k -f mp4 -movflags frag_keyframe+empty_moov "$work/o4.mp4" \
+  -map "[v1]" $x264 -c:v libx264 -b:v 2800k -maxrate 2800k -bufsize 1680k -f mp4 -movflags frag_keyframe+empty_moov "$work/o1.mp4" \
+  -map "[v2]" $x264 -c:v libx264 -b:v 1400k -maxrate 1400k -bufsize 840k -f mp4 -movflags frag_keyframe+empty_moov "$work/o2.mp4" \
+  -map "[v3]" $x264 -c:v libx264 -b:v 800k -maxrate 800k -bufsize 480k -f mp4 -movflags frag_keyframe+empty_moov "$work/o3.mp4" \
+  -map "[v4]" $x264 -c:v libx264 -b:v 400k -maxrate 400k -bufsize 240k -f mp4 -movflags frag_keyframe+empty_moov "$work/o4.mp4" \
   -map 0:a -c:a copy -f mp4 -movflags frag_keyframe+empty_moov "$work/oa.mp4" ; } 2> "$work/ff.time"
 ff=$(tail -n1 "$work/ff.time" | awk '{ print $1 + $2 }')
 

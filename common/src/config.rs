@@ -109,6 +109,10 @@ pub struct LadderConfig {
     pub x264_preset: String,
     /// x264 threads per rung (0 = auto).
     pub x264_threads: u32,
+    /// Add a `source` rendition that repackages the publisher's H.264 without re-encoding, when
+    /// the publisher's keyframe interval is at most 1.5× `segment_ms`; segments then follow the
+    /// source's keyframes in every rendition. Longer GOPs (OBS "auto") are transcoded only.
+    pub passthrough: bool,
     /// Video rungs, highest first; rungs above the source height are dropped.
     pub rungs: Vec<RungConfig>,
 }
@@ -124,6 +128,7 @@ impl Default for LadderConfig {
             segment_ms: 2000,
             x264_preset: "veryfast".into(),
             x264_threads: 0,
+            passthrough: false,
             rungs: vec![
                 rung("1080p", 1080, 5000),
                 rung("720p", 720, 2800),

@@ -11,14 +11,16 @@
 //! boundary (`send-force-keyunit`), and all rungs see the same decoded frames, so segments are cut
 //! at the same PTS in every rendition.
 
+use std::collections::BTreeSet;
 use std::sync::mpsc as std_mpsc;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
 use tidecast_common::{CmafSegment, LiveEvent, RenditionInfo, TrackKind};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -87,6 +89,9 @@ pub struct LadderInput {
     pub session: u64,
     /// Planned video rungs, highest first.
     pub rungs: Vec<PlannedRung>,
+    /// Repackage the source H.264 as a `source` rendition; every rung then cuts segments at the
+    /// source's keyframes.
+    pub passthrough: Option<crate::flv::AvcInfo>,
     /// Whether the source has AAC audio.
     pub has_audio: bool,
     /// Ingest wall clock of the first media byte (running time 0).
@@ -155,6 +160,31 @@ impl Ladder {
         link(&[&vqueue, &parse, &dec, &conv, &i420])?;
 
         let mut renditions = Vec::new();
+        let source_keyframes = SourceKeyframes::default();
+        if let Some(avc) = input.passthrough {
+            // parse ─ tee ─┬─ queue ─ cmafmux ─ appsink (source)
+            //              └─ queue ─ avdec_h264 … (the ladder)
+            let tee = make("tee", "tee-source")?;
+            let pass_q = queue("passq")?;
+            let pass_mux = cmafmux("mux-source", settings.segment, false)?;
+            let pass_sink = appsink("sink-source");
+            let dec_q = queue("decq")?;
+            pipeline
+                .add_many([&tee, &pass_q, &pass_mux, pass_sink.upcast_ref(), &dec_q])
+                .map_err(|e| IngestError::Ladder(e.to_string()))?;
+            parse.unlink(&dec);
+            link(&[&parse, &tee, &pass_q, &pass_mux, pass_sink.upcast_ref()])?;
+            link(&[&tee, &dec_q, &dec])?;
+            wire_appsink(&pass_sink, &input, "source", sink.clone());
+            source_keyframes.watch(&parse);
+            renditions.push(RenditionInfo {
+                name: "source".into(),
+                kind: TrackKind::Video,
+                bitrate_bps: 0,
+                width: avc.width,
+                height: avc.height,
+            });
+        }
         let mut upstream = i420.clone();
         for rung in &input.rungs {
             let n = &rung.name;
@@ -176,9 +206,17 @@ impl Ladder {
             enc.set_property_from_str("speed-preset", &settings.x264_preset);
             enc.set_property_from_str("tune", "zerolatency");
             enc.set_property("threads", settings.x264_threads);
-            // keyframes come from cmafmux's force-keyunit requests at every boundary; this only
-            // bounds the GOP if those stop
-            enc.set_property("key-int-max", 600u32);
+            if input.passthrough.is_some() {
+                // keyframes exactly where the source has them, nowhere else, so every rendition
+                // cuts at the same PTS as the passthrough one
+                enc.set_property("key-int-max", 100_000u32);
+                enc.set_property("option-string", "scenecut=0");
+                source_keyframes.force_on(&enc);
+            } else {
+                // keyframes come from cmafmux's force-keyunit requests at every boundary; this
+                // only bounds the GOP if those stop
+                enc.set_property("key-int-max", 600u32);
+            }
             let profile = make("capsfilter", &format!("profile-{n}"))?;
             profile.set_property(
                 "caps",
@@ -186,7 +224,11 @@ impl Ladder {
                     .field("profile", "high")
                     .build(),
             );
-            let mux = cmafmux(&format!("mux-{n}"), settings.segment, true)?;
+            let mux = cmafmux(
+                &format!("mux-{n}"),
+                settings.segment,
+                input.passthrough.is_none(),
+            )?;
             let appsink = appsink(&format!("sink-{n}"));
             pipeline
                 .add_many([
@@ -331,6 +373,60 @@ impl Ladder {
 impl Drop for Ladder {
     fn drop(&mut self) {
         self.end();
+    }
+}
+
+/// PTS of the source's keyframes, recorded at the parser and turned into forced keyframes at
+/// each encoder's input (passthrough mode).
+#[derive(Clone, Default)]
+struct SourceKeyframes(Arc<Mutex<BTreeSet<gst::ClockTime>>>);
+
+impl SourceKeyframes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<gst::ClockTime>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn watch(&self, parser: &gst::Element) {
+        let Some(pad) = parser.static_pad("src") else {
+            return;
+        };
+        let set = self.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_pad, info| {
+            if let Some(buffer) = info.buffer() {
+                if !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+                    if let Some(pts) = buffer.pts() {
+                        let mut set = set.lock();
+                        set.insert(pts);
+                        // keep the last minute of keyframes at most
+                        while set.len() > 1024 {
+                            set.pop_first();
+                        }
+                    }
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+
+    fn force_on(&self, encoder: &gst::Element) {
+        let Some(pad) = encoder.static_pad("sink") else {
+            return;
+        };
+        let set = self.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            let is_key = info
+                .buffer()
+                .and_then(|b| b.pts())
+                .is_some_and(|pts| set.lock().contains(&pts));
+            if is_key {
+                // no running time: the encoder makes the very next frame (this one) a keyframe
+                let event = gst_video::DownstreamForceKeyUnitEvent::builder()
+                    .all_headers(true)
+                    .build();
+                let _ = pad.send_event(event);
+            }
+            gst::PadProbeReturn::Ok
+        });
     }
 }
 

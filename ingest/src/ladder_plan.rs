@@ -52,6 +52,25 @@ pub fn plan(source_width: u32, source_height: u32, rungs: &[RungConfig]) -> Vec<
     out
 }
 
+/// Whether to add a passthrough rendition for a source whose observed keyframe interval is
+/// `gop_ms`: only when enabled and the GOP is short enough to cut segments of about the target
+/// length (at most 1.5× the target). An OBS "auto" keyframe interval (~8 s) must not dictate
+/// 8 s segments, so such a source is fully transcoded with keyframes where the ladder wants them.
+pub fn use_passthrough(enabled: bool, gop_ms: Option<u32>, segment_ms: u64) -> bool {
+    match gop_ms {
+        Some(gop) if enabled && gop > 0 => u64::from(gop) * 2 <= segment_ms * 3,
+        _ => false,
+    }
+}
+
+/// With passthrough the source takes the place of every rung at or above its height.
+pub fn below_source(rungs: Vec<PlannedRung>, source_height: u32) -> Vec<PlannedRung> {
+    rungs
+        .into_iter()
+        .filter(|r| r.height < source_height)
+        .collect()
+}
+
 fn even(v: u32) -> u32 {
     v & !1
 }
@@ -96,6 +115,17 @@ mod tests {
         let p = plan(320, 180, &LadderConfig::default().rungs);
         assert_eq!(names(&p), vec![("180p".into(), 320, 180)]);
         assert_eq!(p[0].video_kbps, 400);
+    }
+
+    #[test]
+    fn passthrough_only_for_short_gops() {
+        assert!(use_passthrough(true, Some(2000), 2000));
+        assert!(use_passthrough(true, Some(3000), 2000));
+        assert!(!use_passthrough(true, Some(8333), 2000));
+        assert!(!use_passthrough(true, None, 2000));
+        assert!(!use_passthrough(false, Some(2000), 2000));
+        let p = below_source(plan(1280, 720, &LadderConfig::default().rungs), 720);
+        assert_eq!(p[0].height, 480);
     }
 
     #[test]

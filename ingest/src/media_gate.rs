@@ -21,6 +21,9 @@ pub enum GateOutput {
     Start {
         /// Source video.
         avc: AvcInfo,
+        /// Keyframe interval observed before starting (only measured when asked to, see
+        /// [`MediaGate::measure_gop`]); `None` when not measured or longer than the limit.
+        gop_ms: Option<u32>,
         /// AAC audio present.
         has_audio: bool,
         /// FLV header followed by every held tag.
@@ -41,9 +44,20 @@ pub struct MediaGate {
     started: bool,
     /// Metadata said whether audio exists (`onMetaData` `audiocodecid`/`stereo`…).
     audio_expected: Option<bool>,
+    /// Hold the start until the keyframe interval is known, up to this long (ms).
+    gop_limit_ms: Option<u32>,
+    first_keyframe: Option<u32>,
+    gop_ms: Option<u32>,
+    gop_decided: bool,
 }
 
 impl MediaGate {
+    /// Wait (at most `limit_ms` of media) for a second keyframe, so the ladder can decide
+    /// passthrough from the GOP the encoder really sends.
+    pub fn measure_gop(&mut self, limit_ms: u32) {
+        self.gop_limit_ms = Some(limit_ms);
+    }
+
     /// Tell the gate what `onMetaData` announced.
     pub fn set_audio_expected(&mut self, expected: bool) {
         self.audio_expected = Some(expected);
@@ -78,7 +92,25 @@ impl MediaGate {
                 self.video_header_ts = t;
                 return self.hold_or_forward(flv::tag(flv::TAG_VIDEO, t, data));
             }
-            VideoPacket::AvcNalus { .. } | VideoPacket::AvcEndOfSequence => {}
+            VideoPacket::AvcNalus { keyframe } => {
+                let t = self.rebase(ts);
+                if keyframe && !self.started && self.avc.is_some() {
+                    match self.first_keyframe {
+                        None => self.first_keyframe = Some(t),
+                        Some(first) if !self.gop_decided && t > first => {
+                            self.gop_ms = Some(t - first);
+                            self.gop_decided = true;
+                        }
+                        _ => {}
+                    }
+                }
+                if let (Some(limit), Some(first)) = (self.gop_limit_ms, self.first_keyframe) {
+                    if !self.gop_decided && t.saturating_sub(first) > limit {
+                        self.gop_decided = true; // longer than the limit: no passthrough
+                    }
+                }
+            }
+            VideoPacket::AvcEndOfSequence => {}
         }
         let t = self.rebase(ts);
         let tag = flv::tag(flv::TAG_VIDEO, t, data);
@@ -132,7 +164,8 @@ impl MediaGate {
             return Ok(GateOutput::Pending);
         };
         let audio_known = self.has_audio_header || self.audio_expected == Some(false);
-        if !audio_known {
+        let gop_known = self.gop_limit_ms.is_none() || self.gop_decided;
+        if !audio_known || !gop_known {
             return Ok(GateOutput::Pending);
         }
         self.started = true;
@@ -141,6 +174,7 @@ impl MediaGate {
         flv.append(&mut self.pending);
         Ok(GateOutput::Start {
             avc,
+            gop_ms: self.gop_ms,
             has_audio: self.has_audio_header,
             flv,
         })
@@ -189,6 +223,7 @@ mod tests {
                 avc,
                 has_audio,
                 flv,
+                ..
             } => {
                 assert_eq!(avc.height, 720);
                 assert!(has_audio);
@@ -219,6 +254,41 @@ mod tests {
                 assert!(!has_audio);
                 assert_eq!(flv.len(), 4);
             }
+            other => panic!("expected start, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn measures_gop_before_starting() {
+        let aac = Bytes::from_static(&[0xaf, 0, 0x12, 0x10]);
+        let key = Bytes::from_static(&[0x17, 1, 0, 0, 0, 0, 0, 0, 1, 0x65]);
+        let delta = Bytes::from_static(&[0x27, 1, 0, 0, 0, 0, 0, 0, 1, 0x41]);
+        // 2 s GOP: starts at the second keyframe with gop 2000
+        let mut g = MediaGate::default();
+        g.measure_gop(4000);
+        g.on_video(0, &avc_header()).unwrap();
+        assert!(matches!(g.on_audio(0, &aac).unwrap(), GateOutput::Pending));
+        assert!(matches!(g.on_video(0, &key).unwrap(), GateOutput::Pending));
+        assert!(matches!(
+            g.on_video(1000, &delta).unwrap(),
+            GateOutput::Pending
+        ));
+        match g.on_video(2000, &key).unwrap() {
+            GateOutput::Start { gop_ms, .. } => assert_eq!(gop_ms, Some(2000)),
+            other => panic!("expected start, got {other:?}"),
+        }
+        // 8 s GOP (OBS "auto"): gives up after the limit, no GOP
+        let mut g = MediaGate::default();
+        g.measure_gop(4000);
+        g.on_video(0, &avc_header()).unwrap();
+        g.on_audio(0, &aac).unwrap();
+        g.on_video(0, &key).unwrap();
+        assert!(matches!(
+            g.on_video(3000, &delta).unwrap(),
+            GateOutput::Pending
+        ));
+        match g.on_video(4033, &delta).unwrap() {
+            GateOutput::Start { gop_ms, .. } => assert_eq!(gop_ms, None),
             other => panic!("expected start, got {other:?}"),
         }
     }

@@ -99,7 +99,8 @@ struct ConnState {
     gate: MediaGate,
     ladder: Option<Ladder>,
     session: u64,
-    publish_started: Option<SystemTime>,
+    /// Wall clock of the first media message (running time 0 of the ladder).
+    first_media_at: Option<SystemTime>,
 }
 
 impl IngestServer {
@@ -190,6 +191,7 @@ impl IngestServer {
             info!(stream = %stream, session = state.session, "publisher stopped");
         }
         state.gate = MediaGate::default();
+        state.first_media_at = None;
     }
 
     async fn serve(
@@ -388,9 +390,13 @@ impl IngestServer {
                 }
                 let now = SystemTime::now();
                 state.session = unix_millis(now);
-                state.publish_started = Some(now);
                 info!(stream = %name, session = state.session, "publisher accepted");
                 state.stream = Some(name);
+                if self.ladder.passthrough {
+                    state.gate.measure_gop(
+                        u32::try_from(self.ladder.segment_ms * 3 / 2).unwrap_or(u32::MAX),
+                    );
+                }
                 session.accept_request(request_id).map_err(proto)
             }
             ServerSessionEvent::PublishStreamFinished { .. } => {
@@ -442,6 +448,7 @@ impl IngestServer {
             return Ok(()); // media before publish: ignore
         };
         self.metrics.bytes.add(data.len() as i64);
+        state.first_media_at.get_or_insert_with(SystemTime::now);
         self.lock_publishers().touch(&stream, conn, Instant::now());
         let output = if video {
             state.gate.on_video(ts, &data)?
@@ -452,18 +459,29 @@ impl IngestServer {
             GateOutput::Pending => Ok(()),
             GateOutput::Start {
                 avc,
+                gop_ms,
                 has_audio,
                 flv,
             } => {
-                let rungs = ladder_plan::plan(avc.width, avc.height, &self.ladder.rungs);
+                let mut rungs = ladder_plan::plan(avc.width, avc.height, &self.ladder.rungs);
+                let passthrough = ladder_plan::use_passthrough(
+                    self.ladder.passthrough,
+                    gop_ms,
+                    self.ladder.segment_ms,
+                );
+                if passthrough {
+                    rungs = ladder_plan::below_source(rungs, avc.height);
+                }
                 info!(stream = %stream, width = avc.width, height = avc.height, codec = %avc.codec_string(),
+                      gop_ms = ?gop_ms, passthrough,
                       rungs = ?rungs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), "source detected");
                 let input = LadderInput {
                     stream: stream.clone(),
                     session: state.session,
                     rungs,
+                    passthrough: passthrough.then_some(avc),
                     has_audio,
-                    started_at: SystemTime::now(),
+                    started_at: state.first_media_at.unwrap_or_else(SystemTime::now),
                 };
                 let settings = LadderSettings {
                     segment: Duration::from_millis(self.ladder.segment_ms.max(100)),

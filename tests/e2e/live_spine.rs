@@ -285,3 +285,98 @@ fn split_ingest_pushes_to_a_remote_origin() {
         "{metrics}"
     );
 }
+
+/// Publish with ffmpeg using a given GOP (frames) and B-frames, like differently configured OBS.
+fn publish_gop(t: &Tidecast, key: &str, size: &str, gop: u32, seconds: u32) -> std::process::Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size={size}:rate=30"),
+        ])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &seconds.to_string()])
+        .args([
+            "-c:v", "libx264", "-preset", "veryfast", "-bf", "2", "-pix_fmt", "yuv420p",
+        ])
+        .args([
+            "-g",
+            &gop.to_string(),
+            "-keyint_min",
+            &gop.to_string(),
+            "-sc_threshold",
+            "0",
+        ])
+        .args(["-c:a", "aac", "-b:a", "128k", "-f", "flv", &t.rtmp_url(key)])
+        .spawn()
+        .expect("spawning ffmpeg")
+}
+
+#[test]
+fn passthrough_follows_source_keyframes_and_long_gops_are_transcoded() {
+    let _guard = heavy();
+    let t = Tidecast::start(&[], &[("TIDECAST_LADDER__PASSTHROUGH", "true")]);
+    // two publishers at once: a 2 s GOP (passthrough) and OBS's "auto" ~8.3 s GOP (transcoded)
+    let mut short = publish_gop(&t, "short", "1280x720", 60, 16);
+    let mut long = publish_gop(&t, "long", "640x360", 250, 16);
+
+    let m = master(&t, "short");
+    let uris: Vec<&str> = m.variants.iter().map(|v| v.uri.as_str()).collect();
+    assert_eq!(
+        uris,
+        [
+            "source/media.m3u8",
+            "480p/media.m3u8",
+            "360p/media.m3u8",
+            "240p/media.m3u8"
+        ]
+    );
+    let source = &m.variants[0];
+    assert_eq!(
+        source.resolution.map(|r| (r.width, r.height)),
+        Some((1280, 720))
+    );
+    // the source codec string is the publisher's own (ffmpeg x264 High@3.1)
+    assert_eq!(source.codecs.as_deref(), Some("avc1.64001f,mp4a.40.2"));
+
+    t.wait_for("4 segments", Duration::from_secs(20), || {
+        (media(&t, "short", "240p").0.segments.len() >= 4).then_some(())
+    });
+    let lists: Vec<MediaPlaylist> = ["source", "480p", "360p", "240p"]
+        .iter()
+        .map(|r| media(&t, "short", r).0)
+        .collect();
+    let first = lists.iter().map(|p| p.media_sequence).max().unwrap_or(0);
+    let last = lists.iter().map(last_msn).min().unwrap_or(0);
+    assert!(last >= first + 2, "too few common segments");
+    for msn in first..=last {
+        let d: Vec<f32> = lists
+            .iter()
+            .map(|p| p.segments[(msn - p.media_sequence) as usize].duration)
+            .collect();
+        assert!(
+            d.iter().all(|x| (x - d[0]).abs() < 0.001),
+            "segment {msn}: {d:?}"
+        );
+    }
+    let seg = t.get(&format!("/live/short/source/{}", lists[0].segments[0].uri));
+    assert_eq!(seg.status, 200);
+
+    // the long-GOP publisher got no passthrough and still 2 s segments
+    let m = master(&t, "long");
+    assert!(
+        m.variants.iter().all(|v| !v.uri.starts_with("source")),
+        "{:?}",
+        m.variants
+    );
+    let (p, text) = t.wait_for("segments", Duration::from_secs(20), || {
+        let (p, text) = media(&t, "long", "360p");
+        (p.segments.len() >= 3).then_some((p, text))
+    });
+    assert!(p.segments.iter().all(|s| s.duration < 2.2), "{text}");
+    assert!(t.log().contains("passthrough=false"), "{}", t.log());
+    let _ = short.wait();
+    let _ = long.wait();
+}
