@@ -22,7 +22,7 @@ pub struct PlannedRung {
 /// source size is kept (with the smallest rung's bitrate), so a tiny source still plays.
 pub fn plan(source_width: u32, source_height: u32, rungs: &[RungConfig]) -> Vec<PlannedRung> {
     let mut sorted: Vec<&RungConfig> = rungs.iter().collect();
-    sorted.sort_by(|a, b| b.height.cmp(&a.height));
+    sorted.sort_by_key(|r| std::cmp::Reverse(r.height));
     let mut out: Vec<PlannedRung> = Vec::new();
     for rung in &sorted {
         if rung.height > source_height || rung.height == 0 {

@@ -267,21 +267,13 @@ impl StreamTable {
                 session,
                 rendition,
                 data,
-            } => {
-                if self.is_current(&stream, session) {
-                    self.init(&stream, &rendition, data)
-                }
-            }
+            } if self.is_current(&stream, session) => self.init(&stream, &rendition, data),
             LiveEvent::Segment {
                 stream,
                 session,
                 rendition,
                 segment,
-            } => {
-                if self.is_current(&stream, session) {
-                    self.segment(&stream, &rendition, segment)
-                }
-            }
+            } if self.is_current(&stream, session) => self.segment(&stream, &rendition, segment),
             LiveEvent::SessionEnded { stream, session } => {
                 if let Some(s) = self.streams.get_mut(&stream) {
                     if s.session == session {
