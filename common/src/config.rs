@@ -105,6 +105,8 @@ pub struct RungConfig {
 pub struct LadderConfig {
     /// Target segment duration in milliseconds; transcoded rungs get a keyframe at each boundary.
     pub segment_ms: u64,
+    /// CMAF chunk (LL-HLS part) duration in milliseconds; 0 = whole segments only (no LL-HLS).
+    pub part_ms: u64,
     /// x264 `speed-preset` (ultrafast … veryslow).
     pub x264_preset: String,
     /// x264 threads per rung (0 = auto).
@@ -126,6 +128,7 @@ impl Default for LadderConfig {
         };
         LadderConfig {
             segment_ms: 2000,
+            part_ms: 500,
             x264_preset: "veryfast".into(),
             x264_threads: 0,
             passthrough: false,
@@ -150,6 +153,9 @@ pub struct OriginConfig {
     pub window_segments: usize,
     /// Segments kept downloadable after they leave the playlist.
     pub grace_segments: usize,
+    /// DVR: when > 0, live playlists list this many seconds of segments (rewind window) instead
+    /// of `window_segments`.
+    pub dvr_window_secs: u64,
     /// Streams that ended are forgotten after this many seconds.
     pub ended_stream_ttl_secs: u64,
     /// Directory with the player demo to serve under `/demo/` instead of the embedded copy.
@@ -165,6 +171,7 @@ impl Default for OriginConfig {
             http_listen: "0.0.0.0:8080".into(),
             window_segments: 6,
             grace_segments: 6,
+            dvr_window_secs: 0,
             ended_stream_ttl_secs: 3600,
             demo_dir: None,
             push_token: String::new(),

@@ -9,4 +9,4 @@ pub mod metrics;
 pub mod push;
 
 pub use config::{Config, ConfigError};
-pub use live::{CmafSegment, LiveEvent, RenditionInfo, TrackKind};
+pub use live::{CmafChunk, LiveEvent, RenditionInfo, TrackKind};

@@ -42,19 +42,22 @@ pub struct RenditionInfo {
     pub height: u32,
 }
 
-/// One CMAF media segment (a `moof`+`mdat` fragment starting with a sync sample).
+/// One CMAF chunk (a `moof`+`mdat` pair). A segment is one or more chunks; the first chunk of
+/// a segment starts with a sync sample. With low latency on, chunks are the LL-HLS parts.
 #[derive(Debug, Clone)]
-pub struct CmafSegment {
-    /// The fragment bytes.
+pub struct CmafChunk {
+    /// The chunk bytes.
     pub data: Bytes,
     /// Presentation time of the first sample on the session's media timeline.
     pub pts: Duration,
-    /// Duration of the fragment.
+    /// Duration of the chunk.
     pub duration: Duration,
     /// Ingest wall-clock time of the first sample (`EXT-X-PROGRAM-DATE-TIME`).
     pub program_date_time: SystemTime,
     /// Number of samples (frames for video).
     pub samples: u32,
+    /// This chunk starts a new segment (and a sync sample).
+    pub starts_segment: bool,
 }
 
 /// What a ladder tells the origin.
@@ -83,16 +86,16 @@ pub enum LiveEvent {
         /// The init segment.
         data: Bytes,
     },
-    /// A media segment of one rendition.
-    Segment {
+    /// A media chunk of one rendition.
+    Chunk {
         /// Stream name.
         stream: String,
         /// Session id from `SessionStarted`.
         session: u64,
         /// Rendition name.
         rendition: String,
-        /// The segment.
-        segment: CmafSegment,
+        /// The chunk.
+        chunk: CmafChunk,
     },
     /// The publisher went away and the ladder drained: the session is over.
     SessionEnded {

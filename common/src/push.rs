@@ -6,7 +6,7 @@
 //! |---|---|
 //! | session started | `POST /ingest/{stream}/sessions/{session}` JSON `{started_at_ms, renditions:[…]}` |
 //! | init segment | `PUT /ingest/{stream}/sessions/{session}/{rendition}/init.mp4` |
-//! | media segment | `PUT /ingest/{stream}/sessions/{session}/{rendition}/segment?pts_us=…&duration_us=…&pdt_ms=…&samples=…` |
+//! | media chunk | `PUT /ingest/{stream}/sessions/{session}/{rendition}/chunk?pts_us=…&duration_us=…&pdt_ms=…&samples=…&starts_segment=0/1` |
 //! | session ended | `DELETE /ingest/{stream}/sessions/{session}` |
 //!
 //! Every request carries `Authorization: Bearer {token}`.
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::is_valid_stream_name;
 use crate::live::unix_millis;
-use crate::{CmafSegment, LiveEvent, RenditionInfo, TrackKind};
+use crate::{CmafChunk, LiveEvent, RenditionInfo, TrackKind};
 
 /// HTTP method of a push request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,21 +111,22 @@ pub fn encode(event: &LiveEvent) -> Option<PushRequest> {
             path: format!("/ingest/{stream}/sessions/{session}/{rendition}/init.mp4"),
             body: data.clone(),
         },
-        LiveEvent::Segment {
+        LiveEvent::Chunk {
             stream,
             session,
             rendition,
-            segment,
+            chunk,
         } => PushRequest {
             method: PushMethod::Put,
             path: format!(
-                "/ingest/{stream}/sessions/{session}/{rendition}/segment?pts_us={}&duration_us={}&pdt_ms={}&samples={}",
-                segment.pts.as_micros(),
-                segment.duration.as_micros(),
-                unix_millis(segment.program_date_time),
-                segment.samples
+                "/ingest/{stream}/sessions/{session}/{rendition}/chunk?pts_us={}&duration_us={}&pdt_ms={}&samples={}&starts_segment={}",
+                chunk.pts.as_micros(),
+                chunk.duration.as_micros(),
+                unix_millis(chunk.program_date_time),
+                chunk.samples,
+                u8::from(chunk.starts_segment),
             ),
-            body: segment.data.clone(),
+            body: chunk.data.clone(),
         },
         LiveEvent::SessionEnded { stream, session } => PushRequest {
             method: PushMethod::Delete,
@@ -198,13 +199,14 @@ pub fn decode(
             rendition: name(rendition)?,
             data: body,
         }),
-        ("PUT", [stream, "sessions", id, rendition, "segment"]) => {
+        ("PUT", [stream, "sessions", id, rendition, "chunk"]) => {
             let q = query.unwrap_or("");
-            Ok(LiveEvent::Segment {
+            Ok(LiveEvent::Chunk {
                 stream: name(stream)?,
                 session: session(id)?,
                 rendition: name(rendition)?,
-                segment: CmafSegment {
+                chunk: CmafChunk {
+                    starts_segment: query_u64(q, "starts_segment")? == 1,
                     data: body,
                     pts: Duration::from_micros(query_u64(q, "pts_us")?),
                     duration: Duration::from_micros(query_u64(q, "duration_us")?),
@@ -253,11 +255,12 @@ mod tests {
         assert!(
             matches!(roundtrip(started), LiveEvent::SessionStarted { session: 7, ref renditions, .. } if renditions[0].height == 720)
         );
-        let seg = LiveEvent::Segment {
+        let seg = LiveEvent::Chunk {
             stream: "s".into(),
             session: 7,
             rendition: "720p".into(),
-            segment: CmafSegment {
+            chunk: CmafChunk {
+                starts_segment: true,
                 data: Bytes::from_static(b"moof"),
                 pts: Duration::from_micros(2_000_001),
                 duration: Duration::from_micros(2_033_000),
@@ -266,10 +269,11 @@ mod tests {
             },
         };
         match roundtrip(seg) {
-            LiveEvent::Segment { segment, .. } => {
-                assert_eq!(segment.duration, Duration::from_micros(2_033_000));
-                assert_eq!(segment.samples, 61);
-                assert_eq!(&segment.data[..], b"moof");
+            LiveEvent::Chunk { chunk, .. } => {
+                assert_eq!(chunk.duration, Duration::from_micros(2_033_000));
+                assert_eq!(chunk.samples, 61);
+                assert!(chunk.starts_segment);
+                assert_eq!(&chunk.data[..], b"moof");
             }
             other => panic!("{other:?}"),
         }

@@ -21,7 +21,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
-use tidecast_common::{CmafSegment, LiveEvent, RenditionInfo, TrackKind};
+use tidecast_common::{CmafChunk, LiveEvent, RenditionInfo, TrackKind};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -33,6 +33,8 @@ use crate::IngestError;
 pub struct LadderSettings {
     /// Target segment duration.
     pub segment: Duration,
+    /// CMAF chunk (LL-HLS part) duration; `None` = one chunk per segment.
+    pub part: Option<Duration>,
     /// x264 speed preset.
     pub x264_preset: String,
     /// x264 threads per rung (0 = auto).
@@ -166,7 +168,7 @@ impl Ladder {
             //              └─ queue ─ avdec_h264 … (the ladder)
             let tee = make("tee", "tee-source")?;
             let pass_q = queue("passq")?;
-            let pass_mux = cmafmux("mux-source", settings.segment, false)?;
+            let pass_mux = cmafmux("mux-source", settings, false)?;
             let pass_sink = appsink("sink-source");
             let dec_q = queue("decq")?;
             pipeline
@@ -224,11 +226,7 @@ impl Ladder {
                     .field("profile", "high")
                     .build(),
             );
-            let mux = cmafmux(
-                &format!("mux-{n}"),
-                settings.segment,
-                input.passthrough.is_none(),
-            )?;
+            let mux = cmafmux(&format!("mux-{n}"), settings, input.passthrough.is_none())?;
             let appsink = appsink(&format!("sink-{n}"));
             pipeline
                 .add_many([
@@ -260,7 +258,7 @@ impl Ladder {
         let audio_entry = if input.has_audio {
             let aqueue = queue("aqueue")?;
             let aparse = make("aacparse", "aparse")?;
-            let amux = cmafmux("mux-audio", settings.segment, false)?;
+            let amux = cmafmux("mux-audio", settings, false)?;
             let asink = appsink("sink-audio");
             pipeline
                 .add_many([&aqueue, &aparse, &amux, asink.upcast_ref()])
@@ -445,13 +443,23 @@ impl SendFromAnyThread for mpsc::Sender<LiveEvent> {
     }
 }
 
-fn cmafmux(name: &str, segment: Duration, video: bool) -> Result<gst::Element, IngestError> {
+fn cmafmux(
+    name: &str,
+    settings: &LadderSettings,
+    force_keyunits: bool,
+) -> Result<gst::Element, IngestError> {
     let mux = make("cmafmux", name)?;
     mux.set_property(
         "fragment-duration",
-        gst::ClockTime::from_nseconds(segment.as_nanos() as u64),
+        gst::ClockTime::from_nseconds(settings.segment.as_nanos() as u64),
     );
-    mux.set_property("send-force-keyunit", video);
+    if let Some(part) = settings.part {
+        mux.set_property(
+            "chunk-duration",
+            gst::ClockTime::from_nseconds(part.as_nanos() as u64),
+        );
+    }
+    mux.set_property("send-force-keyunit", force_keyunits);
     Ok(mux)
 }
 
@@ -489,7 +497,7 @@ fn wire_appsink(
     );
 }
 
-/// Turn one `cmafmux` output sample (a buffer list) into init / segment events.
+/// Turn one `cmafmux` output sample (a buffer list) into init / chunk events.
 fn sample_events(
     sample: &gst::Sample,
     stream: &str,
@@ -541,16 +549,18 @@ fn sample_events(
         }
     }
     let pts = Duration::from_nanos(pts.nseconds());
-    out.push(LiveEvent::Segment {
+    out.push(LiveEvent::Chunk {
         stream: stream.to_string(),
         session,
         rendition: rendition.to_string(),
-        segment: CmafSegment {
+        chunk: CmafChunk {
             data: data.freeze(),
             pts,
             duration: Duration::from_nanos(duration.nseconds()),
             program_date_time: started_at + pts,
             samples: buffers.len().saturating_sub(1) as u32,
+            // the header of a chunk that continues a fragment is DELTA_UNIT
+            starts_segment: !first.flags().contains(gst::BufferFlags::DELTA_UNIT),
         },
     });
     out

@@ -244,11 +244,7 @@ impl IngestServer {
         if processed.is_ok() && !leftover.is_empty() {
             processed = guard
                 .check(&leftover)
-                .and_then(|()| {
-                    session
-                        .handle_input(&leftover)
-                        .map_err(|e| IngestError::Protocol(e.to_string()))
-                })
+                .and_then(|()| feed(&mut session, &leftover))
                 .and_then(|results| self.process(conn, &mut session, results, state, &mut out));
         }
         socket.write_all(&out).await?;
@@ -271,9 +267,7 @@ impl IngestServer {
                 return Ok(());
             }
             guard.check(&buf[..n])?;
-            let results = session
-                .handle_input(&buf[..n])
-                .map_err(|e| IngestError::Protocol(e.to_string()))?;
+            let results = feed(&mut session, &buf[..n])?;
             out.clear();
             let processed = self.process(conn, &mut session, results, state, &mut out);
             if !out.is_empty() {
@@ -485,6 +479,8 @@ impl IngestServer {
                 };
                 let settings = LadderSettings {
                     segment: Duration::from_millis(self.ladder.segment_ms.max(100)),
+                    part: (self.ladder.part_ms > 0)
+                        .then(|| Duration::from_millis(self.ladder.part_ms.max(50))),
                     x264_preset: self.ladder.x264_preset.clone(),
                     x264_threads: self.ladder.x264_threads,
                 };
@@ -508,6 +504,20 @@ impl IngestServer {
             }
         }
     }
+}
+
+/// Hand bytes to the rml_rtmp session. Its AMF decoder can panic on some malformed input (an
+/// out-of-range slice); that is this connection's bad input, so it becomes a protocol error
+/// instead of a dead task.
+fn feed(
+    session: &mut ServerSession,
+    bytes: &[u8],
+) -> Result<Vec<ServerSessionResult>, IngestError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
+        .map_err(|_| {
+            IngestError::Protocol("malformed message (rejected by the RTMP decoder)".into())
+        })?
+        .map_err(|e| IngestError::Protocol(e.to_string()))
 }
 
 /// rml_rtmp applies a client's Set Chunk Size silently (any value below 2^31). This follows the

@@ -4,11 +4,10 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::Response;
 
-use crate::server::not_found;
+use crate::http::{full, not_found, Body};
 
 struct Asset {
     name: &'static str,
@@ -51,7 +50,7 @@ impl Demo {
     }
 
     /// Serve `name` (only names in the fixed asset list; `""` is `index.html`).
-    pub fn serve(&self, name: &str) -> Response<Full<Bytes>> {
+    pub fn serve(&self, name: &str) -> Response<Body> {
         let name = if name.is_empty() { "index.html" } else { name };
         let Some(asset) = ASSETS.iter().find(|a| a.name == name) else {
             return not_found();
@@ -70,7 +69,7 @@ impl Demo {
             }
             None => Bytes::from_static(asset.bytes),
         };
-        let mut resp = Response::new(Full::new(bytes));
+        let mut resp = Response::new(full(bytes));
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.mime));
         resp.headers_mut().insert(

@@ -6,9 +6,13 @@
 
 pub mod cmaf;
 pub mod demo;
+pub mod http;
+mod live_routes;
+pub mod llhls;
 pub mod packager;
 pub mod playlist;
 pub mod server;
+pub mod window;
 
 pub use packager::{StreamTable, WindowSettings};
 pub use server::{Origin, OriginHandle};

@@ -5,111 +5,15 @@
 //! new session, every rendition continues from the highest next number of any rendition (so
 //! renditions stay aligned) and the first segment of the session carries a discontinuity.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tidecast_common::{CmafSegment, LiveEvent, RenditionInfo};
+use tidecast_common::{CmafChunk, LiveEvent, RenditionInfo};
 use tracing::{info, warn};
 
-use crate::cmaf::{self, TrackInfo};
-
-/// One media segment as stored.
-#[derive(Debug, Clone)]
-pub struct StoredSegment {
-    /// Media sequence number.
-    pub msn: u64,
-    /// Discontinuity sequence (session index within the stream).
-    pub disc: u64,
-    /// Duration.
-    pub duration: Duration,
-    /// `EXT-X-PROGRAM-DATE-TIME`.
-    pub program_date_time: SystemTime,
-    /// Samples (frames) in it.
-    pub samples: u32,
-    /// The bytes.
-    pub data: Bytes,
-}
-
-/// One rendition's track: init segments per discontinuity and the segment window.
-#[derive(Debug)]
-pub struct RenditionTrack {
-    /// Declared by the ladder.
-    pub declared: RenditionInfo,
-    /// Parsed from the init segment.
-    pub info: Option<TrackInfo>,
-    /// Init segment per discontinuity sequence.
-    pub inits: BTreeMap<u64, Bytes>,
-    /// Retained segments, oldest first (the playlist lists the newest `window`).
-    pub segments: VecDeque<StoredSegment>,
-    /// Next media sequence number.
-    pub next_msn: u64,
-    /// Discontinuity sequence new segments get.
-    pub disc: u64,
-    /// Longest segment seen (for `EXT-X-TARGETDURATION`, which must not shrink).
-    pub max_duration: Duration,
-}
-
-impl RenditionTrack {
-    fn new(declared: RenditionInfo, next_msn: u64, disc: u64) -> Self {
-        RenditionTrack {
-            declared,
-            info: None,
-            inits: BTreeMap::new(),
-            segments: VecDeque::new(),
-            next_msn,
-            disc,
-            max_duration: Duration::ZERO,
-        }
-    }
-
-    /// Peak and average bitrate (bits/s) over retained segments; declared bitrate when none.
-    pub fn bitrates(&self) -> (u64, u64) {
-        let mut peak = 0u64;
-        let (mut bytes, mut secs) = (0u64, 0f64);
-        for s in &self.segments {
-            let d = s.duration.as_secs_f64();
-            if d < 0.05 {
-                continue;
-            }
-            peak = peak.max((s.data.len() as f64 * 8.0 / d) as u64);
-            bytes += s.data.len() as u64;
-            secs += d;
-        }
-        if secs == 0.0 {
-            return (self.declared.bitrate_bps, self.declared.bitrate_bps);
-        }
-        (peak, (bytes as f64 * 8.0 / secs) as u64)
-    }
-
-    /// Frames per second measured over retained segments of the current session.
-    pub fn frame_rate(&self) -> Option<f64> {
-        let (mut frames, mut secs) = (0u64, 0f64);
-        for s in self.segments.iter().filter(|s| s.disc == self.disc) {
-            frames += u64::from(s.samples);
-            secs += s.duration.as_secs_f64();
-        }
-        (secs > 0.0 && frames > 0).then(|| snap_frame_rate(frames as f64 / secs))
-    }
-
-    /// Segment by media sequence number.
-    pub fn segment(&self, msn: u64) -> Option<&StoredSegment> {
-        let first = self.segments.front()?.msn;
-        let s = self.segments.get(msn.checked_sub(first)? as usize)?;
-        (s.msn == msn).then_some(s)
-    }
-}
-
-/// Measured rates jitter by a frame over a window; report the nominal rate when within 0.5%.
-fn snap_frame_rate(measured: f64) -> f64 {
-    const NOMINAL: [f64; 9] = [23.976, 24.0, 25.0, 29.97, 30.0, 48.0, 50.0, 59.94, 60.0];
-    NOMINAL
-        .iter()
-        .copied()
-        .filter(|n| (measured - n).abs() / n < 0.0005)
-        .min_by(|a, b| (measured - a).abs().total_cmp(&(measured - b).abs()))
-        .unwrap_or((measured * 1000.0).round() / 1000.0)
-}
+use crate::cmaf;
+pub use crate::window::{RenditionTrack, StoredPart, StoredSegment};
 
 /// Client addresses that asked for a playlist recently.
 #[derive(Debug, Default)]
@@ -164,9 +68,9 @@ impl LiveStream {
     pub fn is_ready(&self) -> bool {
         !self.current.is_empty()
             && self.current.iter().all(|r| {
-                self.renditions.get(r).is_some_and(|t| {
-                    t.info.is_some() && t.segments.iter().any(|s| s.disc == self.disc)
-                })
+                self.renditions
+                    .get(r)
+                    .is_some_and(|t| t.info.is_some() && t.complete().any(|s| s.disc == self.disc))
             })
     }
 
@@ -189,8 +93,12 @@ impl LiveStream {
 /// Settings of the segment window.
 #[derive(Debug, Clone, Copy)]
 pub struct WindowSettings {
-    /// Segments listed in a live playlist.
+    /// Segments listed in a live playlist (without DVR).
     pub window: usize,
+    /// DVR: list this much media instead of `window` segments (zero = off).
+    pub dvr: Duration,
+    /// LL-HLS part target (configured chunk duration); `None` = no parts.
+    pub part_target: Option<Duration>,
     /// Segments kept downloadable after leaving the playlist.
     pub grace: usize,
     /// Target segment duration (lower bound for `EXT-X-TARGETDURATION`).
@@ -202,8 +110,10 @@ pub struct WindowSettings {
 /// Counters the shell exports.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PackagerCounters {
-    /// Segments accepted.
+    /// Segments started.
     pub segments: u64,
+    /// Chunks (parts) accepted.
+    pub chunks: u64,
     /// Segment bytes accepted.
     pub segment_bytes: u64,
     /// Events that referred to unknown streams/renditions or carried bad init segments.
@@ -216,6 +126,23 @@ pub struct StreamTable {
     settings: WindowSettings,
     streams: BTreeMap<String, LiveStream>,
     counters: PackagerCounters,
+}
+
+impl WindowSettings {
+    /// Complete segments a playlist lists.
+    pub fn listed_segments(&self) -> usize {
+        if self.dvr.is_zero() {
+            self.window
+        } else {
+            let target = self.target.as_secs_f64().max(0.1);
+            ((self.dvr.as_secs_f64() / target).ceil() as usize).max(self.window)
+        }
+    }
+
+    /// Complete segments kept in memory (listed + grace).
+    pub fn retained_segments(&self) -> usize {
+        self.listed_segments() + self.grace
+    }
 }
 
 impl StreamTable {
@@ -268,15 +195,18 @@ impl StreamTable {
                 rendition,
                 data,
             } if self.is_current(&stream, session) => self.init(&stream, &rendition, data),
-            LiveEvent::Segment {
+            LiveEvent::Chunk {
                 stream,
                 session,
                 rendition,
-                segment,
-            } if self.is_current(&stream, session) => self.segment(&stream, &rendition, segment),
+                chunk,
+            } if self.is_current(&stream, session) => self.chunk(&stream, &rendition, chunk),
             LiveEvent::SessionEnded { stream, session } => {
                 if let Some(s) = self.streams.get_mut(&stream) {
                     if s.session == session {
+                        for r in s.renditions.values_mut() {
+                            r.close_open();
+                        }
                         s.live = false;
                         s.ended_at = Some(now);
                         info!(stream = %stream, session, "stream ended");
@@ -313,6 +243,9 @@ impl StreamTable {
         let had_media = s.renditions.values().any(|r| !r.segments.is_empty());
         if had_media {
             s.disc += 1;
+        }
+        for r in s.renditions.values_mut() {
+            r.close_open();
         }
         let next_msn = s.renditions.values().map(|r| r.next_msn).max().unwrap_or(0);
         for r in s.renditions.values_mut() {
@@ -387,37 +320,24 @@ impl StreamTable {
         }
     }
 
-    fn segment(&mut self, stream: &str, rendition: &str, seg: CmafSegment) {
-        let keep = self.settings.window + self.settings.grace;
+    fn chunk(&mut self, stream: &str, rendition: &str, chunk: CmafChunk) {
+        let keep = self.settings.retained_segments();
+        let bytes = chunk.data.len() as u64;
+        let starts = chunk.starts_segment;
         let Some(track) = self.track(stream, rendition) else {
             return;
         };
-        if !track.inits.contains_key(&track.disc) {
-            warn!(
-                stream,
-                rendition, "segment before its init segment, dropped"
-            );
-            self.counters.rejected += 1;
-            return;
+        match track.push_chunk(chunk, keep) {
+            Ok(()) => {
+                self.counters.chunks += 1;
+                self.counters.segments += u64::from(starts);
+                self.counters.segment_bytes += bytes;
+            }
+            Err(why) => {
+                warn!(stream, rendition, ?why, "chunk dropped");
+                self.counters.rejected += 1;
+            }
         }
-        let bytes = seg.data.len() as u64;
-        track.max_duration = track.max_duration.max(seg.duration);
-        track.segments.push_back(StoredSegment {
-            msn: track.next_msn,
-            disc: track.disc,
-            duration: seg.duration,
-            program_date_time: seg.program_date_time,
-            samples: seg.samples,
-            data: seg.data,
-        });
-        track.next_msn += 1;
-        while track.segments.len() > keep {
-            track.segments.pop_front();
-        }
-        let oldest_disc = track.segments.front().map(|s| s.disc).unwrap_or(track.disc);
-        track.inits.retain(|d, _| *d >= oldest_disc);
-        self.counters.segments += 1;
-        self.counters.segment_bytes += bytes;
     }
 
     fn expire(&mut self, now: Instant) {
@@ -458,6 +378,8 @@ pub(crate) mod tests {
     pub fn settings() -> WindowSettings {
         WindowSettings {
             window: 3,
+            dvr: Duration::ZERO,
+            part_target: Some(Duration::from_millis(500)),
             grace: 2,
             target: Duration::from_secs(2),
             ended_ttl: Duration::from_secs(60),
@@ -491,21 +413,60 @@ pub(crate) mod tests {
         );
     }
 
+    /// Push `n` segments of 4 parts of 0.5 s each (the last one stays open until the next
+    /// segment starts or the session ends).
     pub fn push(t: &mut StreamTable, n: usize, now: Instant) {
         let session = t.get("s").map(|s| s.session).unwrap_or(0);
         for i in 0..n {
+            for p in 0..4u64 {
+                let at = Duration::from_millis(2000 * i as u64 + 500 * p);
+                t.apply(
+                    LiveEvent::Chunk {
+                        stream: "s".into(),
+                        session,
+                        rendition: "720p".into(),
+                        chunk: CmafChunk {
+                            data: Bytes::from(vec![0u8; 62_500]),
+                            pts: at,
+                            duration: Duration::from_millis(500),
+                            program_date_time: SystemTime::UNIX_EPOCH + at,
+                            samples: 15,
+                            starts_segment: p == 0,
+                        },
+                    },
+                    now,
+                );
+            }
+        }
+    }
+
+    /// Start the next segment so the open one completes.
+    pub fn close(t: &mut StreamTable, now: Instant) {
+        push_parts(t, 1, now);
+    }
+
+    /// Push only the first `parts` parts of a new segment.
+    pub fn push_parts(t: &mut StreamTable, parts: u64, now: Instant) {
+        let session = t.get("s").map(|s| s.session).unwrap_or(0);
+        let msn = t
+            .get("s")
+            .and_then(|s| s.rendition("720p"))
+            .map(|r| r.next_msn)
+            .unwrap_or(0);
+        for p in 0..parts {
+            let at = Duration::from_millis(2000 * msn + 500 * p);
             t.apply(
-                LiveEvent::Segment {
+                LiveEvent::Chunk {
                     stream: "s".into(),
                     session,
                     rendition: "720p".into(),
-                    segment: CmafSegment {
-                        data: Bytes::from(vec![0u8; 250_000]),
-                        pts: Duration::from_secs(2 * i as u64),
-                        duration: Duration::from_secs(2),
-                        program_date_time: SystemTime::UNIX_EPOCH
-                            + Duration::from_secs(2 * i as u64),
-                        samples: 60,
+                    chunk: CmafChunk {
+                        data: Bytes::from(vec![0u8; 62_500]),
+                        pts: at,
+                        duration: Duration::from_millis(500),
+                        program_date_time: SystemTime::UNIX_EPOCH + at,
+                        samples: 15,
+                        starts_segment: p == 0,
                     },
                 },
                 now,
@@ -518,17 +479,16 @@ pub(crate) mod tests {
         let now = Instant::now();
         let mut t = StreamTable::new(settings());
         start(&mut t, 1, now);
-        push(&mut t, 7, now);
+        push(&mut t, 8, now);
         let s = t.get("s").unwrap();
         let r = s.rendition("720p").unwrap();
-        assert_eq!(r.segments.len(), 5);
+        // 5 complete (window 3 + grace 2) and the open one
+        assert_eq!(r.segments.len(), 6);
         assert_eq!(r.segments.front().unwrap().msn, 2);
         assert!(r.segment(1).is_none());
         assert_eq!(r.segment(6).unwrap().msn, 6);
+        assert!(r.segment(7).is_none(), "still open");
         assert_eq!(r.frame_rate(), Some(30.0));
-        assert_eq!(snap_frame_rate(29.999), 30.0);
-        assert_eq!(snap_frame_rate(29.971), 29.97);
-        assert_eq!(snap_frame_rate(12.5), 12.5);
         assert_eq!(r.bitrates(), (1_000_000, 1_000_000));
         assert!(s.is_ready());
     }
@@ -550,11 +510,12 @@ pub(crate) mod tests {
         start(&mut t, 2, now);
         assert!(!t.get("s").unwrap().is_ready());
         push(&mut t, 2, now);
+        close(&mut t, now);
         let s = t.get("s").unwrap();
         assert!(s.live);
         assert_eq!(s.disc, 1);
         let r = s.rendition("720p").unwrap();
-        let msns: Vec<_> = r.segments.iter().map(|x| (x.msn, x.disc)).collect();
+        let msns: Vec<_> = r.complete().map(|x| (x.msn, x.disc)).collect();
         assert_eq!(msns, vec![(0, 0), (1, 0), (2, 0), (3, 1), (4, 1)]);
         assert_eq!(r.inits.len(), 2);
     }
@@ -564,7 +525,7 @@ pub(crate) mod tests {
         let now = Instant::now();
         let mut t = StreamTable::new(settings());
         push(&mut t, 1, now);
-        assert_eq!(t.counters().rejected, 1);
+        assert_eq!(t.counters().rejected, 4, "every chunk of the segment");
         assert!(t.get("s").is_none());
     }
 

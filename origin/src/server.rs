@@ -7,50 +7,50 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use subtle::ConstantTimeEq;
 use tidecast_common::config::Config;
-use tidecast_common::keys::is_valid_stream_name;
-use tidecast_common::metrics::Registry;
-use tidecast_common::{LiveEvent, TrackKind};
+use tidecast_common::metrics::{Metric, Registry};
+use tidecast_common::LiveEvent;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::demo::Demo;
+use crate::http::{empty, full, not_found, redirect, set, text, Body};
 use crate::packager::{StreamTable, WindowSettings};
-use crate::playlist;
 
 /// Shared origin state.
 pub struct Origin {
     table: Mutex<StreamTable>,
+    settings: WindowSettings,
+    /// Bumped after every applied event; blocked requests re-check when it changes.
+    changed: watch::Sender<u64>,
+    blocked: Metric,
     push_token: String,
     registry: Registry,
     demo: Demo,
+    me: std::sync::Weak<Origin>,
 }
 
 /// How the rest of the process holds the origin.
 pub type OriginHandle = Arc<Origin>;
 
-type Body = Full<Bytes>;
-
 /// Largest pushed object (a segment of a high-bitrate rung is a few MB).
 const MAX_PUSH_BODY: usize = 64 * 1024 * 1024;
-const SEGMENT_CACHE: &str = "public, max-age=86400, immutable";
-const PLAYLIST_CACHE: &str = "public, max-age=1";
-const NOT_FOUND_CACHE: &str = "public, max-age=1";
 
 /// What a request was for (metric label).
 #[derive(Debug, Clone, Copy)]
-enum RouteKind {
+pub(crate) enum RouteKind {
     Master,
     Media,
     Init,
     Segment,
+    Part,
     Api,
     Demo,
     Other,
@@ -63,6 +63,7 @@ impl RouteKind {
             RouteKind::Media => "media_playlist",
             RouteKind::Init => "init",
             RouteKind::Segment => "segment",
+            RouteKind::Part => "part",
             RouteKind::Api => "api",
             RouteKind::Demo => "demo",
             RouteKind::Other => "other",
@@ -75,20 +76,69 @@ impl Origin {
     pub fn new(config: &Config, registry: &Registry) -> OriginHandle {
         let settings = WindowSettings {
             window: config.origin.window_segments.max(3),
+            dvr: Duration::from_secs(config.origin.dvr_window_secs),
+            part_target: (config.ladder.part_ms > 0)
+                .then(|| Duration::from_millis(config.ladder.part_ms.max(50))),
             grace: config.origin.grace_segments,
             target: Duration::from_millis(config.ladder.segment_ms.max(100)),
             ended_ttl: Duration::from_secs(config.origin.ended_stream_ttl_secs),
         };
-        Arc::new(Origin {
+        Arc::new_cyclic(|me| Origin {
             table: Mutex::new(StreamTable::new(settings)),
+            settings,
+            changed: watch::channel(0).0,
+            blocked: registry.gauge(
+                "tidecast_origin_blocked_requests",
+                "LL-HLS playlist requests currently held until a segment or part exists.",
+                &[],
+            ),
             registry: registry.clone(),
             push_token: config.origin.push_token.clone(),
             demo: Demo::new(config.origin.demo_dir.clone()),
+            me: me.clone(),
         })
     }
 
-    fn table(&self) -> MutexGuard<'_, StreamTable> {
+    pub(crate) fn table(&self) -> MutexGuard<'_, StreamTable> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn settings(&self) -> WindowSettings {
+        self.settings
+    }
+
+    /// An owning handle (for tasks that outlive a request handler borrow).
+    pub(crate) fn handle(&self) -> OriginHandle {
+        // `me` always upgrades while `&self` is alive: the Arc we were built in owns us
+        self.me
+            .upgrade()
+            .unwrap_or_else(|| unreachable!("origin used after drop"))
+    }
+
+    /// Re-run `check` whenever the packager changes until it returns `Some`, or `timeout`.
+    pub(crate) async fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&mut StreamTable) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.changed.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(v) = check(&mut self.table()) {
+                return Some(v);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Counts a held request in `tidecast_origin_blocked_requests` while alive.
+    pub(crate) fn blocked_guard(&self) -> BlockedGuard {
+        self.blocked.inc();
+        BlockedGuard(self.blocked.clone())
     }
 
     /// A channel ladders in this process send their output to; a task applies it.
@@ -103,9 +153,10 @@ impl Origin {
         tx
     }
 
-    /// Apply one live event now.
+    /// Apply one live event now and wake held requests.
     pub fn apply(&self, event: LiveEvent) {
         self.table().apply(event, Instant::now());
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// Serve HTTP forever.
@@ -129,7 +180,7 @@ impl Origin {
                         if req.uri().path().starts_with("/ingest/") {
                             return Ok::<_, Infallible>(origin.push(req).await);
                         }
-                        Ok(origin.handle(req, peer))
+                        Ok(origin.respond(req, peer).await)
                     }
                 });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -198,7 +249,7 @@ impl Origin {
         }
     }
 
-    fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn respond(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let (kind, mut resp) = if req.method() == Method::OPTIONS {
             (RouteKind::Other, empty(StatusCode::NO_CONTENT))
         } else if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -207,7 +258,7 @@ impl Origin {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             )
         } else {
-            self.route(req.uri().path(), peer)
+            self.route(req.uri().path(), req.uri().query(), peer).await
         };
         let h = resp.headers_mut();
         h.insert(
@@ -233,12 +284,17 @@ impl Origin {
             )
             .inc();
         if req.method() == Method::HEAD {
-            *resp.body_mut() = Full::new(Bytes::new());
+            *resp.body_mut() = full(Bytes::new());
         }
         resp
     }
 
-    fn route(&self, path: &str, peer: SocketAddr) -> (RouteKind, Response<Body>) {
+    async fn route(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        peer: SocketAddr,
+    ) -> (RouteKind, Response<Body>) {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
             ["healthz"] => (RouteKind::Other, text(StatusCode::OK, "ok\n")),
@@ -248,84 +304,12 @@ impl Origin {
             ["demo"] => (RouteKind::Demo, redirect("/demo/")),
             ["demo", file] => (RouteKind::Demo, self.demo.serve(file)),
             ["live", stream, "master.m3u8"] => (RouteKind::Master, self.master(stream, peer)),
-            ["live", stream, rendition, file] => self.rendition_file(stream, rendition, file, peer),
+            ["live", stream, rendition, file] => {
+                self.rendition_file(stream, rendition, file, query, peer)
+                    .await
+            }
             _ => (RouteKind::Other, not_found()),
         }
-    }
-
-    fn master(&self, stream: &str, peer: SocketAddr) -> Response<Body> {
-        if !is_valid_stream_name(stream) {
-            return not_found();
-        }
-        let mut table = self.table();
-        let Some(s) = table.get_mut(stream) else {
-            return not_found();
-        };
-        s.touch_viewer(&peer.ip().to_string(), Instant::now());
-        match playlist::master(s) {
-            Some(text) => playlist_response(text),
-            None => not_found(),
-        }
-    }
-
-    fn rendition_file(
-        &self,
-        stream: &str,
-        rendition: &str,
-        file: &str,
-        peer: SocketAddr,
-    ) -> (RouteKind, Response<Body>) {
-        if !is_valid_stream_name(stream) || !is_valid_stream_name(rendition) {
-            return (RouteKind::Other, not_found());
-        }
-        let mut table = self.table();
-        let settings = table.settings();
-        let Some(s) = table.get_mut(stream) else {
-            return (RouteKind::Other, not_found());
-        };
-        if file == "media.m3u8" {
-            s.touch_viewer(&peer.ip().to_string(), Instant::now());
-            return match playlist::media(s, rendition, &settings) {
-                Some(text) => (RouteKind::Media, playlist_response(text)),
-                None => (RouteKind::Media, not_found()),
-            };
-        }
-        let Some(track) = s.rendition(rendition) else {
-            return (RouteKind::Other, not_found());
-        };
-        let mime = match track.declared.kind {
-            TrackKind::Audio => "audio/mp4",
-            _ => "video/mp4",
-        };
-        if file == "init.mp4" {
-            return match track.inits.get(&track.disc) {
-                Some(data) => (RouteKind::Init, media_response(data.clone(), mime)),
-                None => (RouteKind::Init, not_found()),
-            };
-        }
-        if let Some(disc) = file
-            .strip_prefix("init-")
-            .and_then(|f| f.strip_suffix(".mp4"))
-            .and_then(|d| d.parse::<u64>().ok())
-        {
-            return match track.inits.get(&disc) {
-                Some(data) => (RouteKind::Init, media_response(data.clone(), mime)),
-                None => (RouteKind::Init, not_found()),
-            };
-        }
-        if let Some(msn) = file
-            .strip_suffix(".m4s")
-            .and_then(|m| m.parse::<u64>().ok())
-        {
-            return match track.segment(msn) {
-                Some(seg) => (
-                    RouteKind::Segment,
-                    media_response(seg.data.clone(), "video/iso.segment"),
-                ),
-                None => (RouteKind::Segment, not_found()),
-            };
-        }
-        (RouteKind::Other, not_found())
     }
 
     fn api_streams(&self) -> Response<Body> {
@@ -370,7 +354,7 @@ impl Origin {
         drop(table);
         let body = serde_json::to_vec_pretty(&serde_json::json!({ "streams": streams }))
             .unwrap_or_default();
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        let mut resp = Response::new(full(body));
         set(&mut resp, header::CONTENT_TYPE, "application/json");
         set(&mut resp, header::CACHE_CONTROL, "no-cache");
         resp
@@ -432,57 +416,18 @@ impl Origin {
                 }
             }
         }
-        let mut resp = Response::new(Full::new(Bytes::from(self.registry.render())));
+        let mut resp = Response::new(full(self.registry.render()));
         set(&mut resp, header::CONTENT_TYPE, "text/plain; version=0.0.4");
         set(&mut resp, header::CACHE_CONTROL, "no-cache");
         resp
     }
 }
 
-fn set(resp: &mut Response<Body>, name: header::HeaderName, value: &'static str) {
-    resp.headers_mut()
-        .insert(name, HeaderValue::from_static(value));
-}
+/// Decrements the blocked-requests gauge when the request is answered.
+pub(crate) struct BlockedGuard(Metric);
 
-pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *resp.status_mut() = status;
-    set(&mut resp, header::CONTENT_TYPE, "text/plain; charset=utf-8");
-    resp
-}
-
-fn empty(status: StatusCode) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = status;
-    resp
-}
-
-pub(crate) fn not_found() -> Response<Body> {
-    let mut resp = text(StatusCode::NOT_FOUND, "not found\n");
-    set(&mut resp, header::CACHE_CONTROL, NOT_FOUND_CACHE);
-    resp
-}
-
-fn redirect(to: &'static str) -> Response<Body> {
-    let mut resp = empty(StatusCode::FOUND);
-    set(&mut resp, header::LOCATION, to);
-    resp
-}
-
-fn playlist_response(text: String) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(text)));
-    set(
-        &mut resp,
-        header::CONTENT_TYPE,
-        "application/vnd.apple.mpegurl",
-    );
-    set(&mut resp, header::CACHE_CONTROL, PLAYLIST_CACHE);
-    resp
-}
-
-fn media_response(data: Bytes, mime: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(data));
-    set(&mut resp, header::CONTENT_TYPE, mime);
-    set(&mut resp, header::CACHE_CONTROL, SEGMENT_CACHE);
-    resp
+impl Drop for BlockedGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
