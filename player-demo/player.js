@@ -15,9 +15,15 @@
     state.stream = name;
     state.fatal = null;
     const url = '/live/' + encodeURIComponent(name) + '/master.m3u8';
-    history.replaceState(null, '', '?stream=' + encodeURIComponent(name));
+    const params = new URLSearchParams(location.search);
+    params.set('stream', name);
+    history.replaceState(null, '', '?' + params.toString());
     if (window.Hls && Hls.isSupported()) {
-      const hls = new Hls({ liveSyncDurationCount: 3 });
+      // low-latency HLS (parts, blocking reloads) unless ?ll=0
+      const lowLatency = new URLSearchParams(location.search).get('ll') !== '0';
+      const hls = new Hls(lowLatency
+        ? { lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5 }
+        : { lowLatencyMode: false, liveSyncDurationCount: 3 });
       state.hls = hls;
       hls.on(Hls.Events.MANIFEST_PARSED, function () {
         picker.innerHTML = '<option value="-1">Auto</option>';

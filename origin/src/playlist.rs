@@ -125,11 +125,6 @@ pub fn target_duration(track: &RenditionTrack, settings: &WindowSettings) -> u64
         .max(1)
 }
 
-/// `PART-TARGET`: the configured part duration, raised if a longer part was produced.
-pub fn part_target(track: &RenditionTrack, settings: &WindowSettings) -> Option<Duration> {
-    settings.part_target.map(|p| p.max(track.max_part))
-}
-
 /// A rendition's media playlist (LL-HLS when parts are on), or `None` with no segment yet.
 pub fn media(
     stream: &LiveStream,
@@ -143,7 +138,7 @@ pub fn media(
     let complete: Vec<&StoredSegment> = track.complete().collect();
     let listed = &complete[complete.len().saturating_sub(settings.listed_segments())..];
     let target = target_duration(track, settings);
-    let part_target = part_target(track, settings);
+    let part_target = settings.part_target;
     let ll = part_target.is_some();
     // the segment being produced is listed (as parts) only in LL playlists
     let open = if live && ll { track.open() } else { None };
@@ -232,8 +227,8 @@ pub fn media(
             let _ = writeln!(out, "{}.m4s", seg.msn);
         }
     }
-    if ll && live {
-        let (msn, part) = track.next_part();
+    if let (Some(pt), true) = (part_target, live) {
+        let (msn, part) = track.hinted_part(settings.target, pt);
         let _ = writeln!(
             out,
             "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{msn}.{part}.m4s\""

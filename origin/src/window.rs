@@ -67,8 +67,6 @@ pub struct RenditionTrack {
     pub disc: u64,
     /// Longest segment seen (for `EXT-X-TARGETDURATION`, which must not shrink).
     pub max_duration: Duration,
-    /// Longest part seen (for `PART-TARGET`).
-    pub max_part: Duration,
 }
 
 impl RenditionTrack {
@@ -82,7 +80,6 @@ impl RenditionTrack {
             next_msn,
             disc,
             max_duration: Duration::ZERO,
-            max_part: Duration::ZERO,
         }
     }
 
@@ -112,7 +109,6 @@ impl RenditionTrack {
             .ok_or(ChunkRejected::NoOpenSegment)?;
         open.duration += chunk.duration;
         open.samples += chunk.samples;
-        self.max_part = self.max_part.max(chunk.duration);
         open.parts.push(StoredPart {
             data: chunk.data,
             duration: chunk.duration,
@@ -178,6 +174,16 @@ impl RenditionTrack {
         match self.open() {
             Some(open) => (open.msn, open.parts.len()),
             None => (self.next_msn, 0),
+        }
+    }
+
+    /// Where a preload hint should point: the next part of the open segment, or the first part
+    /// of the next segment when the open one has (about) reached the target duration — the
+    /// ladder cuts there, so another part of this segment is not coming.
+    pub fn hinted_part(&self, target: Duration, part: Duration) -> (u64, usize) {
+        match self.open() {
+            Some(open) if target.saturating_sub(open.duration) < part / 2 => (open.msn + 1, 0),
+            _ => self.next_part(),
         }
     }
 
@@ -293,6 +299,12 @@ mod tests {
         assert_eq!(t.open().map(|s| (s.msn, s.parts.len())), Some((10, 4)));
         assert!(t.segment(10).is_none());
         assert_eq!(t.next_part(), (10, 4));
+        let (target, part) = (Duration::from_secs(2), Duration::from_millis(500));
+        assert_eq!(
+            t.hinted_part(target, part),
+            (11, 0),
+            "2 s reached: next segment"
+        );
         assert!(t.has_part(10, 3) && !t.has_part(10, 4));
         t.push_chunk(chunk(true), 5).unwrap();
         let s = t.segment(10).unwrap();

@@ -33,12 +33,16 @@ try {
         fatal: p.fatal || null,
         level: p.hls && p.hls.levels && p.hls.currentLevel >= 0 ? p.hls.levels[p.hls.currentLevel].height : null,
         latency: p.hls ? p.hls.latency : null,
+        targetLatency: p.hls ? p.hls.targetLatency : null,
+        buffered: v && v.buffered.length ? v.buffered.end(v.buffered.length - 1) - v.currentTime : 0,
       };
     });
     result.errors = s.errors;
     result.fatal = s.fatal;
     result.level = s.level;
     result.latency = s.latency;
+    result.targetLatency = s.targetLatency;
+    result.buffered = s.buffered;
     if (s.t > 0 && result.start === null) result.start = s.t;
     result.end = s.t;
     if (result.start !== null && s.t - result.start >= want) { result.ok = !s.fatal; break; }

@@ -25,7 +25,7 @@ fn hlsjs_plays_the_demo_page() {
     let url = format!("http://127.0.0.1:{}/demo/?stream=demo", t.http_port);
     let out = Command::new("node")
         .arg(dir.join("play.mjs"))
-        .args([&url, "5", "40"])
+        .args([&url, "8", "45"])
         .output()
         .expect("running node");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -35,6 +35,7 @@ fn hlsjs_plays_the_demo_page() {
             String::from_utf8_lossy(&out.stderr)
         )
     });
+    eprintln!("hls.js report: {report}");
     assert_eq!(report["ok"], true, "playback failed: {report}");
     assert!(report["fatal"].is_null(), "{report}");
     let advanced = report["end"].as_f64().unwrap_or(0.0) - report["start"].as_f64().unwrap_or(0.0);
@@ -42,6 +43,9 @@ fn hlsjs_plays_the_demo_page() {
         advanced >= 5.0,
         "currentTime advanced only {advanced}s: {report}"
     );
+    // low-latency HLS: hls.js plays from parts close to the live edge
+    let latency = report["latency"].as_f64().unwrap_or(f64::MAX);
+    assert!(latency < 3.0, "hls.latency {latency}s: {report}");
     // the demo counted as a viewer
     let api = t.get("/api/streams").text();
     assert!(api.contains("\"viewers\": 1"), "{api}");

@@ -171,6 +171,29 @@ fn ladder_playlists_segments_and_lifecycle() {
     }
     assert!(compared >= 3, "too few segments compared: {durations:?}");
 
+    // a plain (non-LL) HLS client reads the same LL playlist URL: ffprobe through ffmpeg's demuxer
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,width",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(format!(
+            "http://127.0.0.1:{}/live/{stream}/master.m3u8",
+            t.http_port
+        ))
+        .output()
+        .expect("ffprobe");
+    let probed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && probed.contains("h264,1280"),
+        "ffprobe on the master playlist: {probed} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // publisher stops: ENDLIST on every media playlist
     let (ok, err) = publisher.wait(Duration::from_secs(30));
     assert!(ok, "ffmpeg failed: {err}");

@@ -7,3 +7,4 @@ mod http;
 mod bad_input;
 mod browser;
 mod live_spine;
+mod ll_hls;

@@ -1,0 +1,212 @@
+//! Low-latency HLS against the real binary: blocking playlist reloads answered as soon as the
+//! part exists, the 400/503 rules, delta updates, the hinted part, chunked segment streaming.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use crate::harness::{heavy, Tidecast};
+use crate::http;
+
+fn publish(t: &Tidecast, key: &str, seconds: u32) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &seconds.to_string()])
+        .args([
+            "-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-pix_fmt", "yuv420p",
+        ])
+        .args(["-c:a", "aac", "-b:a", "128k", "-f", "flv", &t.rtmp_url(key)])
+        .spawn()
+        .expect("spawning ffmpeg")
+}
+
+/// (msn, part) of the `EXT-X-PRELOAD-HINT`.
+fn hint(text: &str) -> (u64, u64) {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("#EXT-X-PRELOAD-HINT:"))
+        .unwrap_or_else(|| panic!("no preload hint:\n{text}"));
+    let uri = line
+        .split("URI=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("");
+    let mut it = uri.trim_end_matches(".m4s").split('.');
+    let msn = it.next().and_then(|x| x.parse().ok()).expect("hint msn");
+    let part = it.next().and_then(|x| x.parse().ok()).expect("hint part");
+    (msn, part)
+}
+
+/// Does the playlist list the part (an `EXT-X-PART` line, not the preload hint)?
+fn lists_part(text: &str, msn: u64, part: u64) -> bool {
+    let uri = format!("URI=\"{msn}.{part}.m4s\"");
+    text.lines()
+        .any(|l| l.starts_with("#EXT-X-PART:") && l.contains(&uri))
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status();
+}
+
+#[test]
+fn blocking_reload_hints_skips_and_errors() {
+    let _guard = heavy();
+    let t = Tidecast::start(&[], &[("TIDECAST_ORIGIN__DVR_WINDOW_SECS", "30")]);
+    let mut ffmpeg = publish(&t, "ll", 45);
+    t.wait_master("ll");
+    let base = "/live/ll/360p/media.m3u8";
+    let text = t.get(base).text();
+    assert!(
+        text.contains(
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.65,CAN-SKIP-UNTIL=12"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("#EXT-X-PART-INF:PART-TARGET=0.55"), "{text}");
+    assert!(text.contains(",INDEPENDENT=YES"), "{text}");
+    assert!(
+        text.contains("#EXT-X-RENDITION-REPORT:URI=\"../240p/media.m3u8\""),
+        "{text}"
+    );
+    m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("m3u8-rs parses the LL playlist");
+
+    // a blocking request for the hinted part returns within 100 ms of the part appearing
+    for _ in 0..3 {
+        let (msn, part) = hint(&t.get(base).text());
+        let port = t.http_port;
+        let path = format!("{base}?_HLS_msn={msn}&_HLS_part={part}");
+        let asked = Instant::now();
+        let blocking = std::thread::spawn(move || {
+            let r = http::get(port, &path).expect("blocking request");
+            (Instant::now(), r)
+        });
+        // meanwhile poll the plain playlist every 5 ms to see when the part is produced
+        let seen = loop {
+            let r = http::get(t.http_port, base).expect("poll");
+            if lists_part(&r.text(), msn, part) {
+                break Instant::now();
+            }
+            assert!(
+                asked.elapsed() < Duration::from_secs(5),
+                "part {msn}.{part} never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let (answered, r) = blocking.join().expect("join");
+        assert_eq!(r.status, 200);
+        assert!(
+            lists_part(&r.text(), msn, part),
+            "blocking response lacks {msn}.{part}"
+        );
+        let diff = if answered > seen {
+            answered - seen
+        } else {
+            seen - answered
+        };
+        eprintln!("blocking reload for {msn}.{part}: answered {:?} after asking, {diff:?} from production", answered - asked);
+        assert!(
+            diff < Duration::from_millis(100),
+            "answered {diff:?} away from production"
+        );
+    }
+
+    // the hinted part itself blocks, then serves the complete part
+    let (msn, part) = hint(&t.get(base).text());
+    let started = Instant::now();
+    let r = t.get(&format!("/live/ll/360p/{msn}.{part}.m4s"));
+    assert_eq!(r.status, 200, "hinted part {msn}.{part}");
+    let kind = r.body.get(4..8).unwrap_or_default();
+    assert!(
+        r.body.len() > 100 && (kind == b"moof" || kind == b"styp"),
+        "a CMAF chunk: {kind:?}"
+    );
+    assert!(
+        started.elapsed() > Duration::from_millis(20),
+        "it was not there yet, so it blocked"
+    );
+
+    // the segment being produced streams (chunked) and equals the complete one afterwards
+    let (msn, _) = hint(&t.get(base).text());
+    let streamed = t.get(&format!("/live/ll/360p/{msn}.m4s"));
+    assert_eq!(streamed.status, 200);
+    assert_eq!(streamed.header("transfer-encoding"), Some("chunked"));
+    let complete = t.get(&format!("/live/ll/360p/{msn}.m4s"));
+    assert_eq!(
+        complete.header("content-length").map(|l| l.to_string()),
+        Some(complete.body.len().to_string())
+    );
+    assert_eq!(
+        streamed.body, complete.body,
+        "streamed segment differs from the stored one"
+    );
+
+    // 400s: _HLS_part alone, _HLS_msn far ahead, malformed values
+    let (msn, _) = hint(&t.get(base).text());
+    assert_eq!(t.get(&format!("{base}?_HLS_part=1")).status, 400);
+    assert_eq!(t.get(&format!("{base}?_HLS_msn={}", msn + 10)).status, 400);
+    assert_eq!(t.get(&format!("{base}?_HLS_msn=abc")).status, 400);
+
+    // delta updates once the DVR playlist is longer than CAN-SKIP-UNTIL (12 s)
+    let (full, delta) = t.wait_for(
+        "a playlist longer than 12 s",
+        Duration::from_secs(30),
+        || {
+            let delta = t.get(&format!("{base}?_HLS_skip=YES")).text();
+            let full = t.get(base).text();
+            delta
+                .contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=")
+                .then_some((full, delta))
+        },
+    );
+    let full_p = m3u8_rs::parse_media_playlist_res(full.as_bytes()).expect("full parses");
+    let delta_p = m3u8_rs::parse_media_playlist_res(delta.as_bytes()).expect("delta parses");
+    let skipped: usize = delta
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-SKIP:SKIPPED-SEGMENTS="))
+        .and_then(|n| n.parse().ok())
+        .expect("skip count");
+    assert_eq!(delta_p.media_sequence, full_p.media_sequence);
+    let full_uris: Vec<&str> = full_p.segments.iter().map(|s| s.uri.as_str()).collect();
+    let delta_uris: Vec<&str> = delta_p.segments.iter().map(|s| s.uri.as_str()).collect();
+    // the full playlist may have advanced by a segment between the two requests
+    assert!(
+        full_uris.len() >= skipped && full_uris[skipped..].starts_with(&delta_uris[..delta_uris.len().min(full_uris.len() - skipped)]),
+        "delta is not a suffix of the full playlist:\nfull {full_uris:?}\ndelta (skipped {skipped}) {delta_uris:?}"
+    );
+
+    // 503: the publisher stalls (SIGSTOP), a blocking request cannot be satisfied in 3 × 2 s
+    let (msn, part) = hint(&t.get(base).text());
+    signal(&ffmpeg, "-STOP");
+    std::thread::sleep(Duration::from_millis(800));
+    let (msn2, part2) = hint(&t.get(base).text());
+    let started = Instant::now();
+    let r = t.get(&format!("{base}?_HLS_msn={msn2}&_HLS_part={part2}"));
+    signal(&ffmpeg, "-CONT");
+    assert_eq!(
+        r.status, 503,
+        "stalled stream: hint was {msn}.{part} then {msn2}.{part2}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "held for 3 target durations"
+    );
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+
+    // after the end: ENDLIST, and blocking directives are ignored
+    t.wait_for("ENDLIST", Duration::from_secs(30), || {
+        t.get(base).text().contains("#EXT-X-ENDLIST").then_some(())
+    });
+    let started = Instant::now();
+    let r = t.get(&format!("{base}?_HLS_msn={}&_HLS_part=0", msn2 + 1));
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let metrics = t.get("/metrics").text();
+    assert!(
+        metrics.contains("tidecast_origin_blocked_requests 0"),
+        "{metrics}"
+    );
+}
