@@ -75,6 +75,23 @@ pub fn playlist_response(text: String) -> Response<Body> {
     resp
 }
 
+/// A DASH manifest.
+pub fn mpd_response(text: String) -> Response<Body> {
+    let mut resp = Response::new(full(text));
+    set(&mut resp, header::CONTENT_TYPE, "application/dash+xml");
+    set(&mut resp, header::CACHE_CONTROL, PLAYLIST_CACHE);
+    resp
+}
+
+/// The origin's clock for DASH `UTCTiming` (`urn:mpeg:dash:utc:http-iso:2014`).
+pub fn time_response(now: std::time::SystemTime) -> Response<Body> {
+    let t: chrono::DateTime<chrono::Utc> = now.into();
+    let mut resp = Response::new(full(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+    set(&mut resp, header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    set(&mut resp, header::CACHE_CONTROL, "no-store");
+    resp
+}
+
 /// A media object (init, segment, part).
 pub fn media_response(data: Bytes, mime: &'static str) -> Response<Body> {
     let mut resp = Response::new(full(data));

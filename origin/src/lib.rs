@@ -5,6 +5,7 @@
 //! window), [`playlist`] (HLS writers). Shell: [`server`] (HTTP routes, metrics, demo files).
 
 pub mod cmaf;
+pub mod dash;
 pub mod demo;
 pub mod http;
 mod live_routes;

@@ -3,7 +3,7 @@
 //! blocks until it exists).
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use hyper::header;
@@ -13,7 +13,8 @@ use tidecast_common::TrackKind;
 use tracing::debug;
 
 use crate::http::{
-    media_response, not_found, playlist_response, set, text, Body, ChannelBody, SEGMENT_CACHE,
+    media_response, mpd_response, not_found, playlist_response, set, text, Body, ChannelBody,
+    SEGMENT_CACHE,
 };
 use crate::llhls::{self, QueryError, Readiness};
 use crate::packager::StreamTable;
@@ -74,6 +75,30 @@ impl Origin {
         s.touch_viewer(&peer.ip().to_string(), Instant::now());
         match playlist::master(s) {
             Some(text) => playlist_response(text),
+            None => not_found(),
+        }
+    }
+
+    pub(crate) fn manifest(
+        &self,
+        stream: &str,
+        time_url: &str,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        if !is_valid_stream_name(stream) {
+            return not_found();
+        }
+        let settings = self.settings();
+        let mut table = self.table();
+        let Some(s) = table.get_mut(stream) else {
+            return not_found();
+        };
+        s.touch_viewer(&peer.ip().to_string(), Instant::now());
+        if !s.is_ready() && s.live {
+            return not_found();
+        }
+        match crate::dash::mpd(s, &settings, SystemTime::now(), time_url) {
+            Some(text) => mpd_response(text),
             None => not_found(),
         }
     }

@@ -51,6 +51,9 @@ pub struct LiveStream {
     pub sessions: u64,
     /// Wall clock of the current session's start.
     pub started_at: SystemTime,
+    /// Wall clock of media time 0 of each session still in the window, by discontinuity
+    /// sequence (DASH Period starts; the first is `availabilityStartTime`).
+    pub session_starts: BTreeMap<u64, SystemTime>,
     /// Publisher connected and ladder running.
     pub live: bool,
     /// Renditions of the current session, in ladder order.
@@ -230,6 +233,7 @@ impl StreamTable {
             .entry(stream.clone())
             .or_insert_with(|| LiveStream {
                 name: stream.clone(),
+                session_starts: BTreeMap::new(),
                 session,
                 sessions: 0,
                 started_at,
@@ -266,6 +270,18 @@ impl StreamTable {
         s.session = session;
         s.sessions += 1;
         s.started_at = started_at;
+        s.session_starts.insert(s.disc, started_at);
+        // forget the starts of sessions no rendition holds segments of any more (keep the
+        // first: it anchors availabilityStartTime)
+        let oldest = s
+            .renditions
+            .values()
+            .filter_map(|r| r.segments.front().map(|x| x.disc))
+            .min()
+            .unwrap_or(s.disc);
+        let first = s.session_starts.keys().next().copied();
+        s.session_starts
+            .retain(|d, _| *d >= oldest || Some(*d) == first);
         s.live = true;
         s.ended_at = None;
         info!(stream = %stream, session, disc = s.disc, next_msn, "stream session started");

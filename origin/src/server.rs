@@ -47,6 +47,7 @@ const MAX_PUSH_BODY: usize = 64 * 1024 * 1024;
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum RouteKind {
     Master,
+    Manifest,
     Media,
     Init,
     Segment,
@@ -60,6 +61,7 @@ impl RouteKind {
     fn as_str(self) -> &'static str {
         match self {
             RouteKind::Master => "master",
+            RouteKind::Manifest => "mpd",
             RouteKind::Media => "media_playlist",
             RouteKind::Init => "init",
             RouteKind::Segment => "segment",
@@ -260,7 +262,18 @@ impl Origin {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             )
         } else {
-            self.route(req.uri().path(), req.uri().query(), peer).await
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .filter(|h| {
+                    h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b))
+                })
+                .unwrap_or("localhost")
+                .to_string();
+            self.route(req.uri().path(), req.uri().query(), &host, peer)
+                .await
         };
         let h = resp.headers_mut();
         h.insert(
@@ -295,6 +308,7 @@ impl Origin {
         &self,
         path: &str,
         query: Option<&str>,
+        host: &str,
         peer: SocketAddr,
     ) -> (RouteKind, Response<Body>) {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -306,6 +320,14 @@ impl Origin {
             ["demo"] => (RouteKind::Demo, redirect("/demo/")),
             ["demo", file] => (RouteKind::Demo, self.demo.serve(file)),
             ["live", stream, "master.m3u8"] => (RouteKind::Master, self.master(stream, peer)),
+            ["live", stream, "manifest.mpd"] => (
+                RouteKind::Manifest,
+                self.manifest(stream, &format!("http://{host}/api/time"), peer),
+            ),
+            ["api", "time"] => (
+                RouteKind::Api,
+                crate::http::time_response(SystemTime::now()),
+            ),
             ["live", stream, rendition, file] => {
                 self.rendition_file(stream, rendition, file, query, peer)
                     .await

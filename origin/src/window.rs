@@ -27,6 +27,8 @@ pub struct StoredSegment {
     pub msn: u64,
     /// Discontinuity sequence (session index within the stream).
     pub disc: u64,
+    /// Presentation time of its first sample on the session's media timeline.
+    pub pts: Duration,
     /// Duration (sum of its parts).
     pub duration: Duration,
     /// `EXT-X-PROGRAM-DATE-TIME`.
@@ -93,6 +95,7 @@ impl RenditionTrack {
             self.segments.push_back(StoredSegment {
                 msn: self.next_msn,
                 disc: self.disc,
+                pts: chunk.pts,
                 duration: Duration::ZERO,
                 program_date_time: chunk.program_date_time,
                 samples: 0,

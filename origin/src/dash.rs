@@ -1,0 +1,302 @@
+//! The DASH writer: a dynamic MPD over the same CMAF init and media segments as HLS. One
+//! AdaptationSet for the video renditions, one for audio; one Period per publishing session
+//! (a reconnect starts a new Period); `SegmentTimeline` with `$Number$` (the HLS media sequence
+//! number), so both formats name the same files. Low latency: `availabilityTimeOffset` lets
+//! players fetch the segment being produced, which the origin streams chunk by chunk. Pure.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use tidecast_common::TrackKind;
+
+use crate::packager::{LiveStream, StoredSegment, WindowSettings};
+use crate::window::RenditionTrack;
+
+/// MPD timescale (ticks per second).
+const TIMESCALE: u64 = 90_000;
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_nanos() * u128::from(TIMESCALE) / 1_000_000_000) as u64
+}
+
+/// `PT1.234S`
+fn iso_duration(d: Duration) -> String {
+    format!("PT{:.3}S", d.as_secs_f64())
+}
+
+fn iso_time(t: SystemTime) -> String {
+    let t: chrono::DateTime<chrono::Utc> = t.into();
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The segments of `track` in discontinuity `disc` that the MPD lists (the same window as the
+/// HLS playlist), plus the open one when live.
+fn listed<'a>(
+    track: &'a RenditionTrack,
+    settings: &WindowSettings,
+    disc: u64,
+    live: bool,
+) -> Vec<&'a StoredSegment> {
+    let complete: Vec<&StoredSegment> = track.complete().collect();
+    let window = &complete[complete.len().saturating_sub(settings.listed_segments())..];
+    let mut out: Vec<&StoredSegment> = window.iter().copied().filter(|s| s.disc == disc).collect();
+    if live && settings.part_target.is_some() {
+        if let Some(open) = track.open().filter(|o| o.disc == disc) {
+            out.push(open);
+        }
+    }
+    out
+}
+
+fn timeline(out: &mut String, segments: &[&StoredSegment], target: Duration) {
+    let _ = writeln!(out, "          <SegmentTimeline>");
+    let mut i = 0;
+    while i < segments.len() {
+        let t = ticks(segments[i].pts);
+        let d = |k: usize| -> u64 {
+            match segments.get(k + 1) {
+                Some(next) => ticks(next.pts).saturating_sub(ticks(segments[k].pts)),
+                // the open segment is announced with its nominal duration
+                None if !segments[k].complete => ticks(target),
+                None => ticks(segments[k].duration),
+            }
+        };
+        let di = d(i);
+        let mut r = 0;
+        while i + r + 1 < segments.len() && d(i + r + 1) == di {
+            r += 1;
+        }
+        if r > 0 {
+            let _ = writeln!(out, "            <S t=\"{t}\" d=\"{di}\" r=\"{r}\"/>");
+        } else {
+            let _ = writeln!(out, "            <S t=\"{t}\" d=\"{di}\"/>");
+        }
+        i += r + 1;
+    }
+    let _ = writeln!(out, "          </SegmentTimeline>");
+}
+
+/// The MPD, or `None` while the stream has no segment. `time_url` is the `UTCTiming` source.
+pub fn mpd(
+    stream: &LiveStream,
+    settings: &WindowSettings,
+    now: SystemTime,
+    time_url: &str,
+) -> Option<String> {
+    let ast = *stream.session_starts.values().next()?;
+    let target = settings.target;
+    let low_latency = settings.part_target.is_some();
+    let window: Duration = stream
+        .renditions
+        .values()
+        .map(|r| {
+            r.complete()
+                .rev()
+                .take(settings.listed_segments())
+                .map(|s| s.duration)
+                .sum()
+        })
+        .max()
+        .unwrap_or(target);
+    let mut out = String::with_capacity(4096);
+    let _ = writeln!(out, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+    let _ = write!(
+        out,
+        r#"<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" profiles="urn:mpeg:dash:profile:isoff-live:2011" type="dynamic" availabilityStartTime="{}" publishTime="{}" minBufferTime="{}" timeShiftBufferDepth="{}" suggestedPresentationDelay="{}" maxSegmentDuration="{}""#,
+        iso_time(ast),
+        iso_time(now),
+        iso_duration(target),
+        iso_duration(window.max(target)),
+        iso_duration(if low_latency { target } else { target * 2 }),
+        iso_duration(target + target / 2),
+    );
+    if stream.live {
+        let _ = write!(out, r#" minimumUpdatePeriod="{}""#, iso_duration(target));
+    }
+    let _ = writeln!(out, ">");
+    let mut periods = 0;
+    for (&disc, &start) in &stream.session_starts {
+        let live = stream.live && disc == stream.disc;
+        let mut sets = String::new();
+        for (set_id, kind) in [(0, TrackKind::Video), (1, TrackKind::Audio)] {
+            let mut reps = String::new();
+            let mut tracks: Vec<&RenditionTrack> = stream
+                .renditions
+                .values()
+                .filter(|t| t.declared.kind == kind && t.inits.contains_key(&disc))
+                .collect();
+            tracks.sort_by_key(|t| std::cmp::Reverse(t.declared.height));
+            for track in tracks {
+                let (Some(info), segments) = (&track.info, listed(track, settings, disc, live))
+                else {
+                    continue;
+                };
+                let Some(first) = segments.first() else {
+                    continue;
+                };
+                let (peak, _) = track.bitrates();
+                let name = xml_escape(&track.declared.name);
+                let _ = write!(
+                    reps,
+                    r#"      <Representation id="{name}" codecs="{}" bandwidth="{peak}""#,
+                    xml_escape(&info.codec)
+                );
+                if kind == TrackKind::Video {
+                    let _ = write!(reps, r#" width="{}" height="{}""#, info.width, info.height);
+                    if let Some(fps) = track.frame_rate() {
+                        let _ = write!(reps, r#" frameRate="{}""#, (fps * 1000.0).round() / 1000.0);
+                    }
+                }
+                let _ = writeln!(reps, ">");
+                if kind == TrackKind::Audio && info.channels > 0 {
+                    let _ = writeln!(
+                        reps,
+                        r#"        <AudioChannelConfiguration schemeIdUri="urn:mpeg:dash:23003:3:audio_channel_configuration:2011" value="{}"/>"#,
+                        info.channels
+                    );
+                }
+                let _ = write!(
+                    reps,
+                    r#"        <SegmentTemplate timescale="{TIMESCALE}" presentationTimeOffset="0" startNumber="{}" initialization="{name}/init-{disc}.mp4" media="{name}/$Number$.m4s""#,
+                    first.msn
+                );
+                if live {
+                    if let Some(part) = settings.part_target {
+                        let ato = target.saturating_sub(part.min(target));
+                        let _ = write!(
+                            reps,
+                            r#" availabilityTimeOffset="{:.3}" availabilityTimeComplete="false""#,
+                            ato.as_secs_f64()
+                        );
+                    }
+                }
+                let _ = writeln!(reps, ">");
+                timeline(&mut reps, &segments, target);
+                let _ = writeln!(reps, "        </SegmentTemplate>");
+                let _ = writeln!(reps, "      </Representation>");
+            }
+            if reps.is_empty() {
+                continue;
+            }
+            let (content, mime) = match kind {
+                TrackKind::Audio => ("audio", "audio/mp4"),
+                _ => ("video", "video/mp4"),
+            };
+            let _ = writeln!(
+                sets,
+                r#"    <AdaptationSet id="{set_id}" contentType="{content}" mimeType="{mime}" segmentAlignment="true" startWithSAP="1">"#
+            );
+            sets.push_str(&reps);
+            let _ = writeln!(sets, "    </AdaptationSet>");
+        }
+        if sets.is_empty() {
+            continue;
+        }
+        let offset = start.duration_since(ast).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            r#"  <Period id="{disc}" start="{}">"#,
+            iso_duration(offset)
+        );
+        out.push_str(&sets);
+        let _ = writeln!(out, "  </Period>");
+        periods += 1;
+    }
+    if periods == 0 {
+        return None;
+    }
+    let _ = writeln!(
+        out,
+        r#"  <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="{}"/>"#,
+        xml_escape(time_url)
+    );
+    let _ = writeln!(out, "</MPD>");
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::packager::tests::{close, push, settings, start};
+    use crate::packager::StreamTable;
+    use tidecast_common::LiveEvent;
+
+    #[test]
+    fn live_mpd_with_timeline_and_ll_offset() {
+        let now = Instant::now();
+        let mut t = StreamTable::new(settings());
+        start(&mut t, 1, now);
+        push(&mut t, 4, now);
+        let text = mpd(
+            t.get("s").unwrap(),
+            &settings(),
+            SystemTime::UNIX_EPOCH,
+            "http://h/api/time",
+        )
+        .unwrap();
+        assert!(
+            text.contains(r#"type="dynamic" availabilityStartTime="1970-01-01T00:00:00.000Z""#),
+            "{text}"
+        );
+        assert!(text.contains(r#"minimumUpdatePeriod="PT2.000S""#), "{text}");
+        assert!(
+            text.contains(r#"<Period id="0" start="PT0.000S">"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"<Representation id="720p" codecs="avc1.64001f" bandwidth="1000000" width="1280" height="720" frameRate="30">"#), "{text}");
+        // segments 1..=2 complete (window 3 keeps 0..=2) and 3 open: one S with r
+        assert!(text.contains(r#"startNumber="0" initialization="720p/init-0.mp4" media="720p/$Number$.m4s" availabilityTimeOffset="1.500" availabilityTimeComplete="false">"#), "{text}");
+        assert!(text.contains(r#"<S t="0" d="180000" r="3"/>"#), "{text}");
+        assert!(text.contains(r#"<UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="http://h/api/time"/>"#));
+    }
+
+    #[test]
+    fn reconnect_starts_a_new_period() {
+        let now = Instant::now();
+        let mut t = StreamTable::new(settings());
+        start(&mut t, 1, now);
+        push(&mut t, 2, now);
+        t.apply(
+            LiveEvent::SessionEnded {
+                stream: "s".into(),
+                session: 1,
+            },
+            now,
+        );
+        let ended = mpd(
+            t.get("s").unwrap(),
+            &settings(),
+            SystemTime::UNIX_EPOCH,
+            "/t",
+        )
+        .unwrap();
+        assert!(!ended.contains("minimumUpdatePeriod"), "{ended}");
+        assert!(!ended.contains("availabilityTimeOffset"), "{ended}");
+        start(&mut t, 2, now);
+        push(&mut t, 1, now);
+        close(&mut t, now);
+        let text = mpd(
+            t.get("s").unwrap(),
+            &settings(),
+            SystemTime::UNIX_EPOCH,
+            "/t",
+        )
+        .unwrap();
+        assert_eq!(text.matches("<Period ").count(), 2, "{text}");
+        assert!(text.contains(r#"<Period id="1""#), "{text}");
+        assert!(
+            text.contains(r#"initialization="720p/init-1.mp4""#),
+            "{text}"
+        );
+        assert!(text.contains(r#"startNumber="2""#), "{text}");
+    }
+}
