@@ -99,7 +99,19 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let registry = Registry::default();
-    let origin = tidecast_origin::Origin::new(&config, &registry);
+    // the ingest role only serves /metrics and /healthz: nothing to archive there
+    let store = if config.origin.archive && !matches!(command, Command::Ingest) {
+        let store = tidecast_common::ObjectStore::from_config(&config.store, &config.data_dir)
+            .context("setting up the object store ([store] config)")?;
+        info!(
+            store = store.kind(),
+            "archiving streams to the object store"
+        );
+        Some(store)
+    } else {
+        None
+    };
+    let origin = tidecast_origin::Origin::new(&config, &registry, store);
     let mut tasks = tokio::task::JoinSet::new();
 
     if matches!(command, Command::All | Command::Origin | Command::Ingest) {

@@ -35,6 +35,8 @@ pub struct Config {
     pub ladder: LadderConfig,
     /// Origin HTTP server and packager.
     pub origin: OriginConfig,
+    /// Object store for archives (local directory or S3).
+    pub store: StoreConfig,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             ladder: LadderConfig::default(),
             origin: OriginConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -163,6 +166,11 @@ pub struct OriginConfig {
     /// Bearer token remote ladders must present to push CMAF to `/ingest/…`; empty = push
     /// disabled.
     pub push_token: String,
+    /// Archive every stream's segments and playlists to the object store (VOD at
+    /// `/vod/{stream}/{session}/…` once it ends).
+    pub archive: bool,
+    /// Seconds between retries of archive uploads that failed (spooled on local disk meanwhile).
+    pub archive_retry_secs: u64,
 }
 
 impl Default for OriginConfig {
@@ -175,6 +183,65 @@ impl Default for OriginConfig {
             ended_stream_ttl_secs: 3600,
             demo_dir: None,
             push_token: String::new(),
+            archive: true,
+            archive_retry_secs: 2,
+        }
+    }
+}
+
+/// Which object-store backend to use.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// A local directory (`store.local_dir`, default `{data_dir}/store`).
+    #[default]
+    Local,
+    /// An S3 bucket (`[store.s3]`).
+    S3,
+}
+
+/// Object store settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `local` (default) or `s3`.
+    pub kind: StoreKind,
+    /// Directory of the local store; default `{data_dir}/store`.
+    pub local_dir: Option<PathBuf>,
+    /// S3 settings (used when `kind = "s3"`).
+    pub s3: S3Config,
+}
+
+/// S3 bucket settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL (e.g. `http://127.0.0.1:9000` for MinIO/s3s-fs); empty = AWS for `region`.
+    pub endpoint: String,
+    /// Region.
+    pub region: String,
+    /// Bucket (must exist).
+    pub bucket: String,
+    /// Key prefix inside the bucket.
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most self-hosted servers.
+    pub path_style: bool,
+    /// Access key id; empty = `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// Secret key; empty = `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: String,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            bucket: String::new(),
+            prefix: String::new(),
+            path_style: true,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
         }
     }
 }

@@ -7,6 +7,8 @@ pub mod keys;
 pub mod live;
 pub mod metrics;
 pub mod push;
+pub mod store;
 
 pub use config::{Config, ConfigError};
 pub use live::{CmafChunk, LiveEvent, RenditionInfo, TrackKind};
+pub use store::{ObjectKey, ObjectStore, StoreError};

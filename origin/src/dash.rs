@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use tidecast_common::TrackKind;
 
 use crate::packager::{LiveStream, StoredSegment, WindowSettings};
+pub use crate::playlist::RenditionSummary;
 use crate::window::RenditionTrack;
 
 /// MPD timescale (ticks per second).
@@ -55,32 +56,154 @@ fn listed<'a>(
     out
 }
 
-fn timeline(out: &mut String, segments: &[&StoredSegment], target: Duration) {
+/// `(t, d)` in ticks for each listed segment: durations from the next segment's start (so the
+/// timeline has no gaps), the open segment announced with its nominal duration.
+fn spans(segments: &[&StoredSegment], target: Duration) -> Vec<(u64, u64)> {
+    segments
+        .iter()
+        .enumerate()
+        .map(|(k, seg)| {
+            let t = ticks(seg.pts);
+            let d = match segments.get(k + 1) {
+                Some(next) => ticks(next.pts).saturating_sub(t),
+                None if !seg.complete => ticks(target),
+                None => ticks(seg.duration),
+            };
+            (t, d)
+        })
+        .collect()
+}
+
+/// `<SegmentTimeline>` with runs of equal durations folded into `r`.
+fn timeline(out: &mut String, spans: &[(u64, u64)]) {
     let _ = writeln!(out, "          <SegmentTimeline>");
     let mut i = 0;
-    while i < segments.len() {
-        let t = ticks(segments[i].pts);
-        let d = |k: usize| -> u64 {
-            match segments.get(k + 1) {
-                Some(next) => ticks(next.pts).saturating_sub(ticks(segments[k].pts)),
-                // the open segment is announced with its nominal duration
-                None if !segments[k].complete => ticks(target),
-                None => ticks(segments[k].duration),
-            }
-        };
-        let di = d(i);
+    while i < spans.len() {
+        let (t, d) = spans[i];
         let mut r = 0;
-        while i + r + 1 < segments.len() && d(i + r + 1) == di {
+        while i + r + 1 < spans.len() && spans[i + r + 1].1 == d {
             r += 1;
         }
         if r > 0 {
-            let _ = writeln!(out, "            <S t=\"{t}\" d=\"{di}\" r=\"{r}\"/>");
+            let _ = writeln!(out, "            <S t=\"{t}\" d=\"{d}\" r=\"{r}\"/>");
         } else {
-            let _ = writeln!(out, "            <S t=\"{t}\" d=\"{di}\"/>");
+            let _ = writeln!(out, "            <S t=\"{t}\" d=\"{d}\"/>");
         }
         i += r + 1;
     }
     let _ = writeln!(out, "          </SegmentTimeline>");
+}
+
+/// One `<Representation>` with its `SegmentTemplate` (`extra` = more template attributes).
+fn representation(
+    out: &mut String,
+    rep: &RenditionSummary<'_>,
+    init: &str,
+    start_number: u64,
+    presentation_time_offset: u64,
+    extra: &str,
+    spans: &[(u64, u64)],
+) {
+    let name = xml_escape(rep.name);
+    let _ = write!(
+        out,
+        r#"      <Representation id="{name}" codecs="{}" bandwidth="{}""#,
+        xml_escape(&rep.info.codec),
+        rep.peak
+    );
+    if rep.kind == TrackKind::Video {
+        let _ = write!(
+            out,
+            r#" width="{}" height="{}""#,
+            rep.info.width, rep.info.height
+        );
+        if let Some(fps) = rep.frame_rate {
+            let _ = write!(out, r#" frameRate="{}""#, (fps * 1000.0).round() / 1000.0);
+        }
+    }
+    let _ = writeln!(out, ">");
+    if rep.kind == TrackKind::Audio && rep.info.channels > 0 {
+        let _ = writeln!(
+            out,
+            r#"        <AudioChannelConfiguration schemeIdUri="urn:mpeg:dash:23003:3:audio_channel_configuration:2011" value="{}"/>"#,
+            rep.info.channels
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"        <SegmentTemplate timescale="{TIMESCALE}" presentationTimeOffset="{presentation_time_offset}" startNumber="{start_number}" initialization="{name}/{init}" media="{name}/$Number$.m4s"{extra}>"#
+    );
+    timeline(out, spans);
+    let _ = writeln!(out, "        </SegmentTemplate>");
+    let _ = writeln!(out, "      </Representation>");
+}
+
+/// Wrap representations of one kind into an `<AdaptationSet>` (nothing if there are none).
+fn adaptation_set(out: &mut String, set_id: u32, kind: TrackKind, reps: &str) {
+    if reps.is_empty() {
+        return;
+    }
+    let (content, mime) = match kind {
+        TrackKind::Audio => ("audio", "audio/mp4"),
+        _ => ("video", "video/mp4"),
+    };
+    let _ = writeln!(
+        out,
+        r#"    <AdaptationSet id="{set_id}" contentType="{content}" mimeType="{mime}" segmentAlignment="true" startWithSAP="1">"#
+    );
+    out.push_str(reps);
+    let _ = writeln!(out, "    </AdaptationSet>");
+}
+
+/// A static (VOD) MPD of one finished session: `tracks` are the renditions with their segments
+/// as `(msn, pts, duration)`.
+pub fn vod_mpd(
+    tracks: &[(RenditionSummary<'_>, Vec<(u64, Duration, Duration)>)],
+) -> Option<String> {
+    let total = tracks
+        .iter()
+        .map(|(_, segs)| segs.iter().map(|s| s.2).sum::<Duration>())
+        .max()?;
+    let longest = tracks
+        .iter()
+        .flat_map(|(_, segs)| segs.iter().map(|s| s.2))
+        .max()?;
+    let mut out = String::with_capacity(4096);
+    let _ = writeln!(out, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+    let _ = writeln!(
+        out,
+        r#"<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" profiles="urn:mpeg:dash:profile:isoff-live:2011" type="static" mediaPresentationDuration="{}" minBufferTime="{}" maxSegmentDuration="{}">"#,
+        iso_duration(total),
+        iso_duration(longest),
+        iso_duration(longest)
+    );
+    let _ = writeln!(out, r#"  <Period id="0" start="PT0S">"#);
+    for (set_id, kind) in [(0, TrackKind::Video), (1, TrackKind::Audio)] {
+        let mut reps = String::new();
+        for (rep, segs) in tracks.iter().filter(|(r, _)| r.kind == kind) {
+            let Some(first) = segs.first() else { continue };
+            // each segment lasts until the next one starts: no gaps or overlaps
+            let spans: Vec<(u64, u64)> = segs
+                .iter()
+                .enumerate()
+                .map(|(k, s)| {
+                    let t = ticks(s.1);
+                    let d = match segs.get(k + 1) {
+                        Some(next) => ticks(next.1).saturating_sub(t),
+                        None => ticks(s.2),
+                    };
+                    (t, d)
+                })
+                .collect();
+            // the recording starts at its first segment
+            let pto = spans.first().map(|s| s.0).unwrap_or(0);
+            representation(&mut reps, rep, "init.mp4", first.0, pto, "", &spans);
+        }
+        adaptation_set(&mut out, set_id, kind, &reps);
+    }
+    let _ = writeln!(out, "  </Period>");
+    let _ = writeln!(out, "</MPD>");
+    Some(out)
 }
 
 /// The MPD, or `None` while the stream has no segment. `time_url` is the `UTCTiming` source.
@@ -141,60 +264,30 @@ pub fn mpd(
                 let Some(first) = segments.first() else {
                     continue;
                 };
-                let (peak, _) = track.bitrates();
-                let name = xml_escape(&track.declared.name);
-                let _ = write!(
-                    reps,
-                    r#"      <Representation id="{name}" codecs="{}" bandwidth="{peak}""#,
-                    xml_escape(&info.codec)
-                );
-                if kind == TrackKind::Video {
-                    let _ = write!(reps, r#" width="{}" height="{}""#, info.width, info.height);
-                    if let Some(fps) = track.frame_rate() {
-                        let _ = write!(reps, r#" frameRate="{}""#, (fps * 1000.0).round() / 1000.0);
-                    }
-                }
-                let _ = writeln!(reps, ">");
-                if kind == TrackKind::Audio && info.channels > 0 {
-                    let _ = writeln!(
-                        reps,
-                        r#"        <AudioChannelConfiguration schemeIdUri="urn:mpeg:dash:23003:3:audio_channel_configuration:2011" value="{}"/>"#,
-                        info.channels
-                    );
-                }
-                let _ = write!(
-                    reps,
-                    r#"        <SegmentTemplate timescale="{TIMESCALE}" presentationTimeOffset="0" startNumber="{}" initialization="{name}/init-{disc}.mp4" media="{name}/$Number$.m4s""#,
-                    first.msn
-                );
+                let mut extra = String::new();
                 if live {
                     if let Some(part) = settings.part_target {
                         let ato = target.saturating_sub(part.min(target));
-                        let _ = write!(
-                            reps,
+                        extra = format!(
                             r#" availabilityTimeOffset="{:.3}" availabilityTimeComplete="false""#,
                             ato.as_secs_f64()
                         );
                     }
                 }
-                let _ = writeln!(reps, ">");
-                timeline(&mut reps, &segments, target);
-                let _ = writeln!(reps, "        </SegmentTemplate>");
-                let _ = writeln!(reps, "      </Representation>");
+                let rep = RenditionSummary {
+                    name: &track.declared.name,
+                    kind,
+                    info,
+                    peak: track.bitrates().0,
+                    average: track.bitrates().1,
+                    frame_rate: track.frame_rate(),
+                };
+                let init = format!("init-{disc}.mp4");
+                let spans = spans(&segments, target);
+                // media time 0 of the session is the Period start
+                representation(&mut reps, &rep, &init, first.msn, 0, &extra, &spans);
             }
-            if reps.is_empty() {
-                continue;
-            }
-            let (content, mime) = match kind {
-                TrackKind::Audio => ("audio", "audio/mp4"),
-                _ => ("video", "video/mp4"),
-            };
-            let _ = writeln!(
-                sets,
-                r#"    <AdaptationSet id="{set_id}" contentType="{content}" mimeType="{mime}" segmentAlignment="true" startWithSAP="1">"#
-            );
-            sets.push_str(&reps);
-            let _ = writeln!(sets, "    </AdaptationSet>");
+            adaptation_set(&mut sets, set_id, kind, &reps);
         }
         if sets.is_empty() {
             continue;

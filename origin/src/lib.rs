@@ -2,8 +2,12 @@
 //! and serves HLS over HTTP (hyper).
 //!
 //! Pure cores: [`cmaf`] (init segment reading), [`packager`] (streams, sessions, segment
-//! window), [`playlist`] (HLS writers). Shell: [`server`] (HTTP routes, metrics, demo files).
+//! window), [`playlist`] (HLS writers), [`dash`] (MPD writer), [`llhls`] (blocking-reload rules),
+//! [`archive`] (what to write to the object store). Shells: [`server`] (HTTP routes, metrics,
+//! demo files), [`archiver`] (ordered object-store writes with a disk spool).
 
+pub mod archive;
+pub mod archiver;
 pub mod cmaf;
 pub mod dash;
 pub mod demo;
@@ -13,6 +17,7 @@ pub mod llhls;
 pub mod packager;
 pub mod playlist;
 pub mod server;
+mod vod_routes;
 pub mod window;
 
 pub use packager::{StreamTable, WindowSettings};

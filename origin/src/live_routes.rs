@@ -94,9 +94,7 @@ impl Origin {
             return not_found();
         };
         s.touch_viewer(&peer.ip().to_string(), Instant::now());
-        if !s.is_ready() && s.live {
-            return not_found();
-        }
+        // a session that has no segment yet (a reconnect) simply has no Period yet
         match crate::dash::mpd(s, &settings, SystemTime::now(), time_url) {
             Some(text) => mpd_response(text),
             None => not_found(),

@@ -123,12 +123,47 @@ pub struct PackagerCounters {
     pub rejected: u64,
 }
 
+/// What applying events completed, for followers of the packager (the archiver). Drained
+/// with [`StreamTable::take_outputs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PackagerOutput {
+    /// A rendition's init segment for the current session was stored.
+    Init {
+        /// Stream name.
+        stream: String,
+        /// Session id.
+        session: u64,
+        /// Rendition name.
+        rendition: String,
+    },
+    /// A segment is complete (still in the window when this is drained).
+    SegmentCompleted {
+        /// Stream name.
+        stream: String,
+        /// Session id the segment belongs to.
+        session: u64,
+        /// Rendition name.
+        rendition: String,
+        /// Its media sequence number.
+        msn: u64,
+    },
+    /// A session is over: its publisher left, or a new session took the stream over.
+    SessionEnded {
+        /// Stream name.
+        stream: String,
+        /// Session id.
+        session: u64,
+    },
+}
+
 /// All streams.
 #[derive(Debug)]
 pub struct StreamTable {
     settings: WindowSettings,
     streams: BTreeMap<String, LiveStream>,
     counters: PackagerCounters,
+    outputs: Vec<PackagerOutput>,
 }
 
 impl WindowSettings {
@@ -155,12 +190,18 @@ impl StreamTable {
             settings,
             streams: BTreeMap::new(),
             counters: PackagerCounters::default(),
+            outputs: Vec::new(),
         }
     }
 
     /// Window settings.
     pub fn settings(&self) -> WindowSettings {
         self.settings
+    }
+
+    /// What the events applied since the last call completed, in order.
+    pub fn take_outputs(&mut self) -> Vec<PackagerOutput> {
+        std::mem::take(&mut self.outputs)
     }
 
     /// Counters so far.
@@ -206,11 +247,8 @@ impl StreamTable {
             } if self.is_current(&stream, session) => self.chunk(&stream, &rendition, chunk),
             LiveEvent::SessionEnded { stream, session } => {
                 if let Some(s) = self.streams.get_mut(&stream) {
-                    if s.session == session {
-                        for r in s.renditions.values_mut() {
-                            r.close_open();
-                        }
-                        s.live = false;
+                    if s.session == session && s.live {
+                        close_session(s, &mut self.outputs);
                         s.ended_at = Some(now);
                         info!(stream = %stream, session, "stream ended");
                     }
@@ -244,12 +282,13 @@ impl StreamTable {
                 ended_at: None,
                 viewers: ViewerTracker::default(),
             });
+        if s.live && s.sessions > 0 {
+            // taken over without an end: the old session is over now
+            close_session(s, &mut self.outputs);
+        }
         let had_media = s.renditions.values().any(|r| !r.segments.is_empty());
         if had_media {
             s.disc += 1;
-        }
-        for r in s.renditions.values_mut() {
-            r.close_open();
         }
         let next_msn = s.renditions.values().map(|r| r.next_msn).max().unwrap_or(0);
         for r in s.renditions.values_mut() {
@@ -328,6 +367,12 @@ impl StreamTable {
                 track.info = Some(info);
                 let disc = track.disc;
                 track.inits.insert(disc, data);
+                let session = self.streams.get(stream).map(|s| s.session).unwrap_or(0);
+                self.outputs.push(PackagerOutput::Init {
+                    stream: stream.to_string(),
+                    session,
+                    rendition: rendition.to_string(),
+                });
             }
             Err(e) => {
                 warn!(stream, rendition, "rejecting init segment: {e}");
@@ -344,7 +389,16 @@ impl StreamTable {
             return;
         };
         match track.push_chunk(chunk, keep) {
-            Ok(()) => {
+            Ok(closed) => {
+                if let Some(msn) = closed {
+                    let session = self.streams.get(stream).map(|s| s.session).unwrap_or(0);
+                    self.outputs.push(PackagerOutput::SegmentCompleted {
+                        stream: stream.to_string(),
+                        session,
+                        rendition: rendition.to_string(),
+                        msn,
+                    });
+                }
                 self.counters.chunks += 1;
                 self.counters.segments += u64::from(starts);
                 self.counters.segment_bytes += bytes;
@@ -363,6 +417,25 @@ impl StreamTable {
             None => true,
         });
     }
+}
+
+/// End the current session of `s`: close every open segment, mark it not live.
+fn close_session(s: &mut LiveStream, outputs: &mut Vec<PackagerOutput>) {
+    for (name, r) in s.renditions.iter_mut() {
+        if let Some(msn) = r.close_open() {
+            outputs.push(PackagerOutput::SegmentCompleted {
+                stream: s.name.clone(),
+                session: s.session,
+                rendition: name.clone(),
+                msn,
+            });
+        }
+    }
+    s.live = false;
+    outputs.push(PackagerOutput::SessionEnded {
+        stream: s.name.clone(),
+        session: s.session,
+    });
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use m3u8_rs::{AlternativeMedia, AlternativeMediaType, MasterPlaylist, Resolution, VariantStream};
 use tidecast_common::TrackKind;
 
+use crate::cmaf::TrackInfo;
 use crate::packager::{LiveStream, RenditionTrack, StoredSegment, WindowSettings};
 
 const AUDIO_GROUP: &str = "aac";
@@ -22,18 +23,52 @@ pub fn init_uri(track: &RenditionTrack, disc: u64) -> String {
     }
 }
 
+/// What the multivariant playlist and the MPD say about one rendition.
+#[derive(Debug, Clone)]
+pub struct RenditionSummary<'a> {
+    /// Rendition name (path component).
+    pub name: &'a str,
+    /// Video or audio.
+    pub kind: TrackKind,
+    /// From the init segment: codec string, size, channels.
+    pub info: &'a TrackInfo,
+    /// Peak segment bitrate, bits/s.
+    pub peak: u64,
+    /// Average bitrate, bits/s.
+    pub average: u64,
+    /// Frames per second (video).
+    pub frame_rate: Option<f64>,
+}
+
 /// The multivariant playlist, or `None` while the stream is not ready.
 pub fn master(stream: &LiveStream) -> Option<String> {
     if !stream.is_ready() {
         return None;
     }
-    let tracks: Vec<&RenditionTrack> = stream
+    let renditions: Vec<RenditionSummary<'_>> = stream
         .current
         .iter()
         .filter_map(|n| stream.renditions.get(n))
+        .filter_map(|t| {
+            let (peak, average) = t.bitrates();
+            Some(RenditionSummary {
+                name: &t.declared.name,
+                kind: t.declared.kind,
+                info: t.info.as_ref()?,
+                peak,
+                average,
+                frame_rate: t.frame_rate(),
+            })
+        })
         .collect();
-    let audio = tracks.iter().find(|t| t.declared.kind == TrackKind::Audio);
-    let (audio_peak, audio_avg) = audio.map(|a| a.bitrates()).unwrap_or((0, 0));
+    master_of(&renditions)
+}
+
+/// The multivariant playlist of these renditions (video variants highest first, one audio
+/// group); `None` without any.
+pub fn master_of(renditions: &[RenditionSummary<'_>]) -> Option<String> {
+    let audio = renditions.iter().find(|t| t.kind == TrackKind::Audio);
+    let (audio_peak, audio_avg) = audio.map(|a| (a.peak, a.average)).unwrap_or((0, 0));
     let mut playlist = MasterPlaylist {
         version: Some(7),
         independent_segments: true,
@@ -41,17 +76,15 @@ pub fn master(stream: &LiveStream) -> Option<String> {
     };
     if let Some(a) = audio {
         let mut other = HashMap::new();
-        if let Some(info) = &a.info {
-            if info.channels > 0 {
-                other.insert(
-                    "CHANNELS".to_string(),
-                    m3u8_rs::QuotedOrUnquoted::Quoted(info.channels.to_string()),
-                );
-            }
+        if a.info.channels > 0 {
+            other.insert(
+                "CHANNELS".to_string(),
+                m3u8_rs::QuotedOrUnquoted::Quoted(a.info.channels.to_string()),
+            );
         }
         playlist.alternatives.push(AlternativeMedia {
             media_type: AlternativeMediaType::Audio,
-            uri: Some(format!("{}/media.m3u8", a.declared.name)),
+            uri: Some(format!("{}/media.m3u8", a.name)),
             group_id: AUDIO_GROUP.into(),
             name: "audio".into(),
             default: true,
@@ -60,29 +93,27 @@ pub fn master(stream: &LiveStream) -> Option<String> {
             ..Default::default()
         });
     }
-    let audio_codec = audio.and_then(|a| a.info.as_ref()).map(|i| i.codec.clone());
-    let mut videos: Vec<&&RenditionTrack> = tracks
+    let audio_codec = audio.map(|a| a.info.codec.clone());
+    let mut videos: Vec<&RenditionSummary<'_>> = renditions
         .iter()
-        .filter(|t| t.declared.kind == TrackKind::Video)
+        .filter(|t| t.kind == TrackKind::Video)
         .collect();
-    videos.sort_by_key(|t| std::cmp::Reverse(t.declared.height));
+    videos.sort_by_key(|t| std::cmp::Reverse(t.info.height));
     for v in videos {
-        let info = v.info.as_ref()?;
-        let (peak, avg) = v.bitrates();
         let codecs = match &audio_codec {
-            Some(a) => format!("{},{a}", info.codec),
-            None => info.codec.clone(),
+            Some(a) => format!("{},{a}", v.info.codec),
+            None => v.info.codec.clone(),
         };
         playlist.variants.push(VariantStream {
-            uri: format!("{}/media.m3u8", v.declared.name),
-            bandwidth: peak + audio_peak,
-            average_bandwidth: Some(avg + audio_avg),
+            uri: format!("{}/media.m3u8", v.name),
+            bandwidth: v.peak + audio_peak,
+            average_bandwidth: Some(v.average + audio_avg),
             codecs: Some(codecs),
             resolution: Some(Resolution {
-                width: u64::from(info.width),
-                height: u64::from(info.height),
+                width: u64::from(v.info.width),
+                height: u64::from(v.info.height),
             }),
-            frame_rate: v.frame_rate(),
+            frame_rate: v.frame_rate,
             audio: audio.map(|_| AUDIO_GROUP.to_string()),
             ..Default::default()
         });
@@ -90,13 +121,12 @@ pub fn master(stream: &LiveStream) -> Option<String> {
     if playlist.variants.is_empty() {
         // audio-only stream: the audio rendition is the variant
         let a = audio?;
-        let info = a.info.as_ref()?;
         playlist.alternatives.clear();
         playlist.variants.push(VariantStream {
-            uri: format!("{}/media.m3u8", a.declared.name),
+            uri: format!("{}/media.m3u8", a.name),
             bandwidth: audio_peak,
             average_bandwidth: Some(audio_avg),
-            codecs: Some(info.codec.clone()),
+            codecs: Some(a.info.codec.clone()),
             ..Default::default()
         });
     }

@@ -15,11 +15,13 @@ use hyper_util::rt::TokioIo;
 use subtle::ConstantTimeEq;
 use tidecast_common::config::Config;
 use tidecast_common::metrics::{Metric, Registry};
+use tidecast_common::store::ObjectStore;
 use tidecast_common::LiveEvent;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::archiver::Archiver;
 use crate::demo::Demo;
 use crate::http::{empty, full, not_found, redirect, set, text, Body};
 use crate::packager::{StreamTable, WindowSettings};
@@ -34,6 +36,7 @@ pub struct Origin {
     push_token: String,
     registry: Registry,
     demo: Demo,
+    archive: Option<Archiver>,
     me: std::sync::Weak<Origin>,
 }
 
@@ -53,6 +56,7 @@ pub(crate) enum RouteKind {
     Segment,
     Part,
     Api,
+    Vod,
     Demo,
     Other,
 }
@@ -67,6 +71,7 @@ impl RouteKind {
             RouteKind::Segment => "segment",
             RouteKind::Part => "part",
             RouteKind::Api => "api",
+            RouteKind::Vod => "vod",
             RouteKind::Demo => "demo",
             RouteKind::Other => "other",
         }
@@ -74,8 +79,9 @@ impl RouteKind {
 }
 
 impl Origin {
-    /// Build the origin from config.
-    pub fn new(config: &Config, registry: &Registry) -> OriginHandle {
+    /// Build the origin from config; with a store, every stream is archived to it (VOD) and
+    /// `/vod/…` is served from it. Needs a tokio runtime when archiving.
+    pub fn new(config: &Config, registry: &Registry, store: Option<ObjectStore>) -> OriginHandle {
         let settings = WindowSettings {
             window: config.origin.window_segments.max(3),
             dvr: Duration::from_secs(config.origin.dvr_window_secs),
@@ -99,6 +105,14 @@ impl Origin {
             registry: registry.clone(),
             push_token: config.origin.push_token.clone(),
             demo: Demo::new(config.origin.demo_dir.clone()),
+            archive: store.map(|store| {
+                Archiver::spawn(
+                    store,
+                    config.data_dir.join("spool"),
+                    Duration::from_secs(config.origin.archive_retry_secs),
+                    registry,
+                )
+            }),
             me: me.clone(),
         })
     }
@@ -159,8 +173,21 @@ impl Origin {
 
     /// Apply one live event now and wake held requests.
     pub fn apply(&self, event: LiveEvent) {
-        self.table().apply(event, Instant::now());
+        {
+            let mut table = self.table();
+            table.apply(event, Instant::now());
+            let outputs = table.take_outputs();
+            if let Some(archive) = &self.archive {
+                let writes = archive.recorder().on_outputs(&table, outputs);
+                archive.submit(writes);
+            }
+        }
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// The archive store, when archiving is on.
+    pub(crate) fn archive_store(&self) -> Option<&ObjectStore> {
+        self.archive.as_ref().map(Archiver::store)
     }
 
     /// Serve HTTP forever.
@@ -323,6 +350,13 @@ impl Origin {
             ["live", stream, "manifest.mpd"] => (
                 RouteKind::Manifest,
                 self.manifest(stream, &format!("http://{host}/api/time"), peer),
+            ),
+            ["vod", stream, session, file] => {
+                (RouteKind::Vod, self.vod(stream, session, None, file).await)
+            }
+            ["vod", stream, session, rendition, file] => (
+                RouteKind::Vod,
+                self.vod(stream, session, Some(rendition), file).await,
             ),
             ["api", "time"] => (
                 RouteKind::Api,

@@ -86,12 +86,18 @@ impl RenditionTrack {
     }
 
     /// Add a chunk; `keep` is how many complete segments to retain.
-    pub fn push_chunk(&mut self, chunk: CmafChunk, keep: usize) -> Result<(), ChunkRejected> {
+    /// Returns the media sequence number of the segment the chunk completed, if it did.
+    pub fn push_chunk(
+        &mut self,
+        chunk: CmafChunk,
+        keep: usize,
+    ) -> Result<Option<u64>, ChunkRejected> {
         if !self.inits.contains_key(&self.disc) {
             return Err(ChunkRejected::NoInit);
         }
+        let mut closed = None;
         if chunk.starts_segment {
-            self.close_open();
+            closed = self.close_open();
             self.segments.push_back(StoredSegment {
                 msn: self.next_msn,
                 disc: self.disc,
@@ -123,12 +129,14 @@ impl RenditionTrack {
         let oldest_disc = self.segments.front().map(|s| s.disc).unwrap_or(self.disc);
         self.inits
             .retain(|d, _| *d >= oldest_disc || *d == self.disc);
-        Ok(())
+        Ok(closed)
     }
 
-    /// Complete the open segment (the next one started, or the session ended).
-    pub fn close_open(&mut self) {
-        if let Some(open) = self.segments.back_mut().filter(|s| !s.complete) {
+    /// Complete the open segment (the next one started, or the session ended); returns its
+    /// media sequence number.
+    pub fn close_open(&mut self) -> Option<u64> {
+        let open = self.segments.back_mut().filter(|s| !s.complete)?;
+        {
             let mut data = BytesMut::with_capacity(open.parts.iter().map(|p| p.data.len()).sum());
             for p in &open.parts {
                 data.extend_from_slice(&p.data);
@@ -137,6 +145,7 @@ impl RenditionTrack {
             open.complete = true;
             self.max_duration = self.max_duration.max(open.duration);
         }
+        Some(open.msn)
     }
 
     /// Complete segments, oldest first.

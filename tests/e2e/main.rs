@@ -6,5 +6,6 @@ mod http;
 
 mod bad_input;
 mod browser;
+mod dash;
 mod live_spine;
 mod ll_hls;

@@ -1,0 +1,241 @@
+//! DASH and LL-DASH against the real binary: the MPD parses with a strict parser (`dash-mpd`),
+//! ffprobe and GStreamer's `dashdemux` each play ≥ 10 s of it without errors, the segment being
+//! produced is streamed chunk by chunk, and a reconnect starts a new Period.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{heavy, require_tool, Publisher, Tidecast};
+use crate::http;
+
+fn mpd(t: &Tidecast, stream: &str) -> (String, dash_mpd::MPD) {
+    let text = t.get(&format!("/live/{stream}/manifest.mpd")).text();
+    let parsed =
+        dash_mpd::parse(&text).unwrap_or_else(|e| panic!("MPD does not parse: {e}\n{text}"));
+    (text, parsed)
+}
+
+/// Presentation times (seconds) of the first video stream's packets, read by `ffprobe` for
+/// `seconds` of the live MPD.
+fn ffprobe_packets(url: &str, seconds: u32) -> (Vec<f64>, String) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-read_intervals", &format!("%+{seconds}")])
+        .args(["-select_streams", "v:0", "-show_entries", "packet=pts_time"])
+        .args(["-of", "csv=p=0", url])
+        .output()
+        .expect("running ffprobe");
+    let pts = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect();
+    (pts, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Buffer timestamps (seconds) that reached a synchronised video sink through `dashdemux`.
+fn gst_dash_play(url: &str, seconds: u64) -> (Vec<f64>, String) {
+    let mut child = Command::new("gst-launch-1.0")
+        .args([
+            "-v",
+            "souphttpsrc",
+            &format!("location={url}"),
+            "!",
+            "dashdemux",
+            "name=d",
+        ])
+        .args([
+            "d.video_00",
+            "!",
+            "queue",
+            "!",
+            "decodebin",
+            "!",
+            "fakesink",
+            "sync=true",
+            "silent=false",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running gst-launch-1.0");
+    std::thread::sleep(Duration::from_secs(seconds));
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("gst-launch output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pts = stdout
+        .lines()
+        .filter(|l| l.contains("last-message") && l.contains("chain"))
+        .filter_map(|l| {
+            let t = l.split("pts: ").nth(1)?.split(',').next()?.trim();
+            let mut it = t.split(':');
+            let (h, m, s) = (it.next()?, it.next()?, it.next()?);
+            Some(
+                h.parse::<f64>().ok()? * 3600.0
+                    + m.parse::<f64>().ok()? * 60.0
+                    + s.parse::<f64>().ok()?,
+            )
+        })
+        .collect();
+    let errors = stdout
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+        .filter(|l| l.contains("ERROR"))
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    (pts, errors)
+}
+
+fn span(pts: &[f64]) -> f64 {
+    let min = pts.iter().copied().fold(f64::MAX, f64::min);
+    let max = pts.iter().copied().fold(f64::MIN, f64::max);
+    max - min
+}
+
+#[test]
+fn dash_and_ll_dash_play_and_reconnect_adds_a_period() {
+    require_tool("ffprobe", "apt-get install ffmpeg");
+    require_tool(
+        "gst-launch-1.0",
+        "apt-get install gstreamer1.0-tools gstreamer1.0-plugins-bad",
+    );
+    let _guard = heavy();
+    let t = Tidecast::start(&[], &[]);
+    let publisher = Publisher::start(&t.rtmp_url("dash"), 50, "640x360");
+    t.wait_master("dash");
+
+    // the live MPD: dynamic, timeline over the HLS segment numbers, LL offset, UTCTiming
+    let (text, parsed) = mpd(&t, "dash");
+    eprintln!("{text}");
+    assert_eq!(parsed.mpdtype.as_deref(), Some("dynamic"));
+    assert!(parsed.availabilityStartTime.is_some(), "{text}");
+    assert!(parsed.minimumUpdatePeriod.is_some(), "{text}");
+    assert!(parsed.timeShiftBufferDepth.is_some(), "{text}");
+    assert!(parsed.suggestedPresentationDelay.is_some(), "{text}");
+    assert_eq!(parsed.periods.len(), 1, "{text}");
+    let sets = &parsed.periods[0].adaptations;
+    assert_eq!(
+        sets.len(),
+        2,
+        "one video and one audio AdaptationSet: {text}"
+    );
+    let video = sets
+        .iter()
+        .find(|a| a.contentType.as_deref() == Some("video"))
+        .expect("video set");
+    let heights: Vec<u64> = video
+        .representations
+        .iter()
+        .filter_map(|r| r.height)
+        .collect();
+    assert_eq!(heights, vec![360, 240], "{text}");
+    // segments may be fetched one chunk after they start (2 s segments, ~0.5 s chunks)
+    let ato: f64 = text
+        .split("availabilityTimeOffset=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no availabilityTimeOffset: {text}"));
+    assert!((1.0..2.0).contains(&ato), "availabilityTimeOffset {ato}");
+    let utc = parsed.UTCTiming.first().expect("UTCTiming");
+    let time_url = utc.value.clone().unwrap_or_default();
+    let path = time_url
+        .split_once("127.0.0.1")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, p)| format!("/{p}"))
+        .unwrap_or_default();
+    let clock = t.get(&path).text();
+    assert!(
+        chrono_like(&clock),
+        "UTCTiming {time_url} answered {clock:?}"
+    );
+
+    // LL-DASH: the newest segment in the timeline is the one being produced: it streams
+    let newest = text
+        .lines()
+        .filter(|l| l.contains("startNumber=") && l.contains("360p/"))
+        .filter_map(|l| {
+            l.split("startNumber=\"")
+                .nth(1)?
+                .split('"')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .next()
+        .expect("startNumber");
+    let count: u64 = text
+        .split("360p/$Number$.m4s")
+        .nth(1)
+        .and_then(|rest| rest.split("</SegmentTimeline>").next())
+        .map(|tl| {
+            tl.lines()
+                .filter(|l| l.contains("<S "))
+                .map(|l| {
+                    1 + l
+                        .split("r=\"")
+                        .nth(1)
+                        .and_then(|r| r.split('"').next())
+                        .and_then(|r| r.parse::<u64>().ok())
+                        .unwrap_or(0)
+                })
+                .sum()
+        })
+        .expect("timeline");
+    let open = newest + count - 1;
+    let (seg, first_byte, done) =
+        http::get_timed(t.http_port, &format!("/live/dash/360p/{open}.m4s")).expect("segment");
+    assert_eq!(seg.status, 200);
+    assert_eq!(seg.header("transfer-encoding"), Some("chunked"));
+    let streamed_for = done - first_byte;
+    eprintln!("LL-DASH segment {open}: body streamed over {streamed_for:?}");
+    assert!(
+        streamed_for > Duration::from_millis(300),
+        "the open segment arrived in one piece ({streamed_for:?}), not as it was muxed"
+    );
+    let first_box = seg.body.get(4..8).unwrap_or_default();
+    assert!(
+        first_box == b"styp" || first_box == b"moof",
+        "{first_box:?}"
+    );
+
+    // ffprobe plays ≥ 10 s
+    let url = format!("http://127.0.0.1:{}/live/dash/manifest.mpd", t.http_port);
+    let (pts, err) = ffprobe_packets(&url, 12);
+    eprintln!(
+        "ffprobe: {} packets over {:.2}s; stderr: {err}",
+        pts.len(),
+        span(&pts)
+    );
+    assert!(span(&pts) >= 10.0, "ffprobe read {:.2}s: {err}", span(&pts));
+    assert!(err.trim().is_empty(), "ffprobe errors: {err}");
+
+    // GStreamer dashdemux plays ≥ 10 s, synchronised to the clock
+    let (pts, errors) = gst_dash_play(&url, 20);
+    eprintln!("dashdemux: {} buffers over {:.2}s", pts.len(), span(&pts));
+    assert!(errors.is_empty(), "dashdemux errors:\n{errors}");
+    assert!(span(&pts) >= 10.0, "dashdemux played {:.2}s", span(&pts));
+
+    // the publisher ends, comes back: a second Period
+    let (ok, err) = publisher.wait(Duration::from_secs(60));
+    assert!(ok, "ffmpeg: {err}");
+    t.wait_for("the stream to end", Duration::from_secs(20), || {
+        let text = t.get("/live/dash/manifest.mpd").text();
+        (!text.contains("minimumUpdatePeriod")).then_some(())
+    });
+    let _again = Publisher::start(&t.rtmp_url("dash"), 15, "640x360");
+    let (text, parsed) = t.wait_for("a second Period", Duration::from_secs(40), || {
+        let r = t.get("/live/dash/manifest.mpd");
+        assert_eq!(r.status, 200, "the MPD stays up across the reconnect");
+        let parsed = dash_mpd::parse(&r.text()).expect("MPD parses");
+        (parsed.periods.len() == 2).then_some((r.text(), parsed))
+    });
+    assert_eq!(parsed.periods[1].id.as_deref(), Some("1"), "{text}");
+    assert!(text.contains("init-1.mp4"), "{text}");
+    assert!(parsed.minimumUpdatePeriod.is_some(), "live again: {text}");
+}
+
+/// `2026-01-01T00:00:00.000Z`-shaped.
+fn chrono_like(s: &str) -> bool {
+    let b = s.trim().as_bytes();
+    b.len() == 24 && b[4] == b'-' && b[10] == b'T' && b[23] == b'Z'
+}
