@@ -2,7 +2,7 @@
 # Installs every system package tidecast needs to build, run and test, on Debian 12. Idempotent:
 # packages already present are not reinstalled and apt is not touched when nothing is missing.
 #   infra/bootstrap.sh          # build + run dependencies (GStreamer 1.22, ffmpeg)
-#   infra/bootstrap.sh --test   # plus test tools (Chromium, Node/npm)
+#   infra/bootstrap.sh --test   # plus test tools (Chromium, Node/npm, s3s-fs)
 set -euo pipefail
 
 want_test=0
@@ -44,4 +44,12 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "bootstrap: cargo not found. Install the Rust toolchain (rustup, stable >= 1.95) and re-run." >&2
   exit 1
+fi
+
+if [ "$want_test" = 1 ]; then
+  # S3 API server for the archive tests (a real S3 implementation over a directory)
+  if ! command -v s3s-fs >/dev/null 2>&1; then
+    echo "bootstrap: installing s3s-fs (cargo install, ~2 min)"
+    cargo install s3s-fs@0.14.1 --locked --features binary --quiet
+  fi
 fi

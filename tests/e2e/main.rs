@@ -4,6 +4,7 @@
 mod harness;
 mod http;
 
+mod archive;
 mod bad_input;
 mod browser;
 mod dash;

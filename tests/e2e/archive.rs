@@ -1,0 +1,222 @@
+//! Archive to S3 (a real S3 API server, s3s-fs, over a temp directory): a finished stream plays
+//! as VOD from `/vod/…`, every segment is in the bucket, and a 20 s S3 outage during the stream
+//! loses nothing once S3 is back (the origin spools to disk and retries).
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{free_port, heavy, require_tool, Publisher, Tidecast};
+
+const BUCKET: &str = "tidecast";
+const ACCESS: &str = "AKIDTIDECASTTEST";
+const SECRET: &str = "tidecast-test-secret-key";
+
+/// s3s-fs serving `root` (buckets are its subdirectories) on a loopback port.
+struct S3Server {
+    child: Option<Child>,
+    port: u16,
+    root: PathBuf,
+}
+
+impl S3Server {
+    fn start(root: &Path, port: u16) -> S3Server {
+        require_tool(
+            "s3s-fs",
+            "cargo install s3s-fs@0.14.1 --locked --features binary",
+        );
+        std::fs::create_dir_all(root.join(BUCKET)).expect("bucket dir");
+        let mut s = S3Server {
+            child: None,
+            port,
+            root: root.to_path_buf(),
+        };
+        s.restart();
+        s
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", ACCESS, "--secret-key", SECRET])
+            .arg(&self.root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning s3s-fs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn object(&self, key: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.root.join(BUCKET).join(key)).ok()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn metric(t: &Tidecast, name: &str) -> i64 {
+    t.get("/metrics")
+        .text()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn s3_archive_survives_an_outage_and_plays_as_vod() {
+    require_tool("ffprobe", "apt-get install ffmpeg");
+    let _guard = heavy();
+    let root = std::env::temp_dir().join(format!("tidecast-s3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mut s3 = S3Server::start(&root, free_port());
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let t = Tidecast::start(
+        &[],
+        &[
+            ("TIDECAST_STORE__KIND", "s3"),
+            ("TIDECAST_STORE__S3__ENDPOINT", &endpoint),
+            ("TIDECAST_STORE__S3__BUCKET", BUCKET),
+            ("TIDECAST_STORE__S3__ACCESS_KEY_ID", ACCESS),
+            ("TIDECAST_STORE__S3__SECRET_ACCESS_KEY", SECRET),
+            ("TIDECAST_ORIGIN__ARCHIVE_RETRY_SECS", "1"),
+        ],
+    );
+    let publisher = Publisher::start(&t.rtmp_url("arch"), 40, "640x360");
+    t.wait_master("arch");
+    let sessions_dir = root.join(BUCKET).join("vod/arch");
+    let session = t.wait_for(
+        "the first segment in the bucket",
+        Duration::from_secs(20),
+        || {
+            let entry = std::fs::read_dir(&sessions_dir).ok()?.flatten().next()?;
+            let name = entry.file_name().to_str()?.to_string();
+            entry.path().join("360p/1.m4s").exists().then_some(name)
+        },
+    );
+
+    // S3 goes away for 20 s in the middle of the stream
+    s3.stop();
+    let down = Instant::now();
+    t.wait_for("writes to be spooled", Duration::from_secs(10), || {
+        (metric(&t, "tidecast_archive_spooled_objects") > 0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(down.elapsed()));
+    let spooled = metric(&t, "tidecast_archive_spooled_objects");
+    eprintln!(
+        "S3 down for {:?}: {spooled} objects spooled",
+        down.elapsed()
+    );
+    assert!(
+        spooled >= 10,
+        "a 20 s outage spools many objects, got {spooled}"
+    );
+    s3.restart();
+
+    let (ok, err) = publisher.wait(Duration::from_secs(60));
+    assert!(ok, "ffmpeg: {err}");
+    let prefix = format!("vod/arch/{session}");
+    t.wait_for(
+        "the session to be archived",
+        Duration::from_secs(60),
+        || {
+            let done = s3.object(&format!("{prefix}/session.json")).is_some()
+                && metric(&t, "tidecast_archive_spooled_objects") == 0;
+            done.then_some(())
+        },
+    );
+    assert!(metric(&t, "tidecast_archive_write_failures_total") > 0);
+
+    // every segment of every rendition is in the bucket, byte for byte what /vod serves
+    let master = t.get(&format!("/vod/arch/{session}/master.m3u8"));
+    assert_eq!(master.status, 200);
+    let master = m3u8_rs::parse_master_playlist_res(&master.body).expect("VOD master parses");
+    let mut uris: Vec<String> = master.variants.iter().map(|v| v.uri.clone()).collect();
+    uris.extend(master.alternatives.iter().filter_map(|a| a.uri.clone()));
+    assert_eq!(uris.len(), 3, "360p, 240p, audio: {uris:?}");
+    for uri in &uris {
+        let rendition = uri.trim_end_matches("/media.m3u8");
+        let text = t.get(&format!("/vod/arch/{session}/{uri}")).body;
+        let playlist = m3u8_rs::parse_media_playlist_res(&text).expect("VOD playlist parses");
+        assert!(playlist.end_list, "{rendition}: ENDLIST");
+        let total: f32 = playlist.segments.iter().map(|s| s.duration).sum();
+        assert!(total > 37.0, "{rendition}: {total}s archived of 40 s");
+        let msns: Vec<u64> = playlist
+            .segments
+            .iter()
+            .filter_map(|s| s.uri.trim_end_matches(".m4s").parse().ok())
+            .collect();
+        let expected: Vec<u64> = (0..msns.len() as u64).collect();
+        assert_eq!(msns, expected, "{rendition}: contiguous from 0");
+        for s in &playlist.segments {
+            let in_bucket = s3
+                .object(&format!("{prefix}/{rendition}/{}", s.uri))
+                .unwrap_or_else(|| panic!("{rendition}/{} missing from the bucket", s.uri));
+            let served = t.get(&format!("/vod/arch/{session}/{rendition}/{}", s.uri));
+            assert_eq!(served.status, 200);
+            assert_eq!(served.body, in_bucket, "{rendition}/{}", s.uri);
+        }
+        assert!(s3
+            .object(&format!("{prefix}/{rendition}/init.mp4"))
+            .is_some());
+    }
+    assert!(s3.object(&format!("{prefix}/manifest.mpd")).is_some());
+
+    // the VOD plays: ffmpeg decodes all of it without an error, HLS and DASH
+    for file in ["master.m3u8", "manifest.mpd"] {
+        let url = format!("http://127.0.0.1:{}/vod/arch/{session}/{file}", t.http_port);
+        let out = Command::new("ffmpeg")
+            .args([
+                "-v", "error", "-xerror", "-i", &url, "-map", "0", "-f", "null", "-",
+            ])
+            .output()
+            .expect("running ffmpeg");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && err.trim().is_empty(),
+            "{file}: {err}"
+        );
+        let probe = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "format=duration",
+                "-of",
+                "csv=p=0",
+                &url,
+            ])
+            .output()
+            .expect("running ffprobe");
+        let duration: f64 = String::from_utf8_lossy(&probe.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0.0);
+        assert!(duration > 37.0, "{file}: {duration}s");
+    }
+    // paths never reach the store unchecked
+    assert_eq!(t.get("/vod/arch/..%2F..%2Fetc/master.m3u8").status, 404);
+    assert_eq!(
+        t.get(&format!("/vod/arch/{session}/360p/x.txt")).status,
+        404
+    );
+}
