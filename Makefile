@@ -4,7 +4,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/tidecast/target
 CARGO ?= cargo
 
-.PHONY: run test bootstrap test-tools build build-release unit e2e bench-ladder fmt clippy
+.PHONY: run test bootstrap test-tools build build-release unit e2e bench-ladder bench-blocking bench-g2g fmt clippy
 
 bootstrap:
 	infra/bootstrap.sh
@@ -33,6 +33,14 @@ e2e: build
 
 bench-ladder: bootstrap build-release
 	bench/ladder.sh
+
+bench-blocking: bootstrap build-release
+	bench/blocking.py
+
+bench-g2g: build-release
+	infra/bootstrap.sh --bench
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	bench/g2g.py
 
 fmt:
 	$(CARGO) fmt --all

@@ -3,13 +3,16 @@
 # packages already present are not reinstalled and apt is not touched when nothing is missing.
 #   infra/bootstrap.sh          # build + run dependencies (GStreamer 1.22, ffmpeg)
 #   infra/bootstrap.sh --test   # plus test tools (Chromium, Node/npm, s3s-fs)
+#   infra/bootstrap.sh --bench  # plus benchmark anchors (nginx with the RTMP module, wrk)
 set -euo pipefail
 
 want_test=0
+want_bench=0
 for arg in "$@"; do
   case "$arg" in
     --test) want_test=1 ;;
-    *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+    --bench) want_test=1; want_bench=1 ;;
+    *) echo "usage: $0 [--test] [--bench]" >&2; exit 2 ;;
   esac
 done
 
@@ -24,6 +27,9 @@ if [ "$want_test" = 1 ]; then
   packages+=(chromium)
   command -v node >/dev/null 2>&1 || packages+=(nodejs)
   command -v npm >/dev/null 2>&1 || packages+=(npm)
+fi
+if [ "$want_bench" = 1 ]; then
+  packages+=(nginx-light libnginx-mod-rtmp wrk)
 fi
 
 missing=()

@@ -1,5 +1,6 @@
-// tidecast player demo: lists live streams from /api/streams and plays one with hls.js.
-// window.tidecastPlayer exposes the player state for tests.
+// tidecast player demo: lists live streams from /api/streams and plays one with hls.js
+// (LL-HLS, or plain HLS with ?format=hls) or dash.js (LL-DASH, ?format=dash). ?src=URL plays any
+// HLS/DASH URL instead of a tidecast stream. window.tidecastPlayer exposes the state for tests.
 (function () {
   'use strict';
   const video = document.getElementById('video');
@@ -7,20 +8,57 @@
   const status = document.getElementById('status');
   const picker = document.getElementById('rendition');
   const info = document.getElementById('info');
-  const state = { hls: null, stream: null, errors: [], fatal: null };
+  const formatPicker = document.getElementById('format');
+  const state = { hls: null, dash: null, stream: null, errors: [], fatal: null };
   window.tidecastPlayer = state;
+  const query = new URLSearchParams(location.search);
+  // ll-hls (default), hls (no parts), dash (LL-DASH); ?ll=0 is the old spelling of hls
+  let format = query.get('format') || (query.get('ll') === '0' ? 'hls' : 'll-hls');
+  formatPicker.value = format;
 
-  function play(name) {
+  function stop() {
     if (state.hls) { state.hls.destroy(); state.hls = null; }
+    if (state.dash) { state.dash.reset(); state.dash = null; }
+  }
+
+  function playDash(url) {
+    const player = dashjs.MediaPlayer().create();
+    player.updateSettings({
+      streaming: {
+        lowLatencyEnabled: true,
+        delay: { liveDelay: 1.5 },
+        liveCatchup: { enabled: true, maxDrift: 2, playbackRate: 0.3 },
+      },
+    });
+    player.on(dashjs.MediaPlayer.events.ERROR, function (e) {
+      const err = e && e.error ? (e.error.message || e.error.code) : String(e);
+      state.errors.push('dash:' + err);
+      state.fatal = String(err);
+    });
+    player.on(dashjs.MediaPlayer.events.QUALITY_CHANGE_RENDERED, function (e) {
+      if (e.mediaType === 'video') info.textContent = 'playing quality ' + e.newQuality;
+    });
+    player.initialize(video, url, true);
+    state.dash = player;
+    picker.innerHTML = '<option value="-1">Auto</option>';
+  }
+
+  function play(name, src) {
+    stop();
     state.stream = name;
     state.fatal = null;
-    const url = '/live/' + encodeURIComponent(name) + '/master.m3u8';
-    const params = new URLSearchParams(location.search);
-    params.set('stream', name);
-    history.replaceState(null, '', '?' + params.toString());
-    if (window.Hls && Hls.isSupported()) {
-      // low-latency HLS (parts, blocking reloads) unless ?ll=0
-      const lowLatency = new URLSearchParams(location.search).get('ll') !== '0';
+    const isDash = format === 'dash' || (src && /\.mpd(\?|$)/.test(src));
+    const url = src || ('/live/' + encodeURIComponent(name) + (isDash ? '/manifest.mpd' : '/master.m3u8'));
+    if (!src) {
+      const params = new URLSearchParams(location.search);
+      params.set('stream', name);
+      history.replaceState(null, '', '?' + params.toString());
+    }
+    if (isDash && window.dashjs) {
+      playDash(url);
+    } else if (window.Hls && Hls.isSupported()) {
+      // low-latency HLS (parts, blocking reloads) unless ?format=hls
+      const lowLatency = format !== 'hls';
       const hls = new Hls(lowLatency
         ? { lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5 }
         : { lowLatencyMode: false, liveSyncDurationCount: 3 });
@@ -44,7 +82,7 @@
         if (data.fatal) {
           state.fatal = data.details;
           if (data.type === Hls.ErrorTypes.NETWORK_ERROR) {
-            setTimeout(function () { if (state.stream === name) play(name); }, 2000);
+            setTimeout(function () { if (state.stream === name) play(name, src); }, 2000);
           } else if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
             hls.recoverMediaError();
           }
@@ -61,6 +99,16 @@
 
   picker.addEventListener('change', function () {
     if (state.hls) state.hls.currentLevel = parseInt(picker.value, 10);
+  });
+
+  formatPicker.addEventListener('change', function () {
+    format = formatPicker.value;
+    const params = new URLSearchParams(location.search);
+    params.set('format', format);
+    params.delete('ll');
+    history.replaceState(null, '', '?' + params.toString());
+    if (query.get('src')) play(null, query.get('src'));
+    else if (state.stream) play(state.stream);
   });
 
   let lastStreams = [];
@@ -86,11 +134,14 @@
       const live = j.streams.filter(function (s) { return s.live && s.ready; });
       render(live);
       const wanted = new URLSearchParams(location.search).get('stream');
-      if (!state.stream && live.length) {
+      if (!state.stream && !query.get('src') && live.length) {
         const pick = live.find(function (s) { return s.name === wanted; }) || (wanted ? null : live[0]);
         if (pick) play(pick.name);
       }
     }).catch(function () { status.textContent = 'origin unreachable'; });
+  }
+  if (query.get('src')) {
+    play(null, query.get('src'));
   }
   refresh();
   setInterval(refresh, 2000);

@@ -36,6 +36,11 @@ const ASSETS: &[Asset] = &[
         mime: "text/javascript; charset=utf-8",
         bytes: include_bytes!("../../player-demo/vendor/hls.min.js"),
     },
+    Asset {
+        name: "dash.all.min.js",
+        mime: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../player-demo/vendor/dash.all.min.js"),
+    },
 ];
 
 /// Serves the demo files.

@@ -64,7 +64,7 @@ pub fn redirect(to: &'static str) -> Response<Body> {
 }
 
 /// An HLS playlist.
-pub fn playlist_response(text: String) -> Response<Body> {
+pub fn playlist_response(text: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(full(text));
     set(
         &mut resp,

@@ -72,7 +72,7 @@ impl Origin {
         let Some(s) = table.get_mut(stream) else {
             return not_found();
         };
-        s.touch_viewer(&peer.ip().to_string(), Instant::now());
+        s.touch_viewer(peer.ip(), Instant::now());
         match playlist::master(s) {
             Some(text) => playlist_response(text),
             None => not_found(),
@@ -93,7 +93,7 @@ impl Origin {
         let Some(s) = table.get_mut(stream) else {
             return not_found();
         };
-        s.touch_viewer(&peer.ip().to_string(), Instant::now());
+        s.touch_viewer(peer.ip(), Instant::now());
         // a session that has no segment yet (a reconnect) simply has no Period yet
         match crate::dash::mpd(s, &settings, SystemTime::now(), time_url) {
             Some(text) => mpd_response(text),
@@ -177,9 +177,20 @@ impl Origin {
         let Some(s) = table.get_mut(stream) else {
             return not_found();
         };
-        s.touch_viewer(&peer.ip().to_string(), Instant::now());
+        s.touch_viewer(peer.ip(), Instant::now());
+        // read under the table lock: the text rendered now is at least this version
+        let version = self.version();
+        let key = (stream.to_string(), rendition.to_string(), q.skip);
+        if let Some(text) = self.playlist_cache().get(&key, version) {
+            return playlist_response(text);
+        }
         match playlist::media(s, rendition, &settings, MediaOptions { skip: q.skip }) {
-            Some(text) => playlist_response(text),
+            Some(text) => {
+                drop(table);
+                let text = Bytes::from(text);
+                self.playlist_cache().put(key, version, text.clone());
+                playlist_response(text)
+            }
             None => not_found(),
         }
     }

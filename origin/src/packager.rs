@@ -6,6 +6,7 @@
 //! renditions stay aligned) and the first segment of the session carries a discontinuity.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -18,18 +19,18 @@ pub use crate::window::{RenditionTrack, StoredPart, StoredSegment};
 /// Client addresses that asked for a playlist recently.
 #[derive(Debug, Default)]
 struct ViewerTracker {
-    seen: HashMap<String, Instant>,
+    seen: HashMap<IpAddr, Instant>,
 }
 
 const VIEWER_WINDOW: Duration = Duration::from_secs(30);
 
 impl ViewerTracker {
-    fn touch(&mut self, client: &str, now: Instant) {
+    fn touch(&mut self, client: IpAddr, now: Instant) {
         if self.seen.len() > 100_000 {
             self.seen
                 .retain(|_, t| now.saturating_duration_since(*t) < VIEWER_WINDOW);
         }
-        self.seen.insert(client.to_string(), now);
+        self.seen.insert(client, now);
     }
 
     fn count(&self, now: Instant) -> usize {
@@ -88,7 +89,7 @@ impl LiveStream {
     }
 
     /// Record a playlist request from `client`.
-    pub fn touch_viewer(&mut self, client: &str, now: Instant) {
+    pub fn touch_viewer(&mut self, client: IpAddr, now: Instant) {
         self.viewers.touch(client, now);
     }
 }

@@ -37,7 +37,33 @@ pub struct Origin {
     registry: Registry,
     demo: Demo,
     archive: Option<Archiver>,
+    /// Media playlists rendered at a packager version: a burst of blocked requests released
+    /// by one part shares one rendering.
+    playlists: Mutex<PlaylistCache>,
     me: std::sync::Weak<Origin>,
+}
+
+/// Rendered media playlists by (stream, rendition, delta), with the version they were
+/// rendered at.
+#[derive(Default)]
+pub(crate) struct PlaylistCache {
+    entries: std::collections::HashMap<(String, String, bool), (u64, Bytes)>,
+}
+
+impl PlaylistCache {
+    pub(crate) fn get(&self, key: &(String, String, bool), version: u64) -> Option<Bytes> {
+        self.entries
+            .get(key)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, b)| b.clone())
+    }
+
+    pub(crate) fn put(&mut self, key: (String, String, bool), version: u64, text: Bytes) {
+        if self.entries.len() > 4096 {
+            self.entries.retain(|_, (v, _)| *v == version);
+        }
+        self.entries.insert(key, (version, text));
+    }
 }
 
 /// How the rest of the process holds the origin.
@@ -105,6 +131,7 @@ impl Origin {
             registry: registry.clone(),
             push_token: config.origin.push_token.clone(),
             demo: Demo::new(config.origin.demo_dir.clone()),
+            playlists: Mutex::new(PlaylistCache::default()),
             archive: store.map(|store| {
                 Archiver::spawn(
                     store,
@@ -183,6 +210,15 @@ impl Origin {
             }
         }
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// The packager version (bumped after every applied event).
+    pub(crate) fn version(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
+    pub(crate) fn playlist_cache(&self) -> MutexGuard<'_, PlaylistCache> {
+        self.playlists.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The archive store, when archiving is on.
@@ -405,6 +441,12 @@ impl Origin {
                     "started_at": started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                     "viewers": s.viewers(now),
                     "master": format!("/live/{}/master.m3u8", s.name),
+                    "dash": format!("/live/{}/manifest.mpd", s.name),
+                    // the current session's archive (complete once it has ended)
+                    "vod": self
+                        .archive
+                        .is_some()
+                        .then(|| format!("/vod/{}/{}/master.m3u8", s.name, s.session)),
                     "renditions": renditions,
                 })
             })
