@@ -31,8 +31,10 @@ fn ffprobe_packets(url: &str, seconds: u32) -> (Vec<f64>, String) {
     (pts, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// Buffer timestamps (seconds) that reached a synchronised video sink through `dashdemux`.
-fn gst_dash_play(url: &str, seconds: u64) -> (Vec<f64>, String) {
+/// Buffer timestamps (seconds) that reached a synchronised video sink through `dashdemux`,
+/// until `want` seconds have played or `deadline` passed; plus any ERROR lines.
+fn gst_dash_play(url: &str, want: f64, deadline: Duration) -> (Vec<f64>, String) {
+    use std::io::BufRead;
     let mut child = Command::new("gst-launch-1.0")
         .args([
             "-v",
@@ -57,14 +59,31 @@ fn gst_dash_play(url: &str, seconds: u64) -> (Vec<f64>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("running gst-launch-1.0");
-    std::thread::sleep(Duration::from_secs(seconds));
-    let _ = child.kill();
-    let out = child.wait_with_output().expect("gst-launch output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let pts = stdout
-        .lines()
-        .filter(|l| l.contains("last-message") && l.contains("chain"))
-        .filter_map(|l| {
+    let stdout = child.stdout.take().expect("gst stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let (mut pts, mut errors) = (Vec::new(), Vec::new());
+    while started.elapsed() < deadline && span(&pts) < want {
+        let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        if l.contains("ERROR") {
+            errors.push(l.clone());
+        }
+        if !(l.contains("last-message") && l.contains("chain")) {
+            continue;
+        }
+        let parsed = (|| {
             let t = l.split("pts: ").nth(1)?.split(',').next()?.trim();
             let mut it = t.split(':');
             let (h, m, s) = (it.next()?, it.next()?, it.next()?);
@@ -73,19 +92,29 @@ fn gst_dash_play(url: &str, seconds: u64) -> (Vec<f64>, String) {
                     + m.parse::<f64>().ok()? * 60.0
                     + s.parse::<f64>().ok()?,
             )
-        })
-        .collect();
-    let errors = stdout
-        .lines()
-        .chain(String::from_utf8_lossy(&out.stderr).lines())
-        .filter(|l| l.contains("ERROR"))
-        .map(str::to_string)
-        .collect::<Vec<_>>()
-        .join("\n");
-    (pts, errors)
+        })();
+        pts.extend(parsed);
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("gst-launch output");
+    errors.extend(
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .map(str::to_string),
+    );
+    eprintln!(
+        "dashdemux: played {:.2}s in {:?}",
+        span(&pts),
+        started.elapsed()
+    );
+    (pts, errors.join("\n"))
 }
 
 fn span(pts: &[f64]) -> f64 {
+    if pts.is_empty() {
+        return 0.0;
+    }
     let min = pts.iter().copied().fold(f64::MAX, f64::min);
     let max = pts.iter().copied().fold(f64::MIN, f64::max);
     max - min
@@ -100,7 +129,7 @@ fn dash_and_ll_dash_play_and_reconnect_adds_a_period() {
     );
     let _guard = heavy();
     let t = Tidecast::start(&[], &[]);
-    let publisher = Publisher::start(&t.rtmp_url("dash"), 50, "640x360");
+    let publisher = Publisher::start(&t.rtmp_url("dash"), 120, "640x360");
     t.wait_master("dash");
 
     // the live MPD: dynamic, timeline over the HLS segment numbers, LL offset, UTCTiming
@@ -210,14 +239,13 @@ fn dash_and_ll_dash_play_and_reconnect_adds_a_period() {
     assert!(err.trim().is_empty(), "ffprobe errors: {err}");
 
     // GStreamer dashdemux plays ≥ 10 s, synchronised to the clock
-    let (pts, errors) = gst_dash_play(&url, 20);
+    let (pts, errors) = gst_dash_play(&url, 10.5, Duration::from_secs(45));
     eprintln!("dashdemux: {} buffers over {:.2}s", pts.len(), span(&pts));
     assert!(errors.is_empty(), "dashdemux errors:\n{errors}");
     assert!(span(&pts) >= 10.0, "dashdemux played {:.2}s", span(&pts));
 
-    // the publisher ends, comes back: a second Period
-    let (ok, err) = publisher.wait(Duration::from_secs(60));
-    assert!(ok, "ffmpeg: {err}");
+    // the publisher drops, comes back: a second Period
+    drop(publisher);
     t.wait_for("the stream to end", Duration::from_secs(20), || {
         let text = t.get("/live/dash/manifest.mpd").text();
         (!text.contains("minimumUpdatePeriod")).then_some(())
