@@ -23,7 +23,7 @@ cpu_of() { awk -v t="$ticks" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat
 
 # --- tidecast: publish the file in real time, wait until every playlist has ENDLIST ---
 rtmp=$((20000 + RANDOM % 10000)); http=$((30000 + RANDOM % 10000))
-RUST_LOG=warn "$bin" --rtmp-listen 127.0.0.1:$rtmp --http-listen 127.0.0.1:$http --data-dir "$work/data" 2>"$work/tidecast.log" &
+RUST_LOG=warn TIDECAST_ORIGIN__ARCHIVE=false "$bin" --rtmp-listen 127.0.0.1:$rtmp --http-listen 127.0.0.1:$http --data-dir "$work/data" 2>"$work/tidecast.log" &
 pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http/healthz" >/dev/null && break; sleep 0.1; done
 before=$(cpu_of $pid)

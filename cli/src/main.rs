@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use tidecast_common::config::EdgeConfig;
 use tidecast_common::metrics::Registry;
 use tidecast_common::Config;
 use tokio::net::TcpListener;
@@ -32,6 +33,18 @@ struct Cli {
     /// Stream key mapping KEY=STREAM (repeatable); with none, publishing is open.
     #[arg(long = "stream-key", global = true, value_name = "KEY=STREAM")]
     stream_keys: Vec<String>,
+    /// Edge HTTP listen address (edge.http_listen), default 0.0.0.0:8081.
+    #[arg(long, global = true)]
+    edge_listen: Option<String>,
+    /// Edge upstream base URL (repeatable; edge.upstreams): origins, or shields for an edge.
+    #[arg(long = "upstream", global = true, value_name = "URL")]
+    upstreams: Vec<String>,
+    /// Edge region label (edge.region).
+    #[arg(long, global = true)]
+    region: Option<String>,
+    /// Edge role label, `edge` or `shield` (edge.role).
+    #[arg(long, global = true)]
+    role: Option<String>,
     /// Log filter (RUST_LOG syntax), default `info`.
     #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -39,7 +52,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Debug, Clone, Copy)]
+#[derive(Subcommand, Debug, Clone)]
 enum Command {
     /// Every service in one process (the default).
     All,
@@ -48,8 +61,34 @@ enum Command {
     Ingest,
     /// Only the origin HTTP server.
     Origin,
+    /// Only the caching edge (or, with `--role shield`, a shield in front of origins).
+    Edge,
+    /// Signed playback tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
     /// Print the effective configuration as TOML-like debug output and exit.
     Config,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum TokenCommand {
+    /// Print a token (and a URL) for paths under `--path`, valid for `--ttl` seconds.
+    Sign {
+        /// The edges' `edge.signing_secret` (default: from the config).
+        #[arg(long, env = "TIDECAST_EDGE__SIGNING_SECRET")]
+        secret: Option<String>,
+        /// Path prefix the token opens, e.g. `/live/main/`.
+        #[arg(long)]
+        path: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Bind the token to this client IP.
+        #[arg(long)]
+        ip: Option<String>,
+    },
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -63,6 +102,19 @@ fn load_config(cli: &Cli) -> Result<Config> {
     }
     if let Some(v) = &cli.data_dir {
         config.data_dir = v.clone();
+    }
+    if let Some(v) = &cli.edge_listen {
+        config.edge.http_listen = v.clone();
+    }
+    if !cli.upstreams.is_empty() {
+        config.edge.upstreams = cli.upstreams.clone();
+    }
+    if let Some(v) = &cli.region {
+        config.edge.region = v.clone();
+    }
+    if let Some(v) = &cli.role {
+        anyhow::ensure!(v == "edge" || v == "shield", "--role is `edge` or `shield`");
+        config.edge.role = v.clone();
     }
     for pair in &cli.stream_keys {
         let (key, stream) = pair
@@ -91,16 +143,51 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = load_config(&cli)?;
-    let command = cli.command.unwrap_or(Command::All);
-    if let Command::Config = command {
-        println!("{config:#?}");
-        return Ok(());
+    let command = cli.command.clone().unwrap_or(Command::All);
+    match &command {
+        Command::Config => {
+            println!("{config:#?}");
+            return Ok(());
+        }
+        Command::Token {
+            action:
+                TokenCommand::Sign {
+                    secret,
+                    path,
+                    ttl,
+                    ip,
+                },
+        } => {
+            let secret = secret
+                .clone()
+                .unwrap_or_else(|| config.edge.signing_secret.clone());
+            anyhow::ensure!(
+                !secret.is_empty(),
+                "no secret: pass --secret or set edge.signing_secret"
+            );
+            anyhow::ensure!(path.starts_with('/'), "--path must start with /");
+            let expires = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("system clock before 1970")?
+                .as_secs()
+                + ttl;
+            let token = tidecast_common::token::TokenSigner::new(secret.as_bytes()).sign(
+                &tidecast_common::token::TokenClaims {
+                    expires,
+                    path_prefix: path.clone(),
+                    client_ip: ip.clone(),
+                },
+            );
+            println!("{token}");
+            return Ok(());
+        }
+        _ => {}
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let registry = Registry::default();
     // the ingest role only serves /metrics and /healthz: nothing to archive there
-    let store = if config.origin.archive && !matches!(command, Command::Ingest) {
+    let store = if config.origin.archive && matches!(command, Command::All | Command::Origin) {
         let store = tidecast_common::ObjectStore::from_config(&config.store, &config.data_dir)
             .context("setting up the object store ([store] config)")?;
         info!(
@@ -142,6 +229,21 @@ async fn main() -> Result<()> {
         };
         let ingest = tidecast_ingest::IngestServer::new(&config, sink, &registry);
         tasks.spawn(async move { ingest.run(listener).await.context("rtmp ingest") });
+    }
+    if matches!(command, Command::All | Command::Edge) {
+        let mut edge_config = config.edge.clone();
+        if matches!(command, Command::All)
+            && edge_config.upstreams == EdgeConfig::default().upstreams
+        {
+            // in one process the edge fronts this process's origin, wherever it listens
+            let origin = config.origin.http_listen.replace("0.0.0.0", "127.0.0.1");
+            edge_config.upstreams = vec![format!("http://{origin}")];
+        }
+        let listener = TcpListener::bind(&edge_config.http_listen)
+            .await
+            .with_context(|| format!("binding edge HTTP on {}", edge_config.http_listen))?;
+        let edge = tidecast_edge::Edge::new(&edge_config, &registry);
+        tasks.spawn(async move { edge.serve(listener).await.context("edge http") });
     }
     info!(?command, "tidecast running");
     tokio::select! {

@@ -37,6 +37,8 @@ pub struct Config {
     pub origin: OriginConfig,
     /// Object store for archives (local directory or S3).
     pub store: StoreConfig,
+    /// Caching edge / shield.
+    pub edge: EdgeConfig,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             ladder: LadderConfig::default(),
             origin: OriginConfig::default(),
             store: StoreConfig::default(),
+            edge: EdgeConfig::default(),
         }
     }
 }
@@ -185,6 +188,56 @@ impl Default for OriginConfig {
             push_token: String::new(),
             archive: true,
             archive_retry_secs: 2,
+        }
+    }
+}
+
+/// Caching edge settings (`tidecast edge`, and the edge `tidecast all` runs in front of its
+/// origin).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// HTTP listen address.
+    pub http_listen: String,
+    /// `edge` (serves players) or `shield` (serves edges); a label for logs and metrics, the
+    /// behaviour is the same.
+    pub role: String,
+    /// Region label (`eu`, `us-east`, …).
+    pub region: String,
+    /// Upstream base URLs: origins (for a shield or a single-tier edge) or shields. Streams are
+    /// spread over them by rendezvous hashing; unhealthy ones are skipped.
+    pub upstreams: Vec<String>,
+    /// Cache size in MiB (byte-weighted, LRU eviction).
+    pub cache_mb: u64,
+    /// Longest wait for an upstream response head (above the origin's 3 × target-duration
+    /// hold of blocking playlist requests).
+    pub upstream_timeout_ms: u64,
+    /// Interval of active health checks (`GET /healthz`) per upstream.
+    pub health_interval_ms: u64,
+    /// Longest a 404 is cached.
+    pub negative_ttl_ms: u64,
+    /// How long a playlist/MPD may be served stale while every upstream fails.
+    pub playlist_grace_ms: u64,
+    /// HMAC secret for signed playback tokens; empty = no signed playback.
+    pub signing_secret: String,
+    /// Streams that require a token (`*` = all); needs `signing_secret`.
+    pub signed_streams: Vec<String>,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            http_listen: "0.0.0.0:8081".into(),
+            role: "edge".into(),
+            region: "local".into(),
+            upstreams: vec!["http://127.0.0.1:8080".into()],
+            cache_mb: 512,
+            upstream_timeout_ms: 10_000,
+            health_interval_ms: 1_000,
+            negative_ttl_ms: 1_000,
+            playlist_grace_ms: 4_000,
+            signing_secret: String::new(),
+            signed_streams: Vec::new(),
         }
     }
 }

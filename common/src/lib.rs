@@ -2,12 +2,14 @@
 //! events that flow from ingest to origin, stream-key checks and a small Prometheus registry.
 #![deny(missing_docs)]
 
+pub mod body;
 pub mod config;
 pub mod keys;
 pub mod live;
 pub mod metrics;
 pub mod push;
 pub mod store;
+pub mod token;
 
 pub use config::{Config, ConfigError};
 pub use live::{CmafChunk, LiveEvent, RenditionInfo, TrackKind};

@@ -1,20 +1,12 @@
 //! Response helpers shared by the origin's routes, and a streaming body for responses that are
 //! written while the data is produced (LL-DASH chunked segments).
 
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Frame;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
-use tokio::sync::mpsc;
 
-/// Every origin response body.
-pub type Body = BoxBody<Bytes, Infallible>;
+pub use tidecast_common::body::Body;
 
 /// Segments and parts never change once produced.
 pub const SEGMENT_CACHE: &str = "public, max-age=86400, immutable";
@@ -100,30 +92,4 @@ pub fn media_response(data: Bytes, mime: &'static str) -> Response<Body> {
     resp
 }
 
-/// A body fed by a channel: each message is sent as it arrives (chunked transfer); the body ends
-/// when the sender is dropped.
-pub struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl ChannelBody {
-    /// The body and its sender.
-    pub fn new() -> (mpsc::Sender<Bytes>, Body) {
-        let (tx, rx) = mpsc::channel(16);
-        (tx, ChannelBody { rx }.boxed())
-    }
-}
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
-    }
-}
+pub use tidecast_common::body::ChannelBody;

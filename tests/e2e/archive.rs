@@ -73,13 +73,7 @@ impl Drop for S3Server {
 }
 
 fn metric(t: &Tidecast, name: &str) -> i64 {
-    t.get("/metrics")
-        .text()
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    Tidecast::metric(t.http_port, name, "")
 }
 
 #[test]

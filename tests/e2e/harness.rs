@@ -38,7 +38,7 @@ pub fn require_tool(tool: &str, hint: &str) {
     );
 }
 
-fn binary() -> PathBuf {
+pub fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("TIDECAST_BIN") {
         return PathBuf::from(p);
     }
@@ -58,6 +58,7 @@ pub struct Tidecast {
     child: Child,
     pub rtmp_port: u16,
     pub http_port: u16,
+    pub edge_port: u16,
     pub dir: PathBuf,
     log: PathBuf,
 }
@@ -72,6 +73,7 @@ impl Tidecast {
     pub fn start_role(role: &str, args: &[&str], env: &[(&str, &str)]) -> Tidecast {
         let rtmp_port = free_port();
         let http_port = free_port();
+        let edge_port = free_port();
         let dir =
             std::env::temp_dir().join(format!("tidecast-e2e-{}-{}", std::process::id(), http_port));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -83,6 +85,8 @@ impl Tidecast {
             .arg(format!("127.0.0.1:{rtmp_port}"))
             .arg("--http-listen")
             .arg(format!("127.0.0.1:{http_port}"))
+            .arg("--edge-listen")
+            .arg(format!("127.0.0.1:{edge_port}"))
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(args)
@@ -98,16 +102,22 @@ impl Tidecast {
             child,
             rtmp_port,
             http_port,
+            edge_port,
             dir,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let http_ok = http::get(http_port, "/healthz")
-                .map(|r| r.status == 200)
-                .unwrap_or(false);
-            let rtmp_ok = role == "origin" || TcpStream::connect(("127.0.0.1", rtmp_port)).is_ok();
-            if http_ok && rtmp_ok {
+            let healthy = |port| {
+                http::get(port, "/healthz")
+                    .map(|r| r.status == 200)
+                    .unwrap_or(false)
+            };
+            let http_ok = role == "edge" || healthy(http_port);
+            let edge_ok = !matches!(role, "all" | "edge") || healthy(edge_port);
+            let rtmp_ok = matches!(role, "origin" | "edge")
+                || TcpStream::connect(("127.0.0.1", rtmp_port)).is_ok();
+            if http_ok && edge_ok && rtmp_ok {
                 break;
             }
             assert!(
@@ -126,6 +136,22 @@ impl Tidecast {
 
     pub fn get(&self, path: &str) -> http::Response {
         http::get(self.http_port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// GET from this instance's edge.
+    pub fn edge_get(&self, path: &str) -> http::Response {
+        http::get(self.edge_port, path).unwrap_or_else(|e| panic!("GET edge {path}: {e}"))
+    }
+
+    /// A counter or gauge from `/metrics` (on `port`), summed over series matching `filter`.
+    pub fn metric(port: u16, name: &str, filter: &str) -> i64 {
+        http::get(port, "/metrics")
+            .map(|r| r.text())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .sum()
     }
 
     pub fn log(&self) -> String {

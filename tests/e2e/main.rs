@@ -8,5 +8,6 @@ mod archive;
 mod bad_input;
 mod browser;
 mod dash;
+mod edge;
 mod live_spine;
 mod ll_hls;

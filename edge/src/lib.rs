@@ -1,0 +1,14 @@
+//! The tidecast edge: a caching reverse proxy in front of origins (or of a shield edge) with the
+//! same URL layout, so it is transparent to players.
+//!
+//! Pure cores: [`policy`] (cache key, freshness, stale-if-error, `Age`), [`pool`] (stream →
+//! upstream by rendezvous hashing, health, failover order). Coalescing: [`flight`] (one
+//! upstream fetch per key, waiters streamed as bytes arrive). Shell: [`server`] (hyper server
+//! and client, moka cache with LRU eviction, signed playback, health checks, metrics).
+
+pub mod flight;
+pub mod policy;
+pub mod pool;
+pub mod server;
+
+pub use server::Edge;

@@ -1,0 +1,728 @@
+//! The edge's HTTP shell (hyper server + hyper client + moka): token check, cache lookup,
+//! coalesced upstream fetch with failover, stale-if-error, response headers (`Age`, `Via`,
+//! `X-Cache`), health checks and metrics. Decisions come from [`crate::policy`] and
+//! [`crate::pool`]; coalescing from [`crate::flight`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tidecast_common::body::{Body, ChannelBody};
+use tidecast_common::config::EdgeConfig;
+use tidecast_common::metrics::Registry;
+use tidecast_common::token::{find_token, TokenError, TokenSigner};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::flight::{CoalescingTable, Flight, Head, Next, Role};
+use crate::policy::{self, Freshness, PolicySettings};
+use crate::pool::{stream_of, OriginPool};
+
+/// A response kept in the cache.
+#[derive(Debug)]
+struct Stored {
+    head: Head,
+    body: Bytes,
+    stored_at: Instant,
+    upstream_age: Duration,
+    freshness: Freshness,
+}
+
+/// How the response was served (the `X-Cache` header and metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheStatus {
+    Hit,
+    Miss,
+    Coalesced,
+    Stale,
+}
+
+impl CacheStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Coalesced => "COALESCED",
+            CacheStatus::Stale => "STALE",
+        }
+    }
+}
+
+struct Expiry;
+
+impl moka::Expiry<String, Arc<Stored>> for Expiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<Stored>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        let f = &value.freshness;
+        Some((f.ttl + f.stale_if_error).saturating_sub(value.upstream_age))
+    }
+}
+
+/// The edge node.
+pub struct Edge {
+    config: EdgeConfig,
+    policy: PolicySettings,
+    pool: Mutex<OriginPool>,
+    cache: moka::sync::Cache<String, Arc<Stored>>,
+    flights: CoalescingTable,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    signer: Option<TokenSigner>,
+    registry: Registry,
+    via: HeaderValue,
+}
+
+/// Headers that describe one connection, never forwarded.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "proxy-connection",
+];
+
+fn age_header(headers: &HeaderMap) -> Duration {
+    headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or_default()
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// A path is proxied only if every component is plain (`[A-Za-z0-9._-]`, not `.`/`..`).
+fn plain_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() <= 512
+        && path[1..].split('/').enumerate().all(|(i, c)| {
+            (c.is_empty() && i > 0 && path.ends_with('/'))
+                || (!c.is_empty()
+                    && c != "."
+                    && c != ".."
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
+        })
+}
+
+impl Edge {
+    /// Build an edge from its config (needs a tokio runtime for the health checker).
+    pub fn new(config: &EdgeConfig, registry: &Registry) -> Arc<Edge> {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.cache_mb.max(1) * 1024 * 1024)
+            .weigher(|k: &String, v: &Arc<Stored>| {
+                u32::try_from(v.body.len() + k.len() + 256).unwrap_or(u32::MAX)
+            })
+            // live objects are always admitted: LRU, not TinyLFU admission
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .expire_after(Expiry)
+            .build();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        let signer = (!config.signing_secret.is_empty())
+            .then(|| TokenSigner::new(config.signing_secret.as_bytes()));
+        let via = HeaderValue::from_str(&format!("1.1 tidecast-{}-{}", config.role, config.region))
+            .unwrap_or_else(|_| HeaderValue::from_static("1.1 tidecast"));
+        let edge = Arc::new(Edge {
+            policy: PolicySettings {
+                negative_ttl: Duration::from_millis(config.negative_ttl_ms),
+                playlist_grace: Duration::from_millis(config.playlist_grace_ms),
+            },
+            pool: Mutex::new(OriginPool::new(&config.upstreams)),
+            config: config.clone(),
+            cache,
+            flights: CoalescingTable::default(),
+            client,
+            signer,
+            registry: registry.clone(),
+            via,
+        });
+        tokio::spawn(edge.clone().health_checks());
+        edge
+    }
+
+    fn pool(&self) -> MutexGuard<'_, OriginPool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self, name: &'static str, help: &'static str, labels: &[(&str, &str)]) {
+        self.registry.counter(name, help, labels).inc();
+    }
+
+    /// Probe every upstream's `/healthz` forever.
+    async fn health_checks(self: Arc<Self>) {
+        let interval = Duration::from_millis(self.config.health_interval_ms.max(100));
+        loop {
+            let bases: Vec<String> = self.pool().bases().map(str::to_string).collect();
+            for base in bases {
+                let ok = match format!("{base}/healthz").parse::<hyper::Uri>() {
+                    Ok(uri) => matches!(
+                        tokio::time::timeout(Duration::from_secs(1), self.client.get(uri)).await,
+                        Ok(Ok(r)) if r.status().is_success()
+                    ),
+                    Err(_) => false,
+                };
+                self.note_upstream(&base, ok);
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    fn note_upstream(&self, base: &str, ok: bool) {
+        let flipped = self.pool().record(base, ok, Instant::now());
+        if let Some(healthy) = flipped {
+            if healthy {
+                info!(upstream = base, region = %self.config.region, "upstream healthy again");
+            } else {
+                warn!(upstream = base, region = %self.config.region, "upstream marked down");
+            }
+        }
+        self.registry
+            .gauge(
+                "tidecast_edge_upstream_healthy",
+                "1 while the edge considers the upstream healthy.",
+                &[("region", &self.config.region), ("upstream", base)],
+            )
+            .set(i64::from(self.pool().is_healthy(base)));
+    }
+
+    /// Serve HTTP forever.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        info!(addr = ?listener.local_addr().ok(), role = %self.config.role,
+              region = %self.config.region, upstreams = ?self.config.upstreams, "edge http listening");
+        loop {
+            let (socket, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!("edge accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            let edge = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let edge = edge.clone();
+                    async move { Ok::<_, Infallible>(edge.handle(req, peer).await) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(socket), service)
+                    .await
+                {
+                    debug!(%peer, "edge connection ended: {e}");
+                }
+            });
+        }
+    }
+
+    async fn handle<B>(self: Arc<Self>, req: Request<B>, peer: SocketAddr) -> Response<Body> {
+        let head_only = req.method() == Method::HEAD;
+        let mut resp = if req.method() == Method::OPTIONS {
+            text(StatusCode::NO_CONTENT, "")
+        } else if req.method() != Method::GET && !head_only {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        } else {
+            match req.uri().path() {
+                "/healthz" => text(StatusCode::OK, "ok\n"),
+                "/metrics" => self.metrics(),
+                path => self.proxy(&req, path, peer).await,
+            }
+        };
+        let h = resp.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Age, Date, Content-Length, X-Cache"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
+            h.insert(header::DATE, v);
+        }
+        if head_only {
+            *resp.body_mut() = Full::new(Bytes::new()).boxed();
+        }
+        resp
+    }
+
+    /// Signed playback: `Err` response when the stream needs a token and this one fails.
+    fn check_token<B>(
+        &self,
+        req: &Request<B>,
+        path: &str,
+        peer: SocketAddr,
+    ) -> Result<(), Response<Body>> {
+        let Some(signer) = &self.signer else {
+            return Ok(());
+        };
+        let stream = stream_of(path);
+        let signed = !stream.is_empty()
+            && self
+                .config
+                .signed_streams
+                .iter()
+                .any(|s| s == "*" || s == stream);
+        if !signed {
+            return Ok(());
+        }
+        let cookie = req
+            .headers()
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok());
+        let token = find_token(req.uri().query(), cookie).unwrap_or("");
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match signer.verify(token, path, &peer.ip().to_string(), now) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.count(
+                    "tidecast_edge_token_refusals_total",
+                    "Requests refused by signed playback, by reason.",
+                    &[("reason", e.as_str())],
+                );
+                debug!(%stream, reason = e.as_str(), "token refused");
+                Err(match e {
+                    TokenError::Expired => text(StatusCode::GONE, "token expired\n"),
+                    _ => text(StatusCode::FORBIDDEN, "token required or invalid\n"),
+                })
+            }
+        }
+    }
+
+    async fn proxy<B>(
+        self: &Arc<Self>,
+        req: &Request<B>,
+        path: &str,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        if !plain_path(path) {
+            return text(StatusCode::BAD_REQUEST, "bad path\n");
+        }
+        if let Err(resp) = self.check_token(req, path, peer) {
+            return resp;
+        }
+        let key = policy::cache_key(path, req.uri().query());
+        let mut resp = self.serve_key(&key, path).await;
+        // a token that came in the query is kept as a cookie for the relative URLs that follow
+        if self.signer.is_some() {
+            if let Some(token) = req.uri().query().and_then(|q| find_token(Some(q), None)) {
+                let stream = stream_of(path);
+                let scope = if path.starts_with("/vod/") {
+                    "vod"
+                } else {
+                    "live"
+                };
+                if let Ok(v) = HeaderValue::from_str(&format!(
+                    "tidecast_token={token}; Path=/{scope}/{stream}/; HttpOnly; SameSite=Lax"
+                )) {
+                    resp.headers_mut().insert(header::SET_COOKIE, v);
+                }
+            }
+        }
+        resp
+    }
+
+    async fn serve_key(self: &Arc<Self>, key: &str, path: &str) -> Response<Body> {
+        let now = Instant::now();
+        let stored = self.cache.get(key);
+        if let Some(st) = &stored {
+            let stored_for = now.saturating_duration_since(st.stored_at);
+            if policy::is_fresh(&st.freshness, st.upstream_age, stored_for) {
+                return self.from_store(st, CacheStatus::Hit, stored_for);
+            }
+        }
+        let (flight, status) = match self.flights.join(key) {
+            Role::Leader(flight) => {
+                tokio::spawn(
+                    self.clone()
+                        .fetch(key.to_string(), path.to_string(), flight.clone()),
+                );
+                (flight, CacheStatus::Miss)
+            }
+            Role::Follower(flight) => {
+                self.count(
+                    "tidecast_edge_coalesced_total",
+                    "Requests that joined an upstream fetch already in progress.",
+                    &[("region", &self.config.region)],
+                );
+                (flight, CacheStatus::Coalesced)
+            }
+        };
+        match flight.head().await {
+            Ok(head) if head.status.is_server_error() && stored.is_some() => {
+                self.stale_or(stored.as_deref(), now, || {
+                    self.stream_flight(flight, head, status)
+                })
+            }
+            Ok(head) => {
+                // an upstream tier that served its own stale copy: stale here too
+                let f = policy::freshness(
+                    path,
+                    head.status.as_u16(),
+                    head.headers
+                        .get(header::CACHE_CONTROL)
+                        .and_then(|v| v.to_str().ok()),
+                    &self.policy,
+                );
+                let status = if f.cacheable
+                    && !policy::is_fresh(&f, age_header(&head.headers), Duration::ZERO)
+                {
+                    self.count_stale();
+                    CacheStatus::Stale
+                } else {
+                    status
+                };
+                self.stream_flight(flight, head, status)
+            }
+            Err(why) => self.stale_or(stored.as_deref(), now, || {
+                debug!(%key, "upstream failed: {why}");
+                text(StatusCode::BAD_GATEWAY, "upstream unavailable\n")
+            }),
+        }
+    }
+
+    /// Serve the stored copy if it may be served stale, else `otherwise`.
+    fn stale_or(
+        &self,
+        stored: Option<&Stored>,
+        now: Instant,
+        otherwise: impl FnOnce() -> Response<Body>,
+    ) -> Response<Body> {
+        match stored {
+            Some(st)
+                if policy::usable_stale(
+                    &st.freshness,
+                    st.upstream_age,
+                    now.saturating_duration_since(st.stored_at),
+                ) =>
+            {
+                self.count_stale();
+                self.from_store(
+                    st,
+                    CacheStatus::Stale,
+                    now.saturating_duration_since(st.stored_at),
+                )
+            }
+            _ => otherwise(),
+        }
+    }
+
+    fn count_stale(&self) {
+        self.count(
+            "tidecast_edge_stale_served_total",
+            "Responses served stale because the upstream tiers failed.",
+            &[("region", &self.config.region)],
+        );
+    }
+
+    fn decorate(&self, headers: &mut HeaderMap, status: CacheStatus, age: Duration) {
+        if let Ok(v) = HeaderValue::from_str(&age.as_secs().to_string()) {
+            headers.insert(header::AGE, v);
+        }
+        headers.insert(
+            HeaderName::from_static("x-cache"),
+            HeaderValue::from_static(status.as_str()),
+        );
+        let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+            Some(prev) => HeaderValue::from_str(&format!(
+                "{prev}, {}",
+                self.via.to_str().unwrap_or("1.1 tidecast")
+            ))
+            .unwrap_or_else(|_| self.via.clone()),
+            None => self.via.clone(),
+        };
+        headers.insert(header::VIA, via);
+        self.count(
+            "tidecast_edge_requests_total",
+            "Requests served by the edge, by cache status.",
+            &[("region", &self.config.region), ("cache", status.as_str())],
+        );
+    }
+
+    fn from_store(&self, st: &Stored, status: CacheStatus, stored_for: Duration) -> Response<Body> {
+        let mut resp = Response::new(Full::new(st.body.clone()).boxed());
+        *resp.status_mut() = st.head.status;
+        *resp.headers_mut() = st.head.headers.clone();
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(st.body.len()));
+        self.decorate(
+            resp.headers_mut(),
+            status,
+            policy::age(st.upstream_age, stored_for),
+        );
+        self.registry
+            .counter(
+                "tidecast_edge_bytes_served_total",
+                "Body bytes sent to clients.",
+                &[("region", &self.config.region)],
+            )
+            .add(st.body.len() as i64);
+        resp
+    }
+
+    /// Stream a flight to one client as its bytes arrive.
+    fn stream_flight(
+        &self,
+        flight: Arc<Flight>,
+        head: Head,
+        status: CacheStatus,
+    ) -> Response<Body> {
+        let (tx, body) = ChannelBody::new();
+        let bytes_served = self.registry.counter(
+            "tidecast_edge_bytes_served_total",
+            "Body bytes sent to clients.",
+            &[("region", &self.config.region)],
+        );
+        tokio::spawn(async move {
+            let mut i = 0;
+            loop {
+                match flight.next(i).await {
+                    Next::Chunks(chunks) => {
+                        i += chunks.len();
+                        for c in chunks {
+                            bytes_served.add(c.len() as i64);
+                            if tx.send(c).await.is_err() {
+                                return; // client went away
+                            }
+                        }
+                    }
+                    // a failure mid-body ends the response early: the client sees a short body
+                    Next::End | Next::Failed(_) => return,
+                }
+            }
+        });
+        let mut resp = Response::new(body);
+        *resp.status_mut() = head.status;
+        let upstream_age = age_header(&head.headers);
+        *resp.headers_mut() = head.headers;
+        self.decorate(resp.headers_mut(), status, upstream_age);
+        resp
+    }
+
+    /// Lead the upstream fetch for `key`: try upstreams in pool order, feed the flight, cache.
+    async fn fetch(self: Arc<Self>, key: String, path: String, flight: Arc<Flight>) {
+        let order = self.pool().order(stream_of(&path));
+        let timeout = Duration::from_millis(self.config.upstream_timeout_ms.max(100));
+        // the cache key is the path plus the LL-HLS directives: exactly what goes upstream
+        let mut last_error = String::from("no upstream configured");
+        let mut fallback: Option<hyper::Response<hyper::body::Incoming>> = None;
+        for (i, base) in order.iter().enumerate() {
+            let Ok(uri) = format!("{base}{key}").parse::<hyper::Uri>() else {
+                last_error = format!("bad upstream url {base}");
+                continue;
+            };
+            let mut req = Request::new(Empty::<Bytes>::new());
+            *req.uri_mut() = uri;
+            req.headers_mut().insert(header::VIA, self.via.clone());
+            let started = Instant::now();
+            let result = tokio::time::timeout(timeout, self.client.request(req)).await;
+            let outcome = match &result {
+                Ok(Ok(r)) if r.status().is_server_error() => "upstream_5xx",
+                Ok(Ok(_)) => "ok",
+                Ok(Err(_)) => "error",
+                Err(_) => "timeout",
+            };
+            self.registry
+                .counter(
+                    "tidecast_edge_upstream_fetches_total",
+                    "Requests the edge sent upstream, by upstream and outcome.",
+                    &[
+                        ("region", &self.config.region),
+                        ("upstream", base),
+                        ("result", outcome),
+                    ],
+                )
+                .inc();
+            match result {
+                Ok(Ok(resp)) if !resp.status().is_server_error() => {
+                    debug!(%key, upstream = %base, ms = started.elapsed().as_millis() as u64, "fetched");
+                    self.note_upstream(base, true);
+                    self.relay(&key, &path, resp, &flight, timeout).await;
+                    return;
+                }
+                Ok(Ok(resp)) => {
+                    // 502/504 mean the upstream could not reach its own upstream; 503 from an
+                    // origin is a blocking request that could not be satisfied: pass it on
+                    let gateway = matches!(resp.status().as_u16(), 502 | 504);
+                    if gateway {
+                        self.note_upstream(base, false);
+                    }
+                    last_error = format!("{base}: {}", resp.status());
+                    if !gateway || i + 1 == order.len() {
+                        fallback = Some(resp);
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.note_upstream(base, false);
+                    last_error = format!("{base}: {e}");
+                }
+                Err(_) => {
+                    self.note_upstream(base, false);
+                    last_error = format!("{base}: timed out after {timeout:?}");
+                }
+            }
+        }
+        match fallback {
+            Some(resp) => self.relay(&key, &path, resp, &flight, timeout).await,
+            None => {
+                warn!(%key, region = %self.config.region, "every upstream failed: {last_error}");
+                flight.fail(last_error);
+                self.flights.finish(&key);
+            }
+        }
+    }
+
+    /// Feed one upstream response into the flight and, when cacheable, the cache.
+    async fn relay(
+        &self,
+        key: &str,
+        path: &str,
+        resp: hyper::Response<hyper::body::Incoming>,
+        flight: &Flight,
+        timeout: Duration,
+    ) {
+        let (parts, mut body) = resp.into_parts();
+        let mut headers = parts.headers;
+        for h in HOP_BY_HOP {
+            headers.remove(h);
+        }
+        headers.remove(header::DATE);
+        let freshness = policy::freshness(
+            path,
+            parts.status.as_u16(),
+            headers
+                .get(header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok()),
+            &self.policy,
+        );
+        let upstream_age = age_header(&headers);
+        let head = Head {
+            status: parts.status,
+            headers,
+        };
+        flight.set_head(head.clone());
+        loop {
+            match tokio::time::timeout(timeout, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            flight.push(data);
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    warn!(%key, "upstream body failed: {e}");
+                    flight.fail(e.to_string());
+                    self.flights.finish(key);
+                    return;
+                }
+                Err(_) => {
+                    warn!(%key, "upstream body stalled");
+                    flight.fail("upstream body stalled".into());
+                    self.flights.finish(key);
+                    return;
+                }
+            }
+        }
+        let body = flight.finish();
+        if freshness.cacheable {
+            let mut head = head;
+            head.status = parts.status;
+            self.cache.insert(
+                key.to_string(),
+                Arc::new(Stored {
+                    head,
+                    body,
+                    stored_at: Instant::now(),
+                    upstream_age,
+                    freshness,
+                }),
+            );
+        }
+        // after the insert: whoever comes next finds the cache, not a finished flight
+        self.flights.finish(key);
+    }
+
+    fn metrics(&self) -> Response<Body> {
+        let r = &self.registry;
+        let region = self.config.region.as_str();
+        self.cache.run_pending_tasks();
+        r.gauge(
+            "tidecast_edge_cache_bytes",
+            "Bytes held in the edge cache (weighted size).",
+            &[("region", region)],
+        )
+        .set(self.cache.weighted_size() as i64);
+        r.gauge(
+            "tidecast_edge_cache_objects",
+            "Objects held in the edge cache.",
+            &[("region", region)],
+        )
+        .set(self.cache.entry_count() as i64);
+        r.gauge(
+            "tidecast_edge_inflight_fetches",
+            "Upstream fetches in progress.",
+            &[("region", region)],
+        )
+        .set(self.flights.len() as i64);
+        let mut resp = Response::new(Full::new(Bytes::from(r.render())).boxed());
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_path;
+
+    #[test]
+    fn only_plain_paths_are_proxied() {
+        assert!(plain_path("/live/a/720p/1.m4s"));
+        assert!(plain_path("/demo/"));
+        assert!(!plain_path("/live/../etc/passwd"));
+        assert!(!plain_path("/live//x"));
+        assert!(!plain_path("/live/a b"));
+        assert!(!plain_path("relative"));
+    }
+}

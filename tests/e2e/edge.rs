@@ -1,0 +1,263 @@
+//! The edge tier against real processes: `tidecast all` (origin) ← `tidecast edge --role shield`
+//! ← `tidecast edge`, with ffmpeg publishing and hls.js playing through both tiers.
+
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use crate::browser::browser_dir;
+use crate::harness::{binary, heavy, require_tool, Publisher, Tidecast};
+use crate::http;
+
+fn origin_count(origin: &Tidecast, route: &str) -> i64 {
+    Tidecast::metric(
+        origin.http_port,
+        "tidecast_origin_http_requests_total",
+        &format!("route=\"{route}\""),
+    )
+}
+
+/// (msn, part) of the preload hint, and the newest complete segment, of a media playlist.
+fn hint_and_last(text: &str) -> ((u64, u64), u64) {
+    let hint = text
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
+        .and_then(|u| {
+            let mut it = u.trim_end_matches(".m4s\"").split('.');
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .unwrap_or_else(|| panic!("no hint:\n{text}"));
+    let last = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.trim_end_matches(".m4s").parse().ok())
+        .max()
+        .unwrap_or_else(|| panic!("no segment:\n{text}"));
+    (hint, last)
+}
+
+/// `n` clients GET `path` on `port` at the same moment; their responses.
+fn burst(port: u16, path: &str, n: usize) -> Vec<http::Response> {
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = barrier.clone();
+            let path = path.to_string();
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    barrier.wait();
+                    http::get(port, &path)
+                })
+                .expect("spawning a client thread")
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread").expect("client request"))
+        .collect()
+}
+
+#[test]
+fn edge_and_shield_coalesce_and_play_ll_hls() {
+    require_tool("node", "apt-get install nodejs npm");
+    require_tool("chromium", "apt-get install chromium");
+    let dir = browser_dir();
+    let _guard = heavy();
+    let origin = Tidecast::start(&[], &[]);
+    let origin_url = format!("http://127.0.0.1:{}", origin.http_port);
+    let shield = Tidecast::start_role(
+        "edge",
+        &[
+            "--role",
+            "shield",
+            "--region",
+            "core",
+            "--upstream",
+            &origin_url,
+        ],
+        &[],
+    );
+    let shield_url = format!("http://127.0.0.1:{}", shield.edge_port);
+    let edge = Tidecast::start_role("edge", &["--region", "eu", "--upstream", &shield_url], &[]);
+    let _publisher = Publisher::start(&origin.rtmp_url("cdn"), 75, "640x360");
+    origin.wait_master("cdn");
+    let media = "/live/cdn/360p/media.m3u8";
+
+    // 500 concurrent requests for a cold segment: one upstream fetch reaches the origin
+    let (_, last) = hint_and_last(&origin.get(media).text());
+    let segment = format!("/live/cdn/360p/{last}.m4s");
+    let before = origin_count(&origin, "segment");
+    let responses = burst(edge.edge_port, &segment, 500);
+    let fetched = origin_count(&origin, "segment") - before;
+    let reference = origin.get(&segment);
+    assert_eq!(reference.status, 200);
+    let misses = responses
+        .iter()
+        .filter(|r| r.header("x-cache") == Some("MISS"))
+        .count();
+    for r in &responses {
+        assert_eq!(r.status, 200);
+        assert!(r.body == reference.body, "a body differs from the origin's");
+    }
+    eprintln!(
+        "500 cold requests: {fetched} origin fetch, x-cache MISS={misses} COALESCED={} HIT={}",
+        responses
+            .iter()
+            .filter(|r| r.header("x-cache") == Some("COALESCED"))
+            .count(),
+        responses
+            .iter()
+            .filter(|r| r.header("x-cache") == Some("HIT"))
+            .count()
+    );
+    assert_eq!(
+        fetched, 1,
+        "exactly one upstream fetch for 500 cold requests"
+    );
+    assert_eq!(misses, 1);
+    let via = responses[0].header("via").unwrap_or_default().to_string();
+    assert!(
+        via.contains("tidecast-shield-core") && via.contains("tidecast-edge-eu"),
+        "{via}"
+    );
+
+    // 200 players blocked on the next part: one blocking request reaches the origin
+    let ((msn, part), _) = hint_and_last(&origin.get(media).text());
+    let before = origin_count(&origin, "media_playlist");
+    let blocked = format!("{media}?_HLS_msn={msn}&_HLS_part={part}");
+    let started = Instant::now();
+    let responses = burst(edge.edge_port, &blocked, 200);
+    let upstream = origin_count(&origin, "media_playlist") - before;
+    eprintln!(
+        "200 blocked players: {upstream} origin request(s), answered in {:?}",
+        started.elapsed()
+    );
+    let uri = format!("URI=\"{msn}.{part}.m4s\"");
+    for r in &responses {
+        assert_eq!(r.status, 200);
+        assert!(
+            r.text()
+                .lines()
+                .any(|l| l.starts_with("#EXT-X-PART:") && l.contains(&uri)),
+            "answered before part {msn}.{part} existed"
+        );
+    }
+    assert_eq!(upstream, 1, "one upstream blocking request for 200 players");
+
+    // hls.js (LL mode) plays through edge → shield → origin
+    let url = format!("http://127.0.0.1:{}/demo/?stream=cdn", edge.edge_port);
+    let out = Command::new("node")
+        .arg(dir.join("play.mjs"))
+        .args([&url, "6", "45"])
+        .output()
+        .expect("running node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}): {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    eprintln!("hls.js through two edge tiers: {report}");
+    assert_eq!(report["ok"], true, "{report}");
+    let latency = report["latency"].as_f64().unwrap_or(f64::MAX);
+    assert!(latency < 3.5, "hls.latency through two tiers {latency}s");
+    let hits = Tidecast::metric(
+        edge.edge_port,
+        "tidecast_edge_requests_total",
+        "cache=\"HIT\"",
+    );
+    assert!(hits > 0, "the edge served from cache");
+
+    // the origin goes away: the edge keeps serving the playlist and segments it has, STALE
+    let playlist = edge.edge_get(media);
+    assert_eq!(playlist.status, 200);
+    drop(origin);
+    std::thread::sleep(Duration::from_millis(1500));
+    let stale = edge.edge_get(media);
+    assert_eq!(stale.status, 200, "{}", stale.text());
+    assert_eq!(stale.header("x-cache"), Some("STALE"));
+    let seg = edge.edge_get(&segment);
+    assert_eq!(seg.status, 200);
+    assert!(matches!(seg.header("x-cache"), Some("HIT" | "STALE")));
+    // beyond the playlist grace (4 s) the stale playlist is gone
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(edge.edge_get(media).status, 502);
+}
+
+#[test]
+fn signed_playback_at_the_edge() {
+    let _guard = heavy();
+    let origin = Tidecast::start(
+        &[],
+        &[
+            ("TIDECAST_EDGE__SIGNING_SECRET", "edge-secret"),
+            ("TIDECAST_EDGE__SIGNED_STREAMS", "[\"sec\"]"),
+        ],
+    );
+    let _publisher = Publisher::start(&origin.rtmp_url("sec"), 30, "640x360");
+    origin.wait_master("sec");
+    let sign = |path: &str, ttl: &str| {
+        let out = Command::new(binary())
+            .args([
+                "token",
+                "sign",
+                "--secret",
+                "edge-secret",
+                "--path",
+                path,
+                "--ttl",
+                ttl,
+            ])
+            .output()
+            .expect("tidecast token sign");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let token = sign("/live/sec/", "600");
+    let master = "/live/sec/master.m3u8";
+    assert_eq!(origin.edge_get(master).status, 403, "no token");
+    let ok = origin.edge_get(&format!("{master}?token={token}"));
+    assert_eq!(ok.status, 200);
+    assert!(ok
+        .header("set-cookie")
+        .is_some_and(|c| c.contains("tidecast_token=")));
+    let tampered = token.replace("path=/live/sec/", "path=/live/");
+    assert_eq!(
+        origin
+            .edge_get(&format!("{master}?token={tampered}"))
+            .status,
+        403
+    );
+    let expired = sign("/live/sec/", "0");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        origin.edge_get(&format!("{master}?token={expired}")).status,
+        410
+    );
+    let other = sign("/live/other/", "600");
+    assert_eq!(
+        origin.edge_get(&format!("{master}?token={other}")).status,
+        403
+    );
+    // the token is not part of the cache key: a second, different token hits the same object
+    let (_, last) = hint_and_last(&origin.get("/live/sec/360p/media.m3u8").text());
+    let seg = format!("/live/sec/360p/{last}.m4s");
+    let first = origin.edge_get(&format!("{seg}?token={token}"));
+    let token2 = sign("/live/sec/360p/", "300");
+    let second = origin.edge_get(&format!("{seg}?token={token2}"));
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        second.header("x-cache"),
+        Some("HIT"),
+        "token leaked into the cache key"
+    );
+    assert_eq!(first.body, second.body);
+    // streams without a policy stay open
+    assert_eq!(origin.edge_get("/live/nosuch/master.m3u8").status, 404);
+}
