@@ -4,7 +4,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/tidecast/target
 CARGO ?= cargo
 
-.PHONY: run test bootstrap test-tools build build-release unit e2e bench-ladder bench-blocking bench-g2g fmt clippy
+.PHONY: run test bootstrap test-tools build build-release unit e2e bench-ladder bench-blocking bench-g2g bench-edge fmt clippy
 
 bootstrap:
 	infra/bootstrap.sh
@@ -41,6 +41,10 @@ bench-g2g: build-release
 	infra/bootstrap.sh --bench
 	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 	bench/g2g.py
+
+bench-edge: build-release
+	infra/bootstrap.sh --bench
+	bench/edge.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -221,11 +221,14 @@ async fn main() -> Result<()> {
             );
             origin.event_sender()
         } else {
-            tidecast_ingest::push::spawn_pusher(
-                &config.ingest.origin_url,
-                &config.ingest.origin_token,
-                &registry,
-            )?
+            let urls: Vec<&str> = config
+                .ingest
+                .origin_url
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .collect();
+            tidecast_ingest::push::spawn_fanout(&urls, &config.ingest.origin_token, &registry)?
         };
         let ingest = tidecast_ingest::IngestServer::new(&config, sink, &registry);
         tasks.spawn(async move { ingest.run(listener).await.context("rtmp ingest") });
@@ -242,7 +245,8 @@ async fn main() -> Result<()> {
         let listener = TcpListener::bind(&edge_config.http_listen)
             .await
             .with_context(|| format!("binding edge HTTP on {}", edge_config.http_listen))?;
-        let edge = tidecast_edge::Edge::new(&edge_config, &registry);
+        let edge = tidecast_edge::Edge::new(&edge_config, &registry)
+            .map_err(|e| anyhow::anyhow!("edge configuration: {e}"))?;
         tasks.spawn(async move { edge.serve(listener).await.context("edge http") });
     }
     info!(?command, "tidecast running");

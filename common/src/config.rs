@@ -72,7 +72,8 @@ pub struct IngestConfig {
     /// for this many seconds (a half-dead connection after a network drop); otherwise it is refused.
     pub takeover_after_secs: u64,
     /// Empty: ladders hand CMAF to the origin in this process (`tidecast all`). Set (e.g.
-    /// `http://origin:8080`): ladders push CMAF to that origin over HTTP (`tidecast ingest`).
+    /// `http://origin:8080`): ladders push CMAF to that origin over HTTP (`tidecast ingest`);
+    /// several comma-separated origins all get the same push (for origin failover).
     pub origin_url: String,
     /// Bearer token for pushing to `origin_url` (the origin's `origin.push_token`).
     pub origin_token: String,
@@ -222,6 +223,12 @@ pub struct EdgeConfig {
     pub signing_secret: String,
     /// Streams that require a token (`*` = all); needs `signing_secret`.
     pub signed_streams: Vec<String>,
+    /// Edges the director (`/director/…` on this node) steers players to: `REGION=URL`
+    /// entries, e.g. `["eu=http://edge-eu:8081", "us=http://edge-us:8081"]`. Empty = no director.
+    pub director: Vec<String>,
+    /// Per region, the other regions in order of preference (`eu = ["us"]`) when it has no
+    /// healthy edge; regions not listed fall back in `director` order.
+    pub nearest: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for EdgeConfig {
@@ -238,6 +245,8 @@ impl Default for EdgeConfig {
             playlist_grace_ms: 4_000,
             signing_secret: String::new(),
             signed_streams: Vec::new(),
+            director: Vec::new(),
+            nearest: BTreeMap::new(),
         }
     }
 }

@@ -2,10 +2,12 @@
 //! same URL layout, so it is transparent to players.
 //!
 //! Pure cores: [`policy`] (cache key, freshness, stale-if-error, `Age`), [`pool`] (stream →
-//! upstream by rendezvous hashing, health, failover order). Coalescing: [`flight`] (one
+//! upstream by rendezvous hashing, health, failover order), [`director`] (player → edge in its
+//! region or the nearest, HLS Content Steering). Coalescing: [`flight`] (one
 //! upstream fetch per key, waiters streamed as bytes arrive). Shell: [`server`] (hyper server
 //! and client, moka cache with LRU eviction, signed playback, health checks, metrics).
 
+pub mod director;
 pub mod flight;
 pub mod policy;
 pub mod pool;

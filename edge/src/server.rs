@@ -22,6 +22,7 @@ use tidecast_common::token::{find_token, TokenError, TokenSigner};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+use crate::director::Director;
 use crate::flight::{CoalescingTable, Flight, Head, Next, Role};
 use crate::policy::{self, Freshness, PolicySettings};
 use crate::pool::{stream_of, OriginPool};
@@ -81,6 +82,7 @@ pub struct Edge {
     signer: Option<TokenSigner>,
     registry: Registry,
     via: HeaderValue,
+    director: Mutex<Director>,
 }
 
 /// Headers that describe one connection, never forwarded.
@@ -130,7 +132,8 @@ fn plain_path(path: &str) -> bool {
 
 impl Edge {
     /// Build an edge from its config (needs a tokio runtime for the health checker).
-    pub fn new(config: &EdgeConfig, registry: &Registry) -> Arc<Edge> {
+    pub fn new(config: &EdgeConfig, registry: &Registry) -> Result<Arc<Edge>, String> {
+        let director = Director::new(&config.director, &config.nearest)?;
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.cache_mb.max(1) * 1024 * 1024)
             .weigher(|k: &String, v: &Arc<Stored>| {
@@ -164,9 +167,10 @@ impl Edge {
             signer,
             registry: registry.clone(),
             via,
+            director: Mutex::new(director),
         });
         tokio::spawn(edge.clone().health_checks());
-        edge
+        Ok(edge)
     }
 
     fn pool(&self) -> MutexGuard<'_, OriginPool> {
@@ -177,23 +181,41 @@ impl Edge {
         self.registry.counter(name, help, labels).inc();
     }
 
-    /// Probe every upstream's `/healthz` forever.
+    async fn probe(&self, base: &str) -> bool {
+        match format!("{base}/healthz").parse::<hyper::Uri>() {
+            Ok(uri) => matches!(
+                tokio::time::timeout(Duration::from_secs(1), self.client.get(uri)).await,
+                Ok(Ok(r)) if r.status().is_success()
+            ),
+            Err(_) => false,
+        }
+    }
+
+    /// Probe every upstream's (and every directed edge's) `/healthz` forever.
     async fn health_checks(self: Arc<Self>) {
         let interval = Duration::from_millis(self.config.health_interval_ms.max(100));
         loop {
             let bases: Vec<String> = self.pool().bases().map(str::to_string).collect();
             for base in bases {
-                let ok = match format!("{base}/healthz").parse::<hyper::Uri>() {
-                    Ok(uri) => matches!(
-                        tokio::time::timeout(Duration::from_secs(1), self.client.get(uri)).await,
-                        Ok(Ok(r)) if r.status().is_success()
-                    ),
-                    Err(_) => false,
-                };
+                let ok = self.probe(&base).await;
                 self.note_upstream(&base, ok);
+            }
+            let edges: Vec<String> = self
+                .director()
+                .edges()
+                .iter()
+                .map(|e| e.url.clone())
+                .collect();
+            for url in edges {
+                let ok = self.probe(&url).await;
+                self.director().set_health(&url, ok);
             }
             tokio::time::sleep(interval).await;
         }
+    }
+
+    fn director(&self) -> MutexGuard<'_, Director> {
+        self.director.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn note_upstream(&self, base: &str, ok: bool) {
@@ -256,6 +278,7 @@ impl Edge {
             match req.uri().path() {
                 "/healthz" => text(StatusCode::OK, "ok\n"),
                 "/metrics" => self.metrics(),
+                path if path.starts_with("/director/") => self.direct(&req, path).await,
                 path => self.proxy(&req, path, peer).await,
             }
         };
@@ -275,6 +298,111 @@ impl Edge {
             *resp.body_mut() = Full::new(Bytes::new()).boxed();
         }
         resp
+    }
+
+    /// `/director/live/{stream}/master.m3u8` → 302 to an edge in the player's region;
+    /// `/director/live/{stream}/steered.m3u8` → multivariant playlist with a pathway per region;
+    /// `/director/steering/{stream}.json` → HLS Content Steering manifest. The player's region
+    /// comes from `?region=`, else the `X-Client-Region` header (set by a GeoDNS/load balancer),
+    /// else this node's region.
+    async fn direct<B>(self: &Arc<Self>, req: &Request<B>, path: &str) -> Response<Body> {
+        if self.director().edges().is_empty() {
+            return text(
+                StatusCode::NOT_FOUND,
+                "no director configured (edge.director)\n",
+            );
+        }
+        let query = req.uri().query().unwrap_or("");
+        let region = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("region="))
+            .or_else(|| {
+                req.headers()
+                    .get("x-client-region")
+                    .and_then(|v| v.to_str().ok())
+            })
+            .unwrap_or(&self.config.region)
+            .to_string();
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if !valid(&region) {
+            return text(StatusCode::BAD_REQUEST, "bad region\n");
+        }
+        let rest: Vec<&str> = path.trim_start_matches("/director/").split('/').collect();
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|kv| !kv.is_empty() && !kv.starts_with("region="))
+            .collect();
+        match rest.as_slice() {
+            ["live", stream, "master.m3u8"] if valid(stream) => {
+                let chosen = self
+                    .director()
+                    .choose(&region, stream)
+                    .map(|e| e.url.clone());
+                let Ok(base) = chosen else {
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy edge\n");
+                };
+                let mut to = format!("{base}/live/{stream}/master.m3u8");
+                if !kept.is_empty() {
+                    to = format!("{to}?{}", kept.join("&"));
+                }
+                self.count(
+                    "tidecast_director_redirects_total",
+                    "Players sent to an edge, by the player's region.",
+                    &[("region", &region)],
+                );
+                let mut resp = text(StatusCode::FOUND, "");
+                if let Ok(v) = HeaderValue::from_str(&to) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                resp
+            }
+            ["live", stream, "steered.m3u8"] if valid(stream) => {
+                let master = self
+                    .serve_key(
+                        &format!("/live/{stream}/master.m3u8"),
+                        &format!("/live/{stream}/master.m3u8"),
+                    )
+                    .await;
+                if master.status() != StatusCode::OK {
+                    return text(StatusCode::NOT_FOUND, "no such stream\n");
+                }
+                // the body's error type is Infallible
+                let Ok(body) = master.into_body().collect().await.map(|b| b.to_bytes());
+                let server_uri = format!("/director/steering/{stream}.json?region={region}");
+                let text_body = self.director().steered_master(
+                    &String::from_utf8_lossy(&body),
+                    stream,
+                    &server_uri,
+                    &region,
+                );
+                let mut resp = Response::new(Full::new(Bytes::from(text_body)).boxed());
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/vnd.apple.mpegurl"),
+                );
+                resp.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                resp
+            }
+            ["steering", file] if file.strip_suffix(".json").is_some_and(valid) => {
+                let reload = format!("/director/steering/{file}?region={region}");
+                let json = self.director().steering_manifest(&region, &reload, 10);
+                let mut resp = Response::new(Full::new(Bytes::from(json)).boxed());
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                resp.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                resp
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
     }
 
     /// Signed playback: `Err` response when the stream needs a token and this one fails.

@@ -87,6 +87,52 @@ pub fn spawn_pusher(
     Ok(tx)
 }
 
+/// Push the same events to several origins (`ingest.origin_url` = `http://a:8080,http://b:8080`),
+/// so any of them can serve the stream. Each origin has its own pusher and queue; an origin
+/// that is down or slow has events dropped for it (counted) rather than holding up the others.
+pub fn spawn_fanout(
+    urls: &[&str],
+    token: &str,
+    registry: &Registry,
+) -> Result<mpsc::Sender<LiveEvent>, IngestError> {
+    if let [one] = urls {
+        return spawn_pusher(one, token, registry);
+    }
+    let pushers = urls
+        .iter()
+        .map(|u| spawn_pusher(u, token, registry).map(|tx| (u.to_string(), tx)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dropped = registry.counter(
+        "tidecast_ingest_push_dropped_total",
+        "Live events not queued for an origin whose push queue was full (origin down or slow).",
+        &[],
+    );
+    let (tx, mut rx) = mpsc::channel::<LiveEvent>(4096);
+    tokio::spawn(async move {
+        let mut full: Vec<bool> = vec![false; pushers.len()];
+        while let Some(event) = rx.recv().await {
+            for (i, (url, pusher)) in pushers.iter().enumerate() {
+                match pusher.try_send(event.clone()) {
+                    Ok(()) => {
+                        if full[i] {
+                            full[i] = false;
+                            tracing::info!(origin = %url, "origin push queue draining again");
+                        }
+                    }
+                    Err(_) => {
+                        dropped.inc();
+                        if !full[i] {
+                            full[i] = true;
+                            warn!(origin = %url, "origin push queue full: dropping its events");
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok(tx)
+}
+
 async fn send(
     conn: &mut Option<SendRequest<Full<Bytes>>>,
     authority: &str,

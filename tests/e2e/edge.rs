@@ -261,3 +261,148 @@ fn signed_playback_at_the_edge() {
     // streams without a policy stay open
     assert_eq!(origin.edge_get("/live/nosuch/master.m3u8").status, 404);
 }
+
+#[test]
+fn origin_failover_and_region_director() {
+    require_tool("node", "apt-get install nodejs npm");
+    require_tool("chromium", "apt-get install chromium");
+    let dir = browser_dir();
+    let _guard = heavy();
+    let push = [("TIDECAST_ORIGIN__PUSH_TOKEN", "push-secret")];
+    let a = Tidecast::start_role("origin", &[], &push);
+    let b = Tidecast::start_role("origin", &[], &push);
+    let (a_url, b_url) = (
+        format!("http://127.0.0.1:{}", a.http_port),
+        format!("http://127.0.0.1:{}", b.http_port),
+    );
+    let both = format!("{a_url},{b_url}");
+    let ingest = Tidecast::start_role(
+        "ingest",
+        &[],
+        &[
+            ("TIDECAST_INGEST__ORIGIN_URL", &both),
+            ("TIDECAST_INGEST__ORIGIN_TOKEN", "push-secret"),
+        ],
+    );
+    let upstreams = ["--upstream", &a_url, "--upstream", &b_url];
+    let eu = Tidecast::start_role(
+        "edge",
+        &[&["--region", "eu"][..], &upstreams[..]].concat(),
+        &[],
+    );
+    let us = Tidecast::start_role(
+        "edge",
+        &[&["--region", "us"][..], &upstreams[..]].concat(),
+        &[],
+    );
+    let (eu_url, us_url) = (
+        format!("http://127.0.0.1:{}", eu.edge_port),
+        format!("http://127.0.0.1:{}", us.edge_port),
+    );
+    let directory = format!("[\"eu={eu_url}\", \"us={us_url}\"]");
+    let director = Tidecast::start_role(
+        "edge",
+        &[&["--region", "core"][..], &upstreams[..]].concat(),
+        &[
+            ("TIDECAST_EDGE__DIRECTOR", &directory),
+            ("TIDECAST_EDGE__NEAREST__EU", "[\"us\"]"),
+        ],
+    );
+    let _publisher = Publisher::start(&ingest.rtmp_url("fo"), 90, "640x360");
+    a.wait_master("fo");
+    b.wait_master("fo");
+
+    // the director sends each region's players to its own edge
+    let d = |path: &str| http::get(director.edge_port, path).expect("director");
+    let r = d("/director/live/fo/master.m3u8?region=eu&token=abc");
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("{eu_url}/live/fo/master.m3u8?token=abc").as_str())
+    );
+    let r = d("/director/live/fo/master.m3u8?region=us");
+    assert_eq!(
+        r.header("location"),
+        Some(format!("{us_url}/live/fo/master.m3u8").as_str())
+    );
+    let steering = d("/director/steering/fo.json?region=eu").text();
+    assert!(
+        steering.contains(r#""PATHWAY-PRIORITY":["eu","us"]"#),
+        "{steering}"
+    );
+    let steered = d("/director/live/fo/steered.m3u8?region=us");
+    assert_eq!(steered.status, 200);
+    let master = m3u8_rs::parse_master_playlist_res(&steered.body).expect("steered master parses");
+    assert!(
+        steered
+            .text()
+            .contains("#EXT-X-CONTENT-STEERING:SERVER-URI="),
+        "{}",
+        steered.text()
+    );
+    assert!(master.variants.iter().any(|v| v.uri.starts_with(&us_url)));
+    assert!(master.variants.iter().any(|v| v.uri.starts_with(&eu_url)));
+
+    // hls.js plays through the eu edge while the stream's origin dies
+    let url = format!("{eu_url}/demo/?stream=fo");
+    let player = Command::new("node")
+        .arg(dir.join("play.mjs"))
+        .args([&url, "18", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running node");
+    std::thread::sleep(Duration::from_secs(8));
+    let fetched_from = |base: &str| {
+        Tidecast::metric(
+            eu.edge_port,
+            "tidecast_edge_upstream_fetches_total",
+            &format!("upstream=\"{base}\",result=\"ok\""),
+        )
+    };
+    let (primary, secondary, survivor_url) = if fetched_from(&a_url) >= fetched_from(&b_url) {
+        (a, b, b_url.clone())
+    } else {
+        (b, a, a_url.clone())
+    };
+    let before = fetched_from(&survivor_url);
+    let seq = |t: &Tidecast| {
+        let text = t.edge_get("/live/fo/360p/media.m3u8").text();
+        m3u8_rs::parse_media_playlist_res(text.as_bytes())
+            .map(|p| p.media_sequence + p.segments.len() as u64)
+            .unwrap_or(0)
+    };
+    let edge_before = seq(&eu);
+    drop(primary);
+    eprintln!("killed the stream's origin; {survivor_url} takes over");
+    let out = player.wait_with_output().expect("player");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}): {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    eprintln!("hls.js across the origin failover: {report}");
+    assert_eq!(
+        report["ok"], true,
+        "playback stopped at the failover: {report}"
+    );
+    assert!(
+        fetched_from(&survivor_url) > before,
+        "the edge fetched from the surviving origin"
+    );
+    assert!(
+        seq(&eu) > edge_before,
+        "the playlist kept advancing through the edge"
+    );
+    assert_eq!(secondary.get("/healthz").status, 200);
+
+    // an edge goes down: the director sends its region to the nearest one
+    drop(eu);
+    let moved = director.wait_for("eu players moved to us", Duration::from_secs(10), || {
+        let r = d("/director/live/fo/master.m3u8?region=eu");
+        (r.header("location").is_some_and(|l| l.starts_with(&us_url))).then_some(())
+    });
+    let _ = moved;
+}
