@@ -9,5 +9,6 @@ mod bad_input;
 mod browser;
 mod dash;
 mod edge;
+mod lab;
 mod live_spine;
 mod ll_hls;
