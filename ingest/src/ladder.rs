@@ -208,11 +208,13 @@ impl Ladder {
             enc.set_property_from_str("speed-preset", &settings.x264_preset);
             enc.set_property_from_str("tune", "zerolatency");
             enc.set_property("threads", settings.x264_threads);
+            // keyframes are forced where segments start (below); scene-cut detection would only
+            // add analysis work and stray IDRs inside segments
+            enc.set_property("option-string", "scenecut=0");
             if input.passthrough.is_some() {
                 // keyframes exactly where the source has them, nowhere else, so every rendition
                 // cuts at the same PTS as the passthrough one
                 enc.set_property("key-int-max", 100_000u32);
-                enc.set_property("option-string", "scenecut=0");
                 source_keyframes.force_on(&enc);
             } else {
                 // keyframes come from cmafmux's force-keyunit requests at every boundary; this
