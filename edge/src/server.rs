@@ -26,15 +26,16 @@ use crate::director::Director;
 use crate::flight::{CoalescingTable, Flight, Head, Next, Role};
 use crate::policy::{self, Freshness, PolicySettings};
 use crate::pool::{stream_of, OriginPool};
+use crate::upstream::age_header;
 
 /// A response kept in the cache.
 #[derive(Debug)]
-struct Stored {
-    head: Head,
-    body: Bytes,
-    stored_at: Instant,
-    upstream_age: Duration,
-    freshness: Freshness,
+pub(crate) struct Stored {
+    pub(crate) head: Head,
+    pub(crate) body: Bytes,
+    pub(crate) stored_at: Instant,
+    pub(crate) upstream_age: Duration,
+    pub(crate) freshness: Freshness,
 }
 
 /// How the response was served (the `X-Cache` header and metric label).
@@ -73,38 +74,19 @@ impl moka::Expiry<String, Arc<Stored>> for Expiry {
 
 /// The edge node.
 pub struct Edge {
-    config: EdgeConfig,
-    policy: PolicySettings,
-    pool: Mutex<OriginPool>,
-    cache: moka::sync::Cache<String, Arc<Stored>>,
-    flights: CoalescingTable,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    pub(crate) config: EdgeConfig,
+    pub(crate) policy: PolicySettings,
+    pub(crate) pool: Mutex<OriginPool>,
+    pub(crate) cache: moka::sync::Cache<String, Arc<Stored>>,
+    pub(crate) flights: CoalescingTable,
+    pub(crate) client: Client<HttpConnector, Empty<Bytes>>,
     signer: Option<TokenSigner>,
-    registry: Registry,
-    via: HeaderValue,
+    pub(crate) registry: Registry,
+    pub(crate) via: HeaderValue,
     director: Mutex<Director>,
 }
 
-/// Headers that describe one connection, never forwarded.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "upgrade",
-    "proxy-connection",
-];
-
-fn age_header(headers: &HeaderMap) -> Duration {
-    headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or_default()
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -173,11 +155,11 @@ impl Edge {
         Ok(edge)
     }
 
-    fn pool(&self) -> MutexGuard<'_, OriginPool> {
+    pub(crate) fn pool(&self) -> MutexGuard<'_, OriginPool> {
         self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn count(&self, name: &'static str, help: &'static str, labels: &[(&str, &str)]) {
+    pub(crate) fn count(&self, name: &'static str, help: &'static str, labels: &[(&str, &str)]) {
         self.registry.counter(name, help, labels).inc();
     }
 
@@ -214,11 +196,11 @@ impl Edge {
         }
     }
 
-    fn director(&self) -> MutexGuard<'_, Director> {
+    pub(crate) fn director(&self) -> MutexGuard<'_, Director> {
         self.director.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn note_upstream(&self, base: &str, ok: bool) {
+    pub(crate) fn note_upstream(&self, base: &str, ok: bool) {
         let flipped = self.pool().record(base, ok, Instant::now());
         if let Some(healthy) = flipped {
             if healthy {
@@ -300,111 +282,6 @@ impl Edge {
         resp
     }
 
-    /// `/director/live/{stream}/master.m3u8` → 302 to an edge in the player's region;
-    /// `/director/live/{stream}/steered.m3u8` → multivariant playlist with a pathway per region;
-    /// `/director/steering/{stream}.json` → HLS Content Steering manifest. The player's region
-    /// comes from `?region=`, else the `X-Client-Region` header (set by a GeoDNS/load balancer),
-    /// else this node's region.
-    async fn direct<B>(self: &Arc<Self>, req: &Request<B>, path: &str) -> Response<Body> {
-        if self.director().edges().is_empty() {
-            return text(
-                StatusCode::NOT_FOUND,
-                "no director configured (edge.director)\n",
-            );
-        }
-        let query = req.uri().query().unwrap_or("");
-        let region = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("region="))
-            .or_else(|| {
-                req.headers()
-                    .get("x-client-region")
-                    .and_then(|v| v.to_str().ok())
-            })
-            .unwrap_or(&self.config.region)
-            .to_string();
-        let valid = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        };
-        if !valid(&region) {
-            return text(StatusCode::BAD_REQUEST, "bad region\n");
-        }
-        let rest: Vec<&str> = path.trim_start_matches("/director/").split('/').collect();
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|kv| !kv.is_empty() && !kv.starts_with("region="))
-            .collect();
-        match rest.as_slice() {
-            ["live", stream, "master.m3u8"] if valid(stream) => {
-                let chosen = self
-                    .director()
-                    .choose(&region, stream)
-                    .map(|e| e.url.clone());
-                let Ok(base) = chosen else {
-                    return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy edge\n");
-                };
-                let mut to = format!("{base}/live/{stream}/master.m3u8");
-                if !kept.is_empty() {
-                    to = format!("{to}?{}", kept.join("&"));
-                }
-                self.count(
-                    "tidecast_director_redirects_total",
-                    "Players sent to an edge, by the player's region.",
-                    &[("region", &region)],
-                );
-                let mut resp = text(StatusCode::FOUND, "");
-                if let Ok(v) = HeaderValue::from_str(&to) {
-                    resp.headers_mut().insert(header::LOCATION, v);
-                }
-                resp
-            }
-            ["live", stream, "steered.m3u8"] if valid(stream) => {
-                let master = self
-                    .serve_key(
-                        &format!("/live/{stream}/master.m3u8"),
-                        &format!("/live/{stream}/master.m3u8"),
-                    )
-                    .await;
-                if master.status() != StatusCode::OK {
-                    return text(StatusCode::NOT_FOUND, "no such stream\n");
-                }
-                // the body's error type is Infallible
-                let Ok(body) = master.into_body().collect().await.map(|b| b.to_bytes());
-                let server_uri = format!("/director/steering/{stream}.json?region={region}");
-                let text_body = self.director().steered_master(
-                    &String::from_utf8_lossy(&body),
-                    stream,
-                    &server_uri,
-                    &region,
-                );
-                let mut resp = Response::new(Full::new(Bytes::from(text_body)).boxed());
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/vnd.apple.mpegurl"),
-                );
-                resp.headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                resp
-            }
-            ["steering", file] if file.strip_suffix(".json").is_some_and(valid) => {
-                let reload = format!("/director/steering/{file}?region={region}");
-                let json = self.director().steering_manifest(&region, &reload, 10);
-                let mut resp = Response::new(Full::new(Bytes::from(json)).boxed());
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                resp.headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                resp
-            }
-            _ => text(StatusCode::NOT_FOUND, "not found\n"),
-        }
-    }
-
     /// Signed playback: `Err` response when the stream needs a token and this one fails.
     fn check_token<B>(
         &self,
@@ -484,7 +361,7 @@ impl Edge {
         resp
     }
 
-    async fn serve_key(self: &Arc<Self>, key: &str, path: &str) -> Response<Body> {
+    pub(crate) async fn serve_key(self: &Arc<Self>, key: &str, path: &str) -> Response<Body> {
         let now = Instant::now();
         let stored = self.cache.get(key);
         if let Some(st) = &stored {
@@ -659,152 +536,6 @@ impl Edge {
         *resp.headers_mut() = head.headers;
         self.decorate(resp.headers_mut(), status, upstream_age);
         resp
-    }
-
-    /// Lead the upstream fetch for `key`: try upstreams in pool order, feed the flight, cache.
-    async fn fetch(self: Arc<Self>, key: String, path: String, flight: Arc<Flight>) {
-        let order = self.pool().order(stream_of(&path));
-        let timeout = Duration::from_millis(self.config.upstream_timeout_ms.max(100));
-        // the cache key is the path plus the LL-HLS directives: exactly what goes upstream
-        let mut last_error = String::from("no upstream configured");
-        let mut fallback: Option<hyper::Response<hyper::body::Incoming>> = None;
-        for (i, base) in order.iter().enumerate() {
-            let Ok(uri) = format!("{base}{key}").parse::<hyper::Uri>() else {
-                last_error = format!("bad upstream url {base}");
-                continue;
-            };
-            let mut req = Request::new(Empty::<Bytes>::new());
-            *req.uri_mut() = uri;
-            req.headers_mut().insert(header::VIA, self.via.clone());
-            let started = Instant::now();
-            let result = tokio::time::timeout(timeout, self.client.request(req)).await;
-            let outcome = match &result {
-                Ok(Ok(r)) if r.status().is_server_error() => "upstream_5xx",
-                Ok(Ok(_)) => "ok",
-                Ok(Err(_)) => "error",
-                Err(_) => "timeout",
-            };
-            self.registry
-                .counter(
-                    "tidecast_edge_upstream_fetches_total",
-                    "Requests the edge sent upstream, by upstream and outcome.",
-                    &[
-                        ("region", &self.config.region),
-                        ("upstream", base),
-                        ("result", outcome),
-                    ],
-                )
-                .inc();
-            match result {
-                Ok(Ok(resp)) if !resp.status().is_server_error() => {
-                    debug!(%key, upstream = %base, ms = started.elapsed().as_millis() as u64, "fetched");
-                    self.note_upstream(base, true);
-                    self.relay(&key, &path, resp, &flight, timeout).await;
-                    return;
-                }
-                Ok(Ok(resp)) => {
-                    // 502/504 mean the upstream could not reach its own upstream; 503 from an
-                    // origin is a blocking request that could not be satisfied: pass it on
-                    let gateway = matches!(resp.status().as_u16(), 502 | 504);
-                    if gateway {
-                        self.note_upstream(base, false);
-                    }
-                    last_error = format!("{base}: {}", resp.status());
-                    if !gateway || i + 1 == order.len() {
-                        fallback = Some(resp);
-                        break;
-                    }
-                }
-                Ok(Err(e)) => {
-                    self.note_upstream(base, false);
-                    last_error = format!("{base}: {e}");
-                }
-                Err(_) => {
-                    self.note_upstream(base, false);
-                    last_error = format!("{base}: timed out after {timeout:?}");
-                }
-            }
-        }
-        match fallback {
-            Some(resp) => self.relay(&key, &path, resp, &flight, timeout).await,
-            None => {
-                warn!(%key, region = %self.config.region, "every upstream failed: {last_error}");
-                flight.fail(last_error);
-                self.flights.finish(&key);
-            }
-        }
-    }
-
-    /// Feed one upstream response into the flight and, when cacheable, the cache.
-    async fn relay(
-        &self,
-        key: &str,
-        path: &str,
-        resp: hyper::Response<hyper::body::Incoming>,
-        flight: &Flight,
-        timeout: Duration,
-    ) {
-        let (parts, mut body) = resp.into_parts();
-        let mut headers = parts.headers;
-        for h in HOP_BY_HOP {
-            headers.remove(h);
-        }
-        headers.remove(header::DATE);
-        let freshness = policy::freshness(
-            path,
-            parts.status.as_u16(),
-            headers
-                .get(header::CACHE_CONTROL)
-                .and_then(|v| v.to_str().ok()),
-            &self.policy,
-        );
-        let upstream_age = age_header(&headers);
-        let head = Head {
-            status: parts.status,
-            headers,
-        };
-        flight.set_head(head.clone());
-        loop {
-            match tokio::time::timeout(timeout, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        if !data.is_empty() {
-                            flight.push(data);
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    warn!(%key, "upstream body failed: {e}");
-                    flight.fail(e.to_string());
-                    self.flights.finish(key);
-                    return;
-                }
-                Err(_) => {
-                    warn!(%key, "upstream body stalled");
-                    flight.fail("upstream body stalled".into());
-                    self.flights.finish(key);
-                    return;
-                }
-            }
-        }
-        let body = flight.finish();
-        if freshness.cacheable {
-            let mut head = head;
-            head.status = parts.status;
-            self.cache.insert(
-                key.to_string(),
-                Arc::new(Stored {
-                    head,
-                    body,
-                    stored_at: Instant::now(),
-                    upstream_age,
-                    freshness,
-                }),
-            );
-        }
-        // after the insert: whoever comes next finds the cache, not a finished flight
-        self.flights.finish(key);
     }
 
     fn metrics(&self) -> Response<Body> {
