@@ -145,6 +145,60 @@ fn edge_and_shield_coalesce_and_play_ll_hls() {
     }
     assert_eq!(upstream, 1, "one upstream blocking request for 200 players");
 
+    // 50 players asking for the preload-hinted part: one upstream part request, all served
+    // the complete part once it exists
+    let ((msn, part), _) = hint_and_last(&origin.get(media).text());
+    let hinted = format!("/live/cdn/360p/{msn}.{part}.m4s");
+    let before = origin_count(&origin, "part");
+    let responses = burst(edge.edge_port, &hinted, 50);
+    assert_eq!(
+        origin_count(&origin, "part") - before,
+        1,
+        "one upstream request for the hinted part"
+    );
+    assert!(responses
+        .iter()
+        .all(|r| r.status == 200 && !r.body.is_empty() && r.body == responses[0].body));
+
+    // the segment being produced streams through both tiers as the origin writes it (LL-DASH)
+    let ((open, _), _) = hint_and_last(&origin.get(media).text());
+    let (seg, first_byte, done) =
+        http::get_timed(edge.edge_port, &format!("/live/cdn/360p/{open}.m4s"))
+            .expect("open segment");
+    assert_eq!(seg.status, 200);
+    let streamed_for = done - first_byte;
+    eprintln!(
+        "segment {open} in production through edge+shield: body streamed over {streamed_for:?}"
+    );
+    assert!(
+        streamed_for > Duration::from_millis(300),
+        "not streamed: {streamed_for:?}"
+    );
+    assert_eq!(
+        seg.body,
+        origin.get(&format!("/live/cdn/360p/{open}.m4s")).body
+    );
+
+    // a 404 is cached briefly: 20 quick requests for a segment that will never exist → 1 origin hit
+    let missing = "/live/cdn/360p/999999.m4s";
+    let before = Tidecast::metric(
+        origin.http_port,
+        "tidecast_origin_http_requests_total",
+        "status=\"404\"",
+    );
+    for _ in 0..20 {
+        assert_eq!(edge.edge_get(missing).status, 404);
+    }
+    let misses = Tidecast::metric(
+        origin.http_port,
+        "tidecast_origin_http_requests_total",
+        "status=\"404\"",
+    ) - before;
+    assert!(
+        misses <= 2,
+        "404 not cached: {misses} origin requests for 20"
+    );
+
     // hls.js (LL mode) plays through edge → shield → origin
     let url = format!("http://127.0.0.1:{}/demo/?stream=cdn", edge.edge_port);
     let out = Command::new("node")
