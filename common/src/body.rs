@@ -22,8 +22,8 @@ pub struct ChannelBody {
 }
 
 impl ChannelBody {
-    /// The body and its sender.
-    pub fn new() -> (mpsc::Sender<Bytes>, Body) {
+    /// A body and the sender that feeds it.
+    pub fn channel() -> (mpsc::Sender<Bytes>, Body) {
         let (tx, rx) = mpsc::channel(16);
         (tx, ChannelBody { rx }.boxed())
     }

@@ -288,7 +288,7 @@ impl Edge {
         req: &Request<B>,
         path: &str,
         peer: SocketAddr,
-    ) -> Result<(), Response<Body>> {
+    ) -> Result<(), Box<Response<Body>>> {
         let Some(signer) = &self.signer else {
             return Ok(());
         };
@@ -320,10 +320,10 @@ impl Edge {
                     &[("reason", e.as_str())],
                 );
                 debug!(%stream, reason = e.as_str(), "token refused");
-                Err(match e {
+                Err(Box::new(match e {
                     TokenError::Expired => text(StatusCode::GONE, "token expired\n"),
                     _ => text(StatusCode::FORBIDDEN, "token required or invalid\n"),
-                })
+                }))
             }
         }
     }
@@ -338,7 +338,7 @@ impl Edge {
             return text(StatusCode::BAD_REQUEST, "bad path\n");
         }
         if let Err(resp) = self.check_token(req, path, peer) {
-            return resp;
+            return *resp;
         }
         let key = policy::cache_key(path, req.uri().query());
         let mut resp = self.serve_key(&key, path).await;
@@ -367,7 +367,7 @@ impl Edge {
         if let Some(st) = &stored {
             let stored_for = now.saturating_duration_since(st.stored_at);
             if policy::is_fresh(&st.freshness, st.upstream_age, stored_for) {
-                return self.from_store(st, CacheStatus::Hit, stored_for);
+                return self.stored_response(st, CacheStatus::Hit, stored_for);
             }
         }
         let (flight, status) = match self.flights.join(key) {
@@ -436,7 +436,7 @@ impl Edge {
                 ) =>
             {
                 self.count_stale();
-                self.from_store(
+                self.stored_response(
                     st,
                     CacheStatus::Stale,
                     now.saturating_duration_since(st.stored_at),
@@ -478,7 +478,12 @@ impl Edge {
         );
     }
 
-    fn from_store(&self, st: &Stored, status: CacheStatus, stored_for: Duration) -> Response<Body> {
+    fn stored_response(
+        &self,
+        st: &Stored,
+        status: CacheStatus,
+        stored_for: Duration,
+    ) -> Response<Body> {
         let mut resp = Response::new(Full::new(st.body.clone()).boxed());
         *resp.status_mut() = st.head.status;
         *resp.headers_mut() = st.head.headers.clone();
@@ -506,7 +511,7 @@ impl Edge {
         head: Head,
         status: CacheStatus,
     ) -> Response<Body> {
-        let (tx, body) = ChannelBody::new();
+        let (tx, body) = ChannelBody::channel();
         let bytes_served = self.registry.counter(
             "tidecast_edge_bytes_served_total",
             "Body bytes sent to clients.",

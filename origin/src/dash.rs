@@ -155,11 +155,11 @@ fn adaptation_set(out: &mut String, set_id: u32, kind: TrackKind, reps: &str) {
     let _ = writeln!(out, "    </AdaptationSet>");
 }
 
-/// A static (VOD) MPD of one finished session: `tracks` are the renditions with their segments
-/// as `(msn, pts, duration)`.
-pub fn vod_mpd(
-    tracks: &[(RenditionSummary<'_>, Vec<(u64, Duration, Duration)>)],
-) -> Option<String> {
+/// One archived segment: (media sequence number, presentation time, duration).
+pub type VodSegment = (u64, Duration, Duration);
+
+/// A static (VOD) MPD of one finished session: `tracks` are the renditions with their segments.
+pub fn vod_mpd(tracks: &[(RenditionSummary<'_>, Vec<VodSegment>)]) -> Option<String> {
     let total = tracks
         .iter()
         .map(|(_, segs)| segs.iter().map(|s| s.2).sum::<Duration>())

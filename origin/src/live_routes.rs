@@ -231,7 +231,7 @@ impl Origin {
         if complete {
             return media_response(data, mime);
         }
-        let (tx, body) = ChannelBody::new();
+        let (tx, body) = ChannelBody::channel();
         let origin = self.handle();
         let (stream, rendition) = (stream.to_string(), rendition.to_string());
         tokio::spawn(async move {
