@@ -22,15 +22,7 @@ import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def binary():
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tidecast/target"))
-    path = os.environ.get("TIDECAST_BIN", os.path.join(target, "release", "tidecast"))
-    if not os.access(path, os.X_OK):
-        sys.exit(f"build first: cargo build --release -p tidecast ({path} missing)")
-    return path
+from benchlib import ROOT, binary, target_dir  # noqa: E402 (bench/ is on sys.path)
 
 
 def get(port, path, timeout=5.0):
@@ -47,7 +39,7 @@ def hint(text):
 
 def loadgen():
     """Build (once) and return the Rust load generator in bench/loadgen."""
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tidecast/target"))
+    target = target_dir()
     subprocess.run(["cargo", "build", "--quiet", "--release", "--manifest-path",
                     os.path.join(ROOT, "bench/loadgen/Cargo.toml"), "--target-dir",
                     os.path.join(target, "loadgen")], check=True)

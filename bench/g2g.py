@@ -28,17 +28,9 @@ import time
 import urllib.parse
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, binary  # noqa: E402 (bench/ is on sys.path)
 W, H, FPS = 640, 360, 30
 RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
-
-
-def binary():
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tidecast/target"))
-    path = os.environ.get("TIDECAST_BIN", os.path.join(target, "release", "tidecast"))
-    if not os.access(path, os.X_OK):
-        sys.exit(f"build first: cargo build --release -p tidecast ({path} missing)")
-    return path
 
 
 def need(cond, msg):

@@ -4,6 +4,37 @@ use std::process::Command;
 
 use crate::harness::{heavy, require_tool, Publisher, Tidecast};
 
+/// Start `play.mjs` (hls.js/dash.js page in headless Chromium) on `url` until `seconds` of
+/// playback or `timeout` seconds; read its report with [`play_report`].
+pub fn spawn_play(url: &str, seconds: u32, timeout: u32) -> std::process::Child {
+    require_tool("node", "apt-get install nodejs npm");
+    require_tool("chromium", "apt-get install chromium");
+    Command::new("node")
+        .arg(browser_dir().join("play.mjs"))
+        .args([url, &seconds.to_string(), &timeout.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running node")
+}
+
+/// The JSON report of a finished `play.mjs`.
+pub fn play_report(player: std::process::Child) -> serde_json::Value {
+    let out = player.wait_with_output().expect("play.mjs output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}): {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Play `url` in Chromium and return the report.
+pub fn play(url: &str, seconds: u32, timeout: u32) -> serde_json::Value {
+    play_report(spawn_play(url, seconds, timeout))
+}
+
 pub fn browser_dir() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
     assert!(
@@ -15,26 +46,13 @@ pub fn browser_dir() -> std::path::PathBuf {
 
 #[test]
 fn hlsjs_plays_the_demo_page() {
-    require_tool("node", "apt-get install nodejs npm");
-    require_tool("chromium", "apt-get install chromium");
-    let dir = browser_dir();
+    browser_dir();
     let _guard = heavy();
     let t = Tidecast::start(&[], &[]);
     let _publisher = Publisher::start(&t.rtmp_url("demo"), 40, "1280x720");
     t.wait_master("demo");
     let url = format!("http://127.0.0.1:{}/demo/?stream=demo", t.http_port);
-    let out = Command::new("node")
-        .arg(dir.join("play.mjs"))
-        .args([&url, "8", "45"])
-        .output()
-        .expect("running node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "no report ({e}): {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let report = play(&url, 8, 45);
     eprintln!("hls.js report: {report}");
     assert_eq!(report["ok"], true, "playback failed: {report}");
     assert!(report["fatal"].is_null(), "{report}");

@@ -5,8 +5,8 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use crate::browser::browser_dir;
-use crate::harness::{binary, heavy, require_tool, Publisher, Tidecast};
+use crate::browser::{browser_dir, play, play_report, spawn_play};
+use crate::harness::{binary, heavy, Publisher, Tidecast};
 use crate::http;
 
 fn origin_count(origin: &Tidecast, route: &str) -> i64 {
@@ -60,9 +60,7 @@ fn burst(port: u16, path: &str, n: usize) -> Vec<http::Response> {
 
 #[test]
 fn edge_and_shield_coalesce_and_play_ll_hls() {
-    require_tool("node", "apt-get install nodejs npm");
-    require_tool("chromium", "apt-get install chromium");
-    let dir = browser_dir();
+    browser_dir();
     let _guard = heavy();
     let origin = Tidecast::start(&[], &[]);
     let origin_url = format!("http://127.0.0.1:{}", origin.http_port);
@@ -201,18 +199,7 @@ fn edge_and_shield_coalesce_and_play_ll_hls() {
 
     // hls.js (LL mode) plays through edge → shield → origin
     let url = format!("http://127.0.0.1:{}/demo/?stream=cdn", edge.edge_port);
-    let out = Command::new("node")
-        .arg(dir.join("play.mjs"))
-        .args([&url, "6", "45"])
-        .output()
-        .expect("running node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "no report ({e}): {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let report = play(&url, 6, 45);
     eprintln!("hls.js through two edge tiers: {report}");
     assert_eq!(report["ok"], true, "{report}");
     let latency = report["latency"].as_f64().unwrap_or(f64::MAX);
@@ -318,9 +305,7 @@ fn signed_playback_at_the_edge() {
 
 #[test]
 fn origin_failover_and_region_director() {
-    require_tool("node", "apt-get install nodejs npm");
-    require_tool("chromium", "apt-get install chromium");
-    let dir = browser_dir();
+    browser_dir();
     let _guard = heavy();
     let push = [("TIDECAST_ORIGIN__PUSH_TOKEN", "push-secret")];
     let a = Tidecast::start_role("origin", &[], &push);
@@ -399,13 +384,7 @@ fn origin_failover_and_region_director() {
 
     // hls.js plays through the eu edge while the stream's origin dies
     let url = format!("{eu_url}/demo/?stream=fo");
-    let player = Command::new("node")
-        .arg(dir.join("play.mjs"))
-        .args([&url, "18", "60"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("running node");
+    let player = spawn_play(&url, 18, 60);
     std::thread::sleep(Duration::from_secs(8));
     let fetched_from = |base: &str| {
         Tidecast::metric(
@@ -429,14 +408,7 @@ fn origin_failover_and_region_director() {
     let edge_before = seq(&eu);
     drop(primary);
     eprintln!("killed the stream's origin; {survivor_url} takes over");
-    let out = player.wait_with_output().expect("player");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "no report ({e}): {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let report = play_report(player);
     eprintln!("hls.js across the origin failover: {report}");
     assert_eq!(
         report["ok"], true,
