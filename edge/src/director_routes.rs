@@ -4,13 +4,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use tidecast_common::body::Body;
 
-use crate::server::{text, Edge};
+use crate::server::{respond, text, Edge};
 
 impl Edge {
     /// `/director/live/{stream}/master.m3u8` → 302 to an edge in the player's region;
@@ -97,26 +96,17 @@ impl Edge {
                     &server_uri,
                     &region,
                 );
-                let mut resp = Response::new(Full::new(Bytes::from(text_body)).boxed());
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/vnd.apple.mpegurl"),
-                );
-                resp.headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                resp
+                respond(
+                    StatusCode::OK,
+                    text_body,
+                    "application/vnd.apple.mpegurl",
+                    "no-cache",
+                )
             }
             ["steering", file] if file.strip_suffix(".json").is_some_and(valid) => {
                 let reload = format!("/director/steering/{file}?region={region}");
                 let json = self.director().steering_manifest(&region, &reload, 10);
-                let mut resp = Response::new(Full::new(Bytes::from(json)).boxed());
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                resp.headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                resp
+                respond(StatusCode::OK, json, "application/json", "no-cache")
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }

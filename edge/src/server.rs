@@ -3,7 +3,6 @@
 //! `X-Cache`), health checks and metrics. Decisions come from [`crate::policy`] and
 //! [`crate::pool`]; coalescing from [`crate::flight`].
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -14,7 +13,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tidecast_common::body::{Body, ChannelBody};
 use tidecast_common::config::EdgeConfig;
 use tidecast_common::metrics::Registry;
@@ -86,16 +85,26 @@ pub struct Edge {
     director: Mutex<Director>,
 }
 
-pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+/// A response the edge makes itself (not relayed from upstream).
+pub(crate) fn respond(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+    cache_control: &'static str,
+) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()).boxed());
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
     );
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    respond(status, body, "text/plain; charset=utf-8", "no-store")
 }
 
 /// A path is proxied only if every component is plain (`[A-Za-z0-9._-]`, not `.`/`..`).
@@ -222,32 +231,11 @@ impl Edge {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         info!(addr = ?listener.local_addr().ok(), role = %self.config.role,
               region = %self.config.region, upstreams = ?self.config.upstreams, "edge http listening");
-        loop {
-            let (socket, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!("edge accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = socket.set_nodelay(true);
+        tidecast_common::http_server::serve(listener, "edge", move |req, peer| {
             let edge = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let edge = edge.clone();
-                    async move { Ok::<_, Infallible>(edge.handle(req, peer).await) }
-                });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(socket), service)
-                    .await
-                {
-                    debug!(%peer, "edge connection ended: {e}");
-                }
-            });
-        }
+            async move { edge.handle(req, peer).await }
+        })
+        .await
     }
 
     async fn handle<B>(self: Arc<Self>, req: Request<B>, peer: SocketAddr) -> Response<Body> {
@@ -565,14 +553,12 @@ impl Edge {
             &[("region", region)],
         )
         .set(self.flights.len() as i64);
-        let mut resp = Response::new(Full::new(Bytes::from(r.render())).boxed());
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        );
-        resp.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        resp
+        respond(
+            StatusCode::OK,
+            r.render(),
+            "text/plain; version=0.0.4",
+            "no-cache",
+        )
     }
 }
 

@@ -1,7 +1,6 @@
 //! The origin's HTTP shell (hyper): routes requests to the packager state and renders
 //! playlists, segments, JSON, metrics and the player demo.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -11,7 +10,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use subtle::ConstantTimeEq;
 use tidecast_common::config::Config;
 use tidecast_common::metrics::{Metric, Registry};
@@ -19,7 +17,7 @@ use tidecast_common::store::ObjectStore;
 use tidecast_common::LiveEvent;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::archiver::Archiver;
 use crate::demo::Demo;
@@ -229,37 +227,16 @@ impl Origin {
     /// Serve HTTP forever.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         info!(addr = ?listener.local_addr().ok(), "origin http listening");
-        loop {
-            let (socket, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!("http accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = socket.set_nodelay(true);
+        tidecast_common::http_server::serve(listener, "origin", move |req, peer| {
             let origin = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let origin = origin.clone();
-                    async move {
-                        if req.uri().path().starts_with("/ingest/") {
-                            return Ok::<_, Infallible>(origin.push(req).await);
-                        }
-                        Ok(origin.respond(req, peer).await)
-                    }
-                });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(socket), service)
-                    .await
-                {
-                    debug!(%peer, "http connection ended: {e}");
+            async move {
+                if req.uri().path().starts_with("/ingest/") {
+                    return origin.push(req).await;
                 }
-            });
-        }
+                origin.respond(req, peer).await
+            }
+        })
+        .await
     }
 
     /// CMAF pushed by a remote ladder (`tidecast ingest`), see `tidecast_common::push`.
