@@ -216,13 +216,14 @@ impl Origin {
                 return Some(Some((seg.data.clone(), true, mime(track))));
             }
             let live = s.live && s.current.iter().any(|c| c == rendition);
-            let (next_msn, _) = track.next_part();
-            if !live || msn > next_msn || track.any_segment(msn).is_none() && msn < next_msn {
-                return Some(None); // never coming
+            if !live {
+                return Some(None);
             }
-            track
-                .any_segment(msn)
-                .map(|_| Some((Bytes::new(), false, mime(track))))
+            if track.any_segment(msn).is_some() {
+                return Some(Some((Bytes::new(), false, mime(track)))); // open: stream it
+            }
+            // the open segment or the next one (what a hint may point at): wait for it
+            (!track.is_coming(msn, 0)).then_some(None)
         };
         let found = self.wait_until(self.hold_limit(), lookup).await.flatten();
         let Some((data, complete, mime)) = found else {
@@ -280,14 +281,8 @@ impl Origin {
                 return Some(Some((p.data.clone(), mime(track))));
             }
             let live = s.live && s.current.iter().any(|c| c == rendition);
-            let (next_msn, next_index) = track.next_part();
-            let upcoming = (msn, index) >= (next_msn, next_index)
-                && (msn == next_msn || (msn == next_msn + 1 && index == 0));
-            if live && upcoming {
-                None // wait for it
-            } else {
-                Some(None)
-            }
+            // the preload-hinted part (or the one after it) waits; anything else is a 404
+            (!(live && track.is_coming(msn, index))).then_some(None)
         };
         match self.wait_until(self.hold_limit(), lookup).await.flatten() {
             Some((data, mime)) => media_response(data, mime),

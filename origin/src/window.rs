@@ -189,6 +189,15 @@ impl RenditionTrack {
         }
     }
 
+    /// Will part `index` of segment `msn` still be produced (while the rendition is live)? The
+    /// open segment's next parts and the next segment's first part are — a preload hint points
+    /// at either; anything further ahead, or behind and not in the window, is not.
+    pub fn is_coming(&self, msn: u64, index: usize) -> bool {
+        let (next_msn, next_index) = self.next_part();
+        (msn, index) >= (next_msn, next_index)
+            && (msn == next_msn || (msn == next_msn + 1 && index == 0))
+    }
+
     /// Where a preload hint should point: the next part of the open segment, or the first part
     /// of the next segment when the open one has (about) reached the target duration — the
     /// ladder cuts there, so another part of this segment is not coming.
@@ -318,6 +327,10 @@ mod tests {
             "2 s reached: next segment"
         );
         assert!(t.has_part(10, 3) && !t.has_part(10, 4));
+        // the hinted next segment is coming although segment 10 is still open
+        assert!(t.is_coming(10, 4) && t.is_coming(11, 0));
+        assert!(!t.is_coming(11, 1) && !t.is_coming(12, 0) && !t.is_coming(10, 3));
+        assert!(!t.is_coming(9, 0), "behind the window");
         t.push_chunk(chunk(true), 5).unwrap();
         let s = t.segment(10).unwrap();
         assert_eq!(s.duration, Duration::from_millis(2000));

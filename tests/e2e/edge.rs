@@ -176,6 +176,12 @@ fn edge_and_shield_coalesce_and_play_ll_hls() {
         seg.body,
         origin.get(&format!("/live/cdn/360p/{open}.m4s")).body
     );
+    // the segment after it (not started yet, but a hint may already point at it) waits for
+    // its first part instead of being a 404
+    let next = format!("/live/cdn/360p/{}.m4s", open + 1);
+    let seg = edge.edge_get(&next);
+    assert_eq!(seg.status, 200, "segment {} requested early", open + 1);
+    assert_eq!(seg.body, origin.get(&next).body);
 
     // a 404 is cached briefly: 20 quick requests for a segment that will never exist → 1 origin hit
     let missing = "/live/cdn/360p/999999.m4s";
