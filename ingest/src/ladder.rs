@@ -188,6 +188,7 @@ impl Ladder {
             });
         }
         let mut upstream = i420.clone();
+        let mut size_filters = Vec::new();
         for rung in &input.rungs {
             let n = &rung.name;
             let scale_q = queue(&format!("scaleq-{n}"))?;
@@ -244,6 +245,7 @@ impl Ladder {
                 ])
                 .map_err(|e| IngestError::Ladder(e.to_string()))?;
             link(&[&upstream, &scale_q, &scale, &caps, &tee])?;
+            size_filters.push(caps.clone());
             link(&[&tee, &enc_q, &enc, &profile, &mux, appsink.upcast_ref()])?;
             wire_appsink(&appsink, &input, n, sink.clone());
             upstream = tee;
@@ -254,6 +256,10 @@ impl Ladder {
                 width: rung.width,
                 height: rung.height,
             });
+        }
+
+        if let Some(pad) = i420.static_pad("src") {
+            keep_colorimetry(&pad, size_filters);
         }
 
         // audio: AAC is kept as it is, repackaged as its own CMAF track
@@ -443,6 +449,43 @@ impl SendFromAnyThread for mpsc::Sender<LiveEvent> {
             self.blocking_send(ev).map_err(|_| ())
         }
     }
+}
+
+/// Give every rung the source's colorimetry and chroma siting, taken from the decoded caps into
+/// each rung's size capsfilter as they pass `pad`. Left open, `videoscale` fixates a smaller
+/// picture to the default for its size (BT.601 below 576 lines) and converts the colour matrix of
+/// every frame: two thirds of its CPU for 720p → 480p, and not what ffmpeg (or the source's VUI)
+/// does.
+fn keep_colorimetry(pad: &gst::Pad, filters: Vec<gst::Element>) {
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        let Some(gst::PadProbeData::Event(event)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let gst::EventView::Caps(c) = event.view() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        // decoders leave colorimetry out when the stream's VUI has none; then it is the
+        // default for the source's size, which is what the rungs must keep
+        let (Some(source), Ok(info)) = (
+            c.caps().structure(0),
+            gst_video::VideoInfo::from_caps(c.caps()),
+        ) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let colorimetry = info.colorimetry().to_string();
+        for filter in &filters {
+            let mut caps = filter.property::<gst::Caps>("caps");
+            if let Some(rung) = caps.make_mut().structure_mut(0) {
+                rung.set("colorimetry", colorimetry.as_str());
+                match source.value("chroma-site") {
+                    Ok(v) => rung.set_value("chroma-site", v.clone()),
+                    Err(_) => rung.remove_field("chroma-site"),
+                }
+            }
+            filter.set_property("caps", caps);
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 fn cmafmux(

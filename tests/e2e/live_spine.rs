@@ -37,12 +37,17 @@ struct Probe {
     width: u64,
     height: u64,
     fps: f64,
+    color_space: String,
 }
 
 fn ffprobe(path: &std::path::Path) -> Probe {
     let out = Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
-        .args(["stream=codec_name,width,height,r_frame_rate", "-of", "json"])
+        .args([
+            "stream=codec_name,width,height,r_frame_rate,color_space",
+            "-of",
+            "json",
+        ])
         .arg(path)
         .output()
         .expect("running ffprobe");
@@ -60,6 +65,7 @@ fn ffprobe(path: &std::path::Path) -> Probe {
         width: s["width"].as_u64().unwrap_or(0),
         height: s["height"].as_u64().unwrap_or(0),
         fps: n.parse::<f64>().unwrap_or(0.0) / d.parse::<f64>().unwrap_or(1.0),
+        color_space: s["color_space"].as_str().unwrap_or_default().to_string(),
     }
 }
 
@@ -122,6 +128,7 @@ fn ladder_playlists_segments_and_lifecycle() {
 
     // every advertised segment downloads; ffprobe checks codec, size and frame rate
     let mut durations: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
+    let mut color_spaces = BTreeMap::new();
     for (i, r) in renditions.iter().enumerate() {
         let (p, text) = media(&t, stream, r);
         assert!(text.contains("#EXT-X-PROGRAM-DATE-TIME:"), "{text}");
@@ -153,7 +160,13 @@ fn ladder_playlists_segments_and_lifecycle() {
         assert_eq!(probe.codec, "h264", "{r}");
         assert_eq!((probe.width, probe.height), expected[i], "{r} size");
         assert!((probe.fps - 30.0).abs() < 0.1, "{r} fps {}", probe.fps);
+        color_spaces.insert(r.clone(), probe.color_space);
     }
+    // every rung keeps the 720p source's colour matrix (BT.709), none is converted to BT.601
+    assert!(
+        color_spaces.values().all(|c| c == "bt709"),
+        "colour matrix per rendition: {color_spaces:?}"
+    );
     // keyframe alignment: the same segment has the same duration in every video rendition
     let mut compared = 0;
     for (msn, d) in &durations {
