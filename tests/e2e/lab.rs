@@ -1,6 +1,7 @@
 //! Multi-region lab (`infra/lab/regions.sh`, network namespaces): origin ← shield ← edge-eu /
 //! edge-us ← player-eu / player-us. Each player is steered to its own region's edge, and a cold
-//! segment requested by many us players crosses the long shield → edge-us link once. Skipped,
+//! segment requested by many us players crosses the long shield → edge-us link once. The links
+//! have their 40/120 ms round trips (netem, or regions.sh's user-space links). Skipped,
 //! with a message saying why, where network namespaces cannot be created (not root, no iproute2).
 
 use std::path::PathBuf;
@@ -261,6 +262,42 @@ fn regions_lab_steers_players_and_crosses_the_long_link_once() {
                 })
         },
     );
+
+    // the links are as long as the lab says: TCP connect time across them is one round trip
+    let delayed = up_log.contains("delay 60ms each way");
+    for (player, shield_ip, rtt_ms) in [
+        ("player-eu", "10.10.1.1", 40),
+        ("player-us", "10.10.2.1", 120),
+    ] {
+        let connect: f64 = lab
+            .curl(
+                player,
+                &[
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{time_connect}",
+                    &format!("http://{shield_ip}:8081/healthz"),
+                ],
+            )
+            .trim()
+            .parse()
+            .unwrap_or(0.0);
+        eprintln!(
+            "{player} → shield: TCP connect {:.1} ms (link RTT {rtt_ms} ms)",
+            connect * 1000.0
+        );
+        if delayed {
+            let rtt = f64::from(rtt_ms) / 1000.0;
+            assert!(
+                (rtt * 0.9..rtt * 3.0).contains(&connect),
+                "{player}: connect {connect}s over a {rtt_ms} ms link"
+            );
+        }
+    }
+    if !delayed {
+        eprintln!("links undelayed: {up_log}");
+    }
 
     // each player is steered to its own region's edge (region from the LB/GeoDNS header),
     // whichever director it asks
