@@ -2,7 +2,7 @@
 # Installs every system package tidecast needs to build, run and test, on Debian 12. Idempotent:
 # packages already present are not reinstalled and apt is not touched when nothing is missing.
 #   infra/bootstrap.sh          # build + run dependencies (GStreamer 1.22, ffmpeg)
-#   infra/bootstrap.sh --test   # plus test tools (Chromium, Node/npm, s3s-fs)
+#   infra/bootstrap.sh --test   # plus test tools (Chromium, Node/npm, s3s-fs, iproute2, python3)
 #   infra/bootstrap.sh --bench  # plus benchmark anchors (nginx with the RTMP module, wrk)
 set -euo pipefail
 
@@ -24,7 +24,7 @@ packages=(
   ffmpeg
 )
 if [ "$want_test" = 1 ]; then
-  packages+=(chromium)
+  packages+=(chromium iproute2 python3)  # the browser tests; the regions lab (ip netns, delay_link.py)
   command -v node >/dev/null 2>&1 || packages+=(nodejs)
   command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi
