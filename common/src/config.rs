@@ -337,13 +337,21 @@ impl Config {
         let mut value: toml::Value =
             toml::from_str(&text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         for (name, raw) in vars {
-            if let Some(rest) = name.strip_prefix("TIDECAST_") {
+            let Some(rest) = name.strip_prefix("TIDECAST_") else {
+                continue;
+            };
+            // a name without a section is an override only for a top-level key; the rest
+            // (TIDECAST_CONFIG for --config, TIDECAST_BIN for the tests, …) are not config
+            if rest.contains("__") || TOP_LEVEL_KEYS.contains(&rest.to_ascii_lowercase().as_str()) {
                 apply_env_override(&mut value, rest, &raw)?;
             }
         }
         Self::from_value(value)
     }
 }
+
+/// The keys of [`Config`] outside any section (`TIDECAST_DATA_DIR`).
+const TOP_LEVEL_KEYS: [&str; 1] = ["data_dir"];
 
 /// `INGEST__RTMP_LISTEN=…` sets `ingest.rtmp_listen`. Path parts are lower-cased except map keys
 /// under `keys` (stream keys are case-sensitive). Values parse as TOML scalars/arrays when they
@@ -407,8 +415,13 @@ mod tests {
             ("TIDECAST_LADDER__SEGMENT_MS".into(), "1000".into()),
             ("TIDECAST_INGEST__KEYS__AbC".into(), "main".into()),
             ("OTHER".into(), "x".into()),
+            ("TIDECAST_DATA_DIR".into(), "/srv/tidecast".into()),
+            // not config keys: --config's env var, the test harness's binary path
+            ("TIDECAST_CONFIG".into(), "/etc/tidecast.toml".into()),
+            ("TIDECAST_BIN".into(), "/usr/bin/tidecast".into()),
         ];
         let c = Config::load(None, vars).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/tidecast"));
         assert_eq!(c.origin.http_listen, "127.0.0.1:9000");
         assert_eq!(c.ladder.segment_ms, 1000);
         assert_eq!(c.ingest.keys.get("AbC").map(String::as_str), Some("main"));
@@ -417,6 +430,11 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors() {
         assert!(Config::from_toml("[origin]\nhttp_lsten = 'x'").is_err());
+        let typo = vec![("TIDECAST_ORIGN__HTTP_LISTEN".to_string(), "x".to_string())];
+        assert!(
+            Config::load(None, typo).is_err(),
+            "a misspelt section is reported"
+        );
         let c = Config::from_toml("[[ladder.rungs]]\nname='a'\nheight=100\nvideo_kbps=10").unwrap();
         assert_eq!(c.ladder.rungs.len(), 1);
     }
