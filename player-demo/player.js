@@ -43,6 +43,27 @@
     picker.innerHTML = '<option value="-1">Auto</option>';
   }
 
+  // LL-HLS: start playing once a part's worth of media (0.6 s) is buffered ahead of the start
+  // position, not as soon as the manifest is parsed. Starting at once can leave the playhead a
+  // few frames before the end of the first part loaded; the next part then arrives too late,
+  // playback stalls, and hls.js adds a second to its target latency for the rest of the session.
+  function startWhenBuffered(hls) {
+    let started = false;
+    const start = function () {
+      if (started || state.hls !== hls) return;
+      started = true;
+      video.play().catch(function () {});
+    };
+    hls.on(Hls.Events.FRAG_BUFFERED, function () {
+      const b = video.buffered;
+      const t = video.currentTime;
+      for (let i = 0; i < b.length; i++) {
+        if (b.start(i) <= t + 0.05 && b.end(i) - t >= 0.6) start();
+      }
+    });
+    setTimeout(start, 4000); // a stream too short to buffer that much still plays
+  }
+
   function play(name, src) {
     stop();
     state.stream = name;
@@ -71,8 +92,9 @@
           o.textContent = level.height + 'p · ' + Math.round(level.bitrate / 1000) + ' kb/s';
           picker.appendChild(o);
         });
-        video.play().catch(function () {});
+        if (!lowLatency) video.play().catch(function () {});
       });
+      if (lowLatency) startWhenBuffered(hls);
       hls.on(Hls.Events.LEVEL_SWITCHED, function (_e, data) {
         const l = hls.levels[data.level];
         if (l) info.textContent = 'playing ' + l.width + '×' + l.height;
