@@ -72,6 +72,22 @@ fn blocking_reload_hints_skips_and_errors() {
         "{text}"
     );
     m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("m3u8-rs parses the LL playlist");
+    // the first listed part, to fetch again once it has left the playlist
+    let (old_msn, old_part) = text
+        .lines()
+        .filter(|l| l.starts_with("#EXT-X-PART:"))
+        .find_map(|l| {
+            let uri = l.split("URI=\"").nth(1)?.split('"').next()?;
+            let mut it = uri.trim_end_matches(".m4s").split('.');
+            Some((
+                it.next()?.parse::<u64>().ok()?,
+                it.next()?.parse::<u64>().ok()?,
+            ))
+        })
+        .unwrap_or_else(|| panic!("no part listed:\n{text}"));
+    let old_part_path = format!("/live/ll/360p/{old_msn}.{old_part}.m4s");
+    let old_part_body = t.get(&old_part_path).body;
+    assert!(!old_part_body.is_empty());
 
     // a blocking request for the hinted part returns within 100 ms of the part appearing
     for _ in 0..3 {
@@ -177,6 +193,13 @@ fn blocking_reload_hints_skips_and_errors() {
         "delta is not a suffix of the full playlist:\nfull {full_uris:?}\ndelta (skipped {skipped}) {delta_uris:?}"
     );
 
+    // by now (over 12 s later) that part is no longer listed as an EXT-X-PART
+    assert!(
+        !lists_part(&t.get(base).text(), old_msn, old_part),
+        "part {old_msn}.{old_part} still listed"
+    );
+    let unlisted_at = Instant::now();
+
     // 503: the publisher stalls (SIGSTOP), a blocking request cannot be satisfied in 3 × 2 s
     let (msn, part) = hint(&t.get(base).text());
     signal(&ffmpeg, "-STOP");
@@ -195,6 +218,16 @@ fn blocking_reload_hints_skips_and_errors() {
     );
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();
+
+    // a part stays downloadable for at least 3 target durations after it left the playlist
+    let hold = Duration::from_secs(6);
+    std::thread::sleep(hold.saturating_sub(unlisted_at.elapsed()));
+    let again = t.get(&old_part_path);
+    assert_eq!(
+        again.status, 200,
+        "{old_part_path} gone 6 s after leaving the playlist"
+    );
+    assert!(again.body == old_part_body, "{old_part_path} changed");
 
     // after the end: ENDLIST, and blocking directives are ignored
     t.wait_for("ENDLIST", Duration::from_secs(30), || {
