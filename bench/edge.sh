@@ -2,11 +2,12 @@
 # Edge cache throughput: wrk against `tidecast edge` and against nginx proxy_cache, same upstream
 # (nginx serving static files with origin-like Cache-Control), same warmed objects — a 1 MB
 # segment, a 40 KB part, a 2 KB playlist (max-age=1, so both refresh it once a second) — same
-# connections and duration, in one run. Prints requests/s, p99 latency and tidecast/nginx.
+# connections and duration, in one run. Prints requests/s, p99 latency and tidecast/nginx, each
+# the median of RUNS=3 interleaved runs (single runs on a 2-core VM vary by ±20 %).
 #   bench/edge.sh [connections] [seconds]      (make bench-edge)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-conns="${1:-64}"; secs="${2:-10}"
+conns="${1:-64}"; secs="${2:-10}"; runs="${RUNS:-3}"
 target="${CARGO_TARGET_DIR:-$HOME/.cache/tidecast/target}"
 bin="${TIDECAST_BIN:-$target/release/tidecast}"
 [ -x "$bin" ] || { echo "build first: cargo build --release -p tidecast" >&2; exit 1; }
@@ -79,13 +80,18 @@ run() { # url → "rps p99_ms"
     END { printf "%s %s", rps, p99 }'
 }
 
-printf 'edge cache, wrk -t2 -c%s -d%ss, warmed objects (tidecast edge vs nginx proxy_cache)\n' "$conns" "$secs"
+printf 'edge cache, wrk -t2 -c%s -d%ss, warmed objects (tidecast edge vs nginx proxy_cache), median of %s runs\n' "$conns" "$secs" "$runs"
 printf '  %-16s %14s %12s %14s %12s %10s\n' object "tidecast rps" "p99 ms" "nginx rps" "p99 ms" "rps ratio"
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 for o in "${objects[@]}"; do
   p="${o%%:*}"; name="${o#*:}"
-  read -r t_rps t_p99 <<<"$(run "http://127.0.0.1:$tc$p")"
-  read -r n_rps n_p99 <<<"$(run "http://127.0.0.1:$ng$p")"
-  awk -v n="$name" -v a="$t_rps" -v b="$t_p99" -v c="$n_rps" -v d="$n_p99" \
+  t_rpss=""; t_p99s=""; n_rpss=""; n_p99s=""
+  for _ in $(seq "$runs"); do  # interleaved, so a noisy moment hits both sides
+    read -r a b <<<"$(run "http://127.0.0.1:$tc$p")"; t_rpss+="$a "; t_p99s+="$b "
+    read -r a b <<<"$(run "http://127.0.0.1:$ng$p")"; n_rpss+="$a "; n_p99s+="$b "
+  done
+  awk -v n="$name" -v a="$(median <<<"$t_rpss")" -v b="$(median <<<"$t_p99s")" \
+    -v c="$(median <<<"$n_rpss")" -v d="$(median <<<"$n_p99s")" \
     'BEGIN { printf "  %-16s %14.0f %12.2f %14.0f %12.2f %10.2f\n", n, a, b, c, d, a / c }'
 done
 echo "  goal: >= 1.2x nginx requests/s with a lower p99"
