@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tidecast_common::body::{Body, ChannelBody};
 use tidecast_common::config::EdgeConfig;
-use tidecast_common::metrics::Registry;
+use tidecast_common::metrics::{Metric, Registry};
 use tidecast_common::token::{find_token, TokenError, TokenSigner};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -47,6 +47,13 @@ enum CacheStatus {
 }
 
 impl CacheStatus {
+    const ALL: [CacheStatus; 4] = [
+        CacheStatus::Hit,
+        CacheStatus::Miss,
+        CacheStatus::Coalesced,
+        CacheStatus::Stale,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "HIT",
@@ -54,6 +61,50 @@ impl CacheStatus {
             CacheStatus::Coalesced => "COALESCED",
             CacheStatus::Stale => "STALE",
         }
+    }
+}
+
+/// The series every request touches, resolved once at startup (a registry lookup formats
+/// labels and takes the registry's lock).
+struct HotMetrics {
+    /// `tidecast_edge_requests_total{cache}`, indexed like [`CacheStatus::ALL`].
+    requests: [Metric; 4],
+    bytes_served: Metric,
+    coalesced: Metric,
+    stale_served: Metric,
+}
+
+impl HotMetrics {
+    fn new(registry: &Registry, region: &str) -> HotMetrics {
+        let region = ("region", region);
+        HotMetrics {
+            requests: CacheStatus::ALL.map(|status| {
+                registry.counter(
+                    "tidecast_edge_requests_total",
+                    "Requests served by the edge, by cache status.",
+                    &[region, ("cache", status.as_str())],
+                )
+            }),
+            bytes_served: registry.counter(
+                "tidecast_edge_bytes_served_total",
+                "Body bytes sent to clients.",
+                &[region],
+            ),
+            coalesced: registry.counter(
+                "tidecast_edge_coalesced_total",
+                "Requests that joined an upstream fetch already in progress.",
+                &[region],
+            ),
+            stale_served: registry.counter(
+                "tidecast_edge_stale_served_total",
+                "Responses served stale because the upstream tiers failed.",
+                &[region],
+            ),
+        }
+    }
+
+    fn requests(&self, status: CacheStatus) -> &Metric {
+        &self.requests[status as usize]
     }
 }
 
@@ -83,6 +134,7 @@ pub struct Edge {
     pub(crate) registry: Registry,
     pub(crate) via: HeaderValue,
     director: Mutex<Director>,
+    hot: HotMetrics,
 }
 
 /// A response the edge makes itself (not relayed from upstream).
@@ -159,6 +211,7 @@ impl Edge {
             registry: registry.clone(),
             via,
             director: Mutex::new(director),
+            hot: HotMetrics::new(registry, &config.region),
         });
         tokio::spawn(edge.clone().health_checks());
         Ok(edge)
@@ -261,9 +314,7 @@ impl Edge {
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static("Age, Date, Content-Length, X-Cache"),
         );
-        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
-            h.insert(header::DATE, v);
-        }
+        // Date: hyper adds it (cached once a second)
         if head_only {
             *resp.body_mut() = Full::new(Bytes::new()).boxed();
         }
@@ -367,11 +418,7 @@ impl Edge {
                 (flight, CacheStatus::Miss)
             }
             Role::Follower(flight) => {
-                self.count(
-                    "tidecast_edge_coalesced_total",
-                    "Requests that joined an upstream fetch already in progress.",
-                    &[("region", &self.config.region)],
-                );
+                self.hot.coalesced.inc();
                 (flight, CacheStatus::Coalesced)
             }
         };
@@ -394,7 +441,7 @@ impl Edge {
                 let status = if f.cacheable
                     && !policy::is_fresh(&f, age_header(&head.headers), Duration::ZERO)
                 {
-                    self.count_stale();
+                    self.hot.stale_served.inc();
                     CacheStatus::Stale
                 } else {
                     status
@@ -423,7 +470,7 @@ impl Edge {
                     now.saturating_duration_since(st.stored_at),
                 ) =>
             {
-                self.count_stale();
+                self.hot.stale_served.inc();
                 self.stored_response(
                     st,
                     CacheStatus::Stale,
@@ -432,14 +479,6 @@ impl Edge {
             }
             _ => otherwise(),
         }
-    }
-
-    fn count_stale(&self) {
-        self.count(
-            "tidecast_edge_stale_served_total",
-            "Responses served stale because the upstream tiers failed.",
-            &[("region", &self.config.region)],
-        );
     }
 
     fn decorate(&self, headers: &mut HeaderMap, status: CacheStatus, age: Duration) {
@@ -459,11 +498,7 @@ impl Edge {
             None => self.via.clone(),
         };
         headers.insert(header::VIA, via);
-        self.count(
-            "tidecast_edge_requests_total",
-            "Requests served by the edge, by cache status.",
-            &[("region", &self.config.region), ("cache", status.as_str())],
-        );
+        self.hot.requests(status).inc();
     }
 
     fn stored_response(
@@ -482,13 +517,7 @@ impl Edge {
             status,
             policy::age(st.upstream_age, stored_for),
         );
-        self.registry
-            .counter(
-                "tidecast_edge_bytes_served_total",
-                "Body bytes sent to clients.",
-                &[("region", &self.config.region)],
-            )
-            .add(st.body.len() as i64);
+        self.hot.bytes_served.add(st.body.len() as i64);
         resp
     }
 
@@ -500,11 +529,7 @@ impl Edge {
         status: CacheStatus,
     ) -> Response<Body> {
         let (tx, body) = ChannelBody::channel();
-        let bytes_served = self.registry.counter(
-            "tidecast_edge_bytes_served_total",
-            "Body bytes sent to clients.",
-            &[("region", &self.config.region)],
-        );
+        let bytes_served = self.hot.bytes_served.clone();
         tokio::spawn(async move {
             let mut i = 0;
             loop {
@@ -564,7 +589,14 @@ impl Edge {
 
 #[cfg(test)]
 mod tests {
-    use super::plain_path;
+    use super::{plain_path, CacheStatus};
+
+    #[test]
+    fn hot_metrics_index_matches_cache_status() {
+        for (i, status) in CacheStatus::ALL.into_iter().enumerate() {
+            assert_eq!(status as usize, i, "{}", status.as_str());
+        }
+    }
 
     #[test]
     fn only_plain_paths_are_proxied() {

@@ -328,9 +328,7 @@ impl Origin {
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static("Age, Date, Content-Length"),
         );
-        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
-            h.insert(header::DATE, v);
-        }
+        // Date: hyper adds it (cached once a second)
         self.registry
             .counter(
                 "tidecast_origin_http_requests_total",
