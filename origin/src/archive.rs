@@ -335,8 +335,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::packager::tests::{push, settings, start};
-    use tidecast_common::LiveEvent;
+    use crate::packager::tests::{end, push, settings, start};
 
     fn keys(writes: &[ArchiveWrite]) -> Vec<String> {
         writes.iter().map(|w| w.key.to_string()).collect()
@@ -366,13 +365,7 @@ mod tests {
         let event = std::str::from_utf8(&w[3].data).unwrap();
         assert!(event.contains("#EXT-X-PLAYLIST-TYPE:EVENT\n"), "{event}");
         assert!(!event.contains("ENDLIST"), "{event}");
-        t.apply(
-            LiveEvent::SessionEnded {
-                stream: "s".into(),
-                session: 1,
-            },
-            now,
-        );
+        end(&mut t, "s", 1, now);
         let w = step(&mut rec, &mut t);
         assert_eq!(
             keys(&w),

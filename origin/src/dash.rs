@@ -319,9 +319,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::packager::tests::{close, push, settings, start};
+    use crate::packager::tests::{close, end, push, settings, start};
     use crate::packager::StreamTable;
-    use tidecast_common::LiveEvent;
 
     #[test]
     fn live_mpd_with_timeline_and_ll_offset() {
@@ -358,13 +357,7 @@ mod tests {
         let mut t = StreamTable::new(settings());
         start(&mut t, 1, now);
         push(&mut t, 2, now);
-        t.apply(
-            LiveEvent::SessionEnded {
-                stream: "s".into(),
-                session: 1,
-            },
-            now,
-        );
+        end(&mut t, "s", 1, now);
         let ended = mpd(
             t.get("s").unwrap(),
             &settings(),

@@ -506,26 +506,9 @@ pub(crate) mod tests {
     /// Push `n` segments of 4 parts of 0.5 s each (the last one stays open until the next
     /// segment starts or the session ends).
     pub fn push(t: &mut StreamTable, n: usize, now: Instant) {
-        let session = t.get("s").map(|s| s.session).unwrap_or(0);
-        for i in 0..n {
-            for p in 0..4u64 {
-                let at = Duration::from_millis(2000 * i as u64 + 500 * p);
-                t.apply(
-                    LiveEvent::Chunk {
-                        stream: "s".into(),
-                        session,
-                        rendition: "720p".into(),
-                        chunk: CmafChunk {
-                            data: Bytes::from(vec![0u8; 62_500]),
-                            pts: at,
-                            duration: Duration::from_millis(500),
-                            program_date_time: SystemTime::UNIX_EPOCH + at,
-                            samples: 15,
-                            starts_segment: p == 0,
-                        },
-                    },
-                    now,
-                );
+        for i in 0..n as u64 {
+            for p in 0..4 {
+                push_chunk(t, Duration::from_millis(2000 * i + 500 * p), p == 0, now);
             }
         }
     }
@@ -537,31 +520,46 @@ pub(crate) mod tests {
 
     /// Push only the first `parts` parts of a new segment.
     pub fn push_parts(t: &mut StreamTable, parts: u64, now: Instant) {
-        let session = t.get("s").map(|s| s.session).unwrap_or(0);
         let msn = t
             .get("s")
             .and_then(|s| s.rendition("720p"))
             .map(|r| r.next_msn)
             .unwrap_or(0);
         for p in 0..parts {
-            let at = Duration::from_millis(2000 * msn + 500 * p);
-            t.apply(
-                LiveEvent::Chunk {
-                    stream: "s".into(),
-                    session,
-                    rendition: "720p".into(),
-                    chunk: CmafChunk {
-                        data: Bytes::from(vec![0u8; 62_500]),
-                        pts: at,
-                        duration: Duration::from_millis(500),
-                        program_date_time: SystemTime::UNIX_EPOCH + at,
-                        samples: 15,
-                        starts_segment: p == 0,
-                    },
-                },
-                now,
-            );
+            push_chunk(t, Duration::from_millis(2000 * msn + 500 * p), p == 0, now);
         }
+    }
+
+    /// One 0.5 s part at `at` of stream `s`'s current session.
+    fn push_chunk(t: &mut StreamTable, at: Duration, starts_segment: bool, now: Instant) {
+        let session = t.get("s").map(|s| s.session).unwrap_or(0);
+        t.apply(
+            LiveEvent::Chunk {
+                stream: "s".into(),
+                session,
+                rendition: "720p".into(),
+                chunk: CmafChunk {
+                    data: Bytes::from(vec![0u8; 62_500]),
+                    pts: at,
+                    duration: Duration::from_millis(500),
+                    program_date_time: SystemTime::UNIX_EPOCH + at,
+                    samples: 15,
+                    starts_segment,
+                },
+            },
+            now,
+        );
+    }
+
+    /// The publisher of `stream`'s `session` stops.
+    pub fn end(t: &mut StreamTable, stream: &str, session: u64, now: Instant) {
+        t.apply(
+            LiveEvent::SessionEnded {
+                stream: stream.into(),
+                session,
+            },
+            now,
+        );
     }
 
     #[test]
@@ -589,13 +587,7 @@ pub(crate) mod tests {
         let mut t = StreamTable::new(settings());
         start(&mut t, 1, now);
         push(&mut t, 3, now);
-        t.apply(
-            LiveEvent::SessionEnded {
-                stream: "s".into(),
-                session: 1,
-            },
-            now,
-        );
+        end(&mut t, "s", 1, now);
         assert!(!t.get("s").unwrap().live);
         start(&mut t, 2, now);
         assert!(!t.get("s").unwrap().is_ready());
@@ -624,20 +616,8 @@ pub(crate) mod tests {
         let now = Instant::now();
         let mut t = StreamTable::new(settings());
         start(&mut t, 1, now);
-        t.apply(
-            LiveEvent::SessionEnded {
-                stream: "s".into(),
-                session: 1,
-            },
-            now,
-        );
-        t.apply(
-            LiveEvent::SessionEnded {
-                stream: "x".into(),
-                session: 1,
-            },
-            now + Duration::from_secs(61),
-        );
+        end(&mut t, "s", 1, now);
+        end(&mut t, "x", 1, now + Duration::from_secs(61));
         assert!(t.get("s").is_none());
     }
 }

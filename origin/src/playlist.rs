@@ -286,9 +286,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::packager::tests::{close, push, push_parts, settings, start};
+    use crate::packager::tests::{close, end, push, push_parts, settings, start};
     use crate::packager::StreamTable;
-    use tidecast_common::LiveEvent;
 
     const LL: MediaOptions = MediaOptions { skip: false };
 
@@ -356,13 +355,7 @@ mod tests {
         let mut t = StreamTable::new(settings());
         start(&mut t, 1, now);
         push(&mut t, 2, now);
-        t.apply(
-            LiveEvent::SessionEnded {
-                stream: "s".into(),
-                session: 1,
-            },
-            now,
-        );
+        end(&mut t, "s", 1, now);
         let text = media(t.get("s").unwrap(), "720p", &settings(), LL).unwrap();
         assert!(text.contains("#EXT-X-ENDLIST"), "{text}");
         assert!(!text.contains("PRELOAD-HINT"), "{text}");
