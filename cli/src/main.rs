@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tidecast_common::config::EdgeConfig;
+use tidecast_common::http_server::bind;
 use tidecast_common::metrics::Registry;
 use tidecast_common::Config;
-use tokio::net::TcpListener;
 use tracing::info;
 
 /// Live streaming origin, transcode ladder and player demo in one binary.
@@ -202,7 +202,7 @@ async fn main() -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     if matches!(command, Command::All | Command::Origin | Command::Ingest) {
-        let listener = TcpListener::bind(&config.origin.http_listen)
+        let listener = bind(&config.origin.http_listen, config.listen_backlog)
             .await
             .with_context(|| format!("binding origin HTTP on {}", config.origin.http_listen))?;
         let o = origin.clone();
@@ -210,7 +210,7 @@ async fn main() -> Result<()> {
     }
     if matches!(command, Command::All | Command::Ingest) {
         tidecast_ingest::ladder::init_gstreamer().context("initialising GStreamer")?;
-        let listener = TcpListener::bind(&config.ingest.rtmp_listen)
+        let listener = bind(&config.ingest.rtmp_listen, config.listen_backlog)
             .await
             .with_context(|| format!("binding RTMP on {}", config.ingest.rtmp_listen))?;
         let sink = if config.ingest.origin_url.is_empty() {
@@ -242,7 +242,7 @@ async fn main() -> Result<()> {
             let origin = config.origin.http_listen.replace("0.0.0.0", "127.0.0.1");
             edge_config.upstreams = vec![format!("http://{origin}")];
         }
-        let listener = TcpListener::bind(&edge_config.http_listen)
+        let listener = bind(&edge_config.http_listen, config.listen_backlog)
             .await
             .with_context(|| format!("binding edge HTTP on {}", edge_config.http_listen))?;
         let edge = tidecast_edge::Edge::new(&edge_config, &registry)

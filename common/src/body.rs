@@ -16,6 +16,11 @@ use tokio::sync::mpsc;
 /// Every response body of tidecast's HTTP servers.
 pub type Body = BoxBody<Bytes, Infallible>;
 
+/// A body with fixed contents.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into()).boxed()
+}
+
 /// See the module docs.
 pub struct ChannelBody {
     rx: mpsc::Receiver<Bytes>,

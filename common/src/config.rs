@@ -29,6 +29,9 @@ pub enum ConfigError {
 pub struct Config {
     /// Where local data (object store, spool) lives.
     pub data_dir: PathBuf,
+    /// Listen backlog of every TCP listener (RTMP, origin, edge): connects a burst may queue
+    /// before they are accepted. The kernel caps it at `net.core.somaxconn`.
+    pub listen_backlog: u32,
     /// RTMP ingest.
     pub ingest: IngestConfig,
     /// Transcode ladder.
@@ -45,6 +48,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("./data"),
+            listen_backlog: crate::http_server::DEFAULT_LISTEN_BACKLOG,
             ingest: IngestConfig::default(),
             ladder: LadderConfig::default(),
             origin: OriginConfig::default(),
@@ -350,8 +354,8 @@ impl Config {
     }
 }
 
-/// The keys of [`Config`] outside any section (`TIDECAST_DATA_DIR`).
-const TOP_LEVEL_KEYS: [&str; 1] = ["data_dir"];
+/// The keys of [`Config`] outside any section (`TIDECAST_DATA_DIR`, `TIDECAST_LISTEN_BACKLOG`).
+const TOP_LEVEL_KEYS: [&str; 2] = ["data_dir", "listen_backlog"];
 
 /// `INGEST__RTMP_LISTEN=…` sets `ingest.rtmp_listen`. Path parts are lower-cased except map keys
 /// under `keys` (stream keys are case-sensitive). Values parse as TOML scalars/arrays when they
@@ -416,12 +420,14 @@ mod tests {
             ("TIDECAST_INGEST__KEYS__AbC".into(), "main".into()),
             ("OTHER".into(), "x".into()),
             ("TIDECAST_DATA_DIR".into(), "/srv/tidecast".into()),
+            ("TIDECAST_LISTEN_BACKLOG".into(), "8192".into()),
             // not config keys: --config's env var, the test harness's binary path
             ("TIDECAST_CONFIG".into(), "/etc/tidecast.toml".into()),
             ("TIDECAST_BIN".into(), "/usr/bin/tidecast".into()),
         ];
         let c = Config::load(None, vars).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/srv/tidecast"));
+        assert_eq!(c.listen_backlog, 8192);
         assert_eq!(c.origin.http_listen, "127.0.0.1:9000");
         assert_eq!(c.ladder.segment_ms, 1000);
         assert_eq!(c.ingest.keys.get("AbC").map(String::as_str), Some("main"));

@@ -1,6 +1,7 @@
 //! The HTTP/1.1 accept loop every tidecast HTTP server (origin, edge) runs: one task per
 //! connection, `TCP_NODELAY`, a header-read timeout, accept errors logged and retried. The
-//! server supplies only `handle(request, peer) -> response`.
+//! server supplies only `handle(request, peer) -> response`. [`bind`] makes the listeners of
+//! every role (HTTP and RTMP) with a listen backlog sized for bursts.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +18,53 @@ use crate::body::Body;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `GET /api/time`: this node's clock (DASH `UTCTiming`, `urn:mpeg:dash:utc:http-iso:2014`),
+/// never cached. Every role answers it itself, so a player given an MPD by an edge in another
+/// region never needs to reach the origin.
+pub fn time_response(now: std::time::SystemTime) -> Response<Body> {
+    use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+    let mut resp = Response::new(crate::body::full(crate::time::rfc3339_millis(now)));
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The default listen backlog: a burst of this many simultaneous connects waits in the kernel's
+/// accept queue instead of being dropped or reset (the kernel caps it at `net.core.somaxconn`).
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind a TCP listener on `addr` (`host:port`, resolved) with `backlog` pending connections.
+/// `std` and tokio's `bind` use 128 / 1024, which a burst of players (500 joining at once
+/// after a social post, or a load test) overflows: the kernel then drops or resets connects.
+pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for resolved in tokio::net::lookup_host(addr).await? {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(resolved)
+            .and_then(|()| socket.listen(backlog.max(1)))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr}: no address to listen on"),
+        )
+    }))
+}
 
 /// Serve `handle` on `listener` forever; `what` names the server in logs.
 pub async fn serve<H, F>(
@@ -53,5 +101,28 @@ where
                 debug!(server = what, %peer, "http connection ended: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bind_takes_a_burst_without_accepting() {
+        let listener = bind("127.0.0.1:0", 2048).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // 600 connects complete in the kernel while nobody accepts (a 128 backlog drops them)
+        let mut clients = Vec::new();
+        for _ in 0..600 {
+            let c =
+                tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                    .await
+                    .expect("connect completes without accept")
+                    .unwrap();
+            clients.push(c);
+        }
+        assert_eq!(clients.len(), 600);
+        assert!(bind("127.0.0.1", 16).await.is_err(), "no port");
     }
 }

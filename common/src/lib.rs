@@ -10,6 +10,7 @@ pub mod live;
 pub mod metrics;
 pub mod push;
 pub mod store;
+pub mod time;
 pub mod token;
 
 pub use config::{Config, ConfigError};

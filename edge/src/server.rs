@@ -301,6 +301,8 @@ impl Edge {
             match req.uri().path() {
                 "/healthz" => text(StatusCode::OK, "ok\n"),
                 "/metrics" => self.metrics(),
+                // the edge's own clock: DASH players in this region sync here, not at the origin
+                "/api/time" => tidecast_common::http_server::time_response(SystemTime::now()),
                 path if path.starts_with("/director/") => self.direct(&req, path).await,
                 path => self.proxy(&req, path, peer).await,
             }

@@ -132,11 +132,10 @@ fn media_playlist(segments: &[SegmentMeta], ended: bool) -> Option<String> {
     );
     let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{}", first.msn);
     let _ = writeln!(out, "#EXT-X-MAP:URI=\"init.mp4\"");
-    let pdt: chrono::DateTime<chrono::Utc> = first.program_date_time.into();
     let _ = writeln!(
         out,
         "#EXT-X-PROGRAM-DATE-TIME:{}",
-        pdt.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        tidecast_common::time::rfc3339_millis(first.program_date_time)
     );
     for s in segments {
         let _ = writeln!(out, "#EXTINF:{},", secs3(s.duration));
@@ -316,11 +315,10 @@ impl ArchiveRecorder {
             .map(|r| r.segments.iter().map(|m| m.duration).sum::<Duration>())
             .max()
             .unwrap_or_default();
-        let started: chrono::DateTime<chrono::Utc> = record.started_at.into();
         let meta = serde_json::json!({
             "stream": stream,
             "session": session,
-            "started_at": started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "started_at": tidecast_common::time::rfc3339_millis(record.started_at),
             "duration_secs": duration.as_secs_f64(),
             "renditions": summaries.iter().map(|s| s.name).collect::<Vec<_>>(),
             "master": format!("/vod/{stream}/{session}/master.m3u8"),

@@ -25,11 +25,6 @@ fn iso_duration(d: Duration) -> String {
     format!("PT{:.3}S", d.as_secs_f64())
 }
 
-fn iso_time(t: SystemTime) -> String {
-    let t: chrono::DateTime<chrono::Utc> = t.into();
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -72,6 +67,19 @@ fn spans(segments: &[&StoredSegment], target: Duration) -> Vec<(u64, u64)> {
             (t, d)
         })
         .collect()
+}
+
+/// Where an ended stream's presentation ends, from `availabilityStartTime`: the end of the
+/// latest segment of the last session (its Period start + the segment's end in media time).
+fn presentation_end(stream: &LiveStream, ast: SystemTime) -> Option<Duration> {
+    let (&disc, &start) = stream.session_starts.iter().next_back()?;
+    let media_end = stream
+        .renditions
+        .values()
+        .filter_map(|t| t.complete().rev().find(|s| s.disc == disc))
+        .map(|s| s.pts + s.duration)
+        .max()?;
+    Some(start.duration_since(ast).unwrap_or_default() + media_end)
 }
 
 /// `<SegmentTimeline>` with runs of equal durations folded into `r`.
@@ -206,13 +214,15 @@ pub fn vod_mpd(tracks: &[(RenditionSummary<'_>, Vec<VodSegment>)]) -> Option<Str
     Some(out)
 }
 
-/// The MPD, or `None` while the stream has no segment. `time_url` is the `UTCTiming` source.
-pub fn mpd(
-    stream: &LiveStream,
-    settings: &WindowSettings,
-    now: SystemTime,
-    time_url: &str,
-) -> Option<String> {
+/// `UTCTiming` source: path-absolute, so players resolve it against the MPD's own URL and ask
+/// whichever node served the MPD (origin or an edge in their region; both answer `/api/time`).
+pub const UTC_TIMING_PATH: &str = "/api/time";
+
+/// The MPD, or `None` while the stream has no segment. Live: `minimumUpdatePeriod`, no
+/// duration. Ended: still `dynamic` (players already playing keep their timeline) but with no
+/// `minimumUpdatePeriod` and a `mediaPresentationDuration` up to the last segment's end, so
+/// players play out what is listed and end (DASH-IF IOP, "end of live").
+pub fn mpd(stream: &LiveStream, settings: &WindowSettings, now: SystemTime) -> Option<String> {
     let ast = *stream.session_starts.values().next()?;
     let target = settings.target;
     let low_latency = settings.part_target.is_some();
@@ -233,8 +243,8 @@ pub fn mpd(
     let _ = write!(
         out,
         r#"<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" profiles="urn:mpeg:dash:profile:isoff-live:2011" type="dynamic" availabilityStartTime="{}" publishTime="{}" minBufferTime="{}" timeShiftBufferDepth="{}" suggestedPresentationDelay="{}" maxSegmentDuration="{}""#,
-        iso_time(ast),
-        iso_time(now),
+        tidecast_common::time::rfc3339_millis(ast),
+        tidecast_common::time::rfc3339_millis(now),
         iso_duration(target),
         iso_duration(window.max(target)),
         iso_duration(if low_latency { target } else { target * 2 }),
@@ -242,6 +252,8 @@ pub fn mpd(
     );
     if stream.live {
         let _ = write!(out, r#" minimumUpdatePeriod="{}""#, iso_duration(target));
+    } else if let Some(end) = presentation_end(stream, ast) {
+        let _ = write!(out, r#" mediaPresentationDuration="{}""#, iso_duration(end));
     }
     let _ = writeln!(out, ">");
     let mut periods = 0;
@@ -307,8 +319,7 @@ pub fn mpd(
     }
     let _ = writeln!(
         out,
-        r#"  <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="{}"/>"#,
-        xml_escape(time_url)
+        r#"  <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="{UTC_TIMING_PATH}"/>"#
     );
     let _ = writeln!(out, "</MPD>");
     Some(out)
@@ -328,13 +339,7 @@ mod tests {
         let mut t = StreamTable::new(settings());
         start(&mut t, 1, now);
         push(&mut t, 4, now);
-        let text = mpd(
-            t.get("s").unwrap(),
-            &settings(),
-            SystemTime::UNIX_EPOCH,
-            "http://h/api/time",
-        )
-        .unwrap();
+        let text = mpd(t.get("s").unwrap(), &settings(), SystemTime::UNIX_EPOCH).unwrap();
         assert!(
             text.contains(r#"type="dynamic" availabilityStartTime="1970-01-01T00:00:00.000Z""#),
             "{text}"
@@ -348,7 +353,10 @@ mod tests {
         // segments 1..=2 complete (window 3 keeps 0..=2) and 3 open: one S with r
         assert!(text.contains(r#"startNumber="0" initialization="720p/init-0.mp4" media="720p/$Number$.m4s" availabilityTimeOffset="1.500" availabilityTimeComplete="false">"#), "{text}");
         assert!(text.contains(r#"<S t="0" d="180000" r="3"/>"#), "{text}");
-        assert!(text.contains(r#"<UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="http://h/api/time"/>"#));
+        assert!(text.contains(
+            r#"<UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="/api/time"/>"#
+        ));
+        assert!(!text.contains("mediaPresentationDuration"), "{text}");
     }
 
     #[test]
@@ -358,25 +366,19 @@ mod tests {
         start(&mut t, 1, now);
         push(&mut t, 2, now);
         end(&mut t, "s", 1, now);
-        let ended = mpd(
-            t.get("s").unwrap(),
-            &settings(),
-            SystemTime::UNIX_EPOCH,
-            "/t",
-        )
-        .unwrap();
+        let ended = mpd(t.get("s").unwrap(), &settings(), SystemTime::UNIX_EPOCH).unwrap();
         assert!(!ended.contains("minimumUpdatePeriod"), "{ended}");
+        // two 2 s segments from PTS 0: the presentation ends at 4 s
+        assert!(
+            ended.contains(r#"type="dynamic""#)
+                && ended.contains(r#"mediaPresentationDuration="PT4.000S""#),
+            "{ended}"
+        );
         assert!(!ended.contains("availabilityTimeOffset"), "{ended}");
         start(&mut t, 2, now);
         push(&mut t, 1, now);
         close(&mut t, now);
-        let text = mpd(
-            t.get("s").unwrap(),
-            &settings(),
-            SystemTime::UNIX_EPOCH,
-            "/t",
-        )
-        .unwrap();
+        let text = mpd(t.get("s").unwrap(), &settings(), SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(text.matches("<Period ").count(), 2, "{text}");
         assert!(text.contains(r#"<Period id="1""#), "{text}");
         assert!(

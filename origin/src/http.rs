@@ -2,7 +2,6 @@
 //! written while the data is produced (LL-DASH chunked segments).
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 
@@ -15,10 +14,8 @@ pub const PLAYLIST_CACHE: &str = "public, max-age=1";
 /// Not-yet-existing media may appear any moment.
 pub const NOT_FOUND_CACHE: &str = "public, max-age=1";
 
-/// A fixed body.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed()
-}
+pub use tidecast_common::body::full;
+pub use tidecast_common::http_server::time_response;
 
 /// Set a static header.
 pub fn set(resp: &mut Response<Body>, name: HeaderName, value: &'static str) {
@@ -72,15 +69,6 @@ pub fn mpd_response(text: String) -> Response<Body> {
     let mut resp = Response::new(full(text));
     set(&mut resp, header::CONTENT_TYPE, "application/dash+xml");
     set(&mut resp, header::CACHE_CONTROL, PLAYLIST_CACHE);
-    resp
-}
-
-/// The origin's clock for DASH `UTCTiming` (`urn:mpeg:dash:utc:http-iso:2014`).
-pub fn time_response(now: std::time::SystemTime) -> Response<Body> {
-    let t: chrono::DateTime<chrono::Utc> = now.into();
-    let mut resp = Response::new(full(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
-    set(&mut resp, header::CONTENT_TYPE, "text/plain; charset=utf-8");
-    set(&mut resp, header::CACHE_CONTROL, "no-store");
     resp
 }
 

@@ -79,12 +79,7 @@ impl Origin {
         }
     }
 
-    pub(crate) fn manifest(
-        &self,
-        stream: &str,
-        time_url: &str,
-        peer: SocketAddr,
-    ) -> Response<Body> {
+    pub(crate) fn manifest(&self, stream: &str, peer: SocketAddr) -> Response<Body> {
         if !is_valid_stream_name(stream) {
             return not_found();
         }
@@ -95,7 +90,7 @@ impl Origin {
         };
         s.touch_viewer(peer.ip(), Instant::now());
         // a session that has no segment yet (a reconnect) simply has no Period yet
-        match crate::dash::mpd(s, &settings, SystemTime::now(), time_url) {
+        match crate::dash::mpd(s, &settings, SystemTime::now()) {
             Some(text) => mpd_response(text),
             None => not_found(),
         }

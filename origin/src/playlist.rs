@@ -231,11 +231,10 @@ pub fn media(
             let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}\"", init_uri(track, seg.disc));
         }
         prev_disc = Some(seg.disc);
-        let pdt: chrono::DateTime<chrono::Utc> = seg.program_date_time.into();
         let _ = writeln!(
             out,
             "#EXT-X-PROGRAM-DATE-TIME:{}",
-            pdt.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            tidecast_common::time::rfc3339_millis(seg.program_date_time)
         );
         if ll && (i >= parts_from) {
             for (k, p) in seg.parts.iter().enumerate() {

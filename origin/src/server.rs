@@ -302,18 +302,7 @@ impl Origin {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             )
         } else {
-            let host = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .filter(|h| {
-                    h.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b))
-                })
-                .unwrap_or("localhost")
-                .to_string();
-            self.route(req.uri().path(), req.uri().query(), &host, peer)
-                .await
+            self.route(req.uri().path(), req.uri().query(), peer).await
         };
         let h = resp.headers_mut();
         h.insert(
@@ -346,7 +335,6 @@ impl Origin {
         &self,
         path: &str,
         query: Option<&str>,
-        host: &str,
         peer: SocketAddr,
     ) -> (RouteKind, Response<Body>) {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -358,10 +346,7 @@ impl Origin {
             ["demo"] => (RouteKind::Demo, redirect("/demo/")),
             ["demo", file] => (RouteKind::Demo, self.demo.serve(file)),
             ["live", stream, "master.m3u8"] => (RouteKind::Master, self.master(stream, peer)),
-            ["live", stream, "manifest.mpd"] => (
-                RouteKind::Manifest,
-                self.manifest(stream, &format!("http://{host}/api/time"), peer),
-            ),
+            ["live", stream, "manifest.mpd"] => (RouteKind::Manifest, self.manifest(stream, peer)),
             ["vod", stream, session, file] => {
                 (RouteKind::Vod, self.vod(stream, session, None, file).await)
             }
@@ -406,14 +391,13 @@ impl Origin {
                         })
                     })
                     .collect();
-                let started: chrono::DateTime<chrono::Utc> = s.started_at.into();
                 serde_json::json!({
                     "name": s.name,
                     "live": s.live,
                     "ready": s.is_ready(),
                     "session": s.session,
                     "sessions": s.sessions,
-                    "started_at": started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "started_at": tidecast_common::time::rfc3339_millis(s.started_at),
                     "viewers": s.viewers(now),
                     "master": format!("/live/{}/master.m3u8", s.name),
                     "dash": format!("/live/{}/manifest.mpd", s.name),

@@ -167,12 +167,12 @@ fn dash_and_ll_dash_play_and_reconnect_adds_a_period() {
     assert!((1.0..2.0).contains(&ato), "availabilityTimeOffset {ato}");
     let utc = parsed.UTCTiming.first().expect("UTCTiming");
     let time_url = utc.value.clone().unwrap_or_default();
-    let path = time_url
-        .split_once("127.0.0.1")
-        .and_then(|(_, rest)| rest.split_once('/'))
-        .map(|(_, p)| format!("/{p}"))
-        .unwrap_or_default();
-    let clock = t.get(&path).text();
+    // path-absolute: resolved against the MPD's URL, so behind an edge it asks the edge
+    assert_eq!(
+        time_url, "/api/time",
+        "UTCTiming must not name the origin host"
+    );
+    let clock = t.get(&time_url).text();
     assert!(
         chrono_like(&clock),
         "UTCTiming {time_url} answered {clock:?}"
@@ -246,10 +246,16 @@ fn dash_and_ll_dash_play_and_reconnect_adds_a_period() {
 
     // the publisher drops, comes back: a second Period
     drop(publisher);
-    t.wait_for("the stream to end", Duration::from_secs(20), || {
+    let ended = t.wait_for("the stream to end", Duration::from_secs(20), || {
         let text = t.get("/live/dash/manifest.mpd").text();
-        (!text.contains("minimumUpdatePeriod")).then_some(())
+        (!text.contains("minimumUpdatePeriod")).then_some(text)
     });
+    // the end is signalled: players play out the listed media and stop waiting
+    let ended_mpd = dash_mpd::parse(&ended).expect("ended MPD parses");
+    let duration = ended_mpd
+        .mediaPresentationDuration
+        .unwrap_or_else(|| panic!("ended MPD has no mediaPresentationDuration:\n{ended}"));
+    assert!(duration >= Duration::from_secs(15), "{duration:?}\n{ended}");
     let _again = Publisher::start(&t.rtmp_url("dash"), 15, "640x360");
     let (text, parsed) = t.wait_for("a second Period", Duration::from_secs(40), || {
         let r = t.get("/live/dash/manifest.mpd");
@@ -260,6 +266,10 @@ fn dash_and_ll_dash_play_and_reconnect_adds_a_period() {
     assert_eq!(parsed.periods[1].id.as_deref(), Some("1"), "{text}");
     assert!(text.contains("init-1.mp4"), "{text}");
     assert!(parsed.minimumUpdatePeriod.is_some(), "live again: {text}");
+    assert!(
+        parsed.mediaPresentationDuration.is_none(),
+        "live again: {text}"
+    );
 }
 
 /// `2026-01-01T00:00:00.000Z`-shaped.
