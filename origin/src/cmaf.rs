@@ -25,36 +25,96 @@ struct Boxes<'a> {
     data: &'a [u8],
 }
 
+/// A box's type, header length and total size.
+type BoxHeader = ([u8; 4], usize, usize);
+
+/// The box starting at `data[0]`: (type, header length, total size), or `None` when fewer than
+/// 8 bytes are left. A size that does not fit `data` is an error.
+fn box_header(data: &[u8]) -> Option<Result<BoxHeader, InitError>> {
+    let head = data.get(..8)?;
+    let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let kind = [head[4], head[5], head[6], head[7]];
+    let (header, size) = match size {
+        0 => (8, data.len()),
+        1 => {
+            let Some(large) = data.get(8..16) else {
+                return Some(Err(InitError("truncated box")));
+            };
+            let mut b = [0u8; 8];
+            b.copy_from_slice(large);
+            (
+                16,
+                usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX),
+            )
+        }
+        n => (8, n),
+    };
+    if size < header || size > data.len() {
+        return Some(Err(InitError("box size out of range")));
+    }
+    Some(Ok((kind, header, size)))
+}
+
 impl<'a> Iterator for Boxes<'a> {
     type Item = Result<([u8; 4], &'a [u8]), InitError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.data.len() < 8 {
-            return None;
-        }
-        let size =
-            u32::from_be_bytes([self.data[0], self.data[1], self.data[2], self.data[3]]) as usize;
-        let kind = [self.data[4], self.data[5], self.data[6], self.data[7]];
-        let (header, size) = match size {
-            0 => (8, self.data.len()),
-            1 => {
-                let Some(large) = self.data.get(8..16) else {
-                    return Some(Err(InitError("truncated box")));
-                };
-                let mut b = [0u8; 8];
-                b.copy_from_slice(large);
-                (16, u64::from_be_bytes(b) as usize)
+        let (kind, header, size) = match box_header(self.data)? {
+            Ok(h) => h,
+            Err(e) => {
+                self.data = &[];
+                return Some(Err(e));
             }
-            n => (8, n),
         };
-        if size < header || size > self.data.len() {
-            self.data = &[];
-            return Some(Err(InitError("box size out of range")));
-        }
         let body = &self.data[header..size];
         self.data = &self.data[size..];
         Some(Ok((kind, body)))
     }
+}
+
+/// Where the `mfhd` sequence number of a chunk's `moof` is (`[styp] moof{mfhd …} mdat`).
+fn mfhd_sequence_offset(data: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let (kind, header, size) = box_header(data.get(at..)?)?.ok()?;
+        if &kind == b"moof" {
+            let moof_end = at + size;
+            let mut inner = at + header;
+            loop {
+                let (k, h, s) = box_header(data.get(inner..moof_end)?)?.ok()?;
+                if &k == b"mfhd" {
+                    // full box: version + flags, then the 32-bit sequence number
+                    let offset = inner + h + 4;
+                    return (offset + 4 <= inner + s).then_some(offset);
+                }
+                inner += s;
+            }
+        }
+        at += size;
+    }
+}
+
+/// The chunk with its `moof`'s `mfhd` sequence number set to `sequence` (a copy), or the chunk
+/// unchanged when it has no `moof`. `cmafmux` numbers fragments, and gives every chunk of one
+/// fragment the same number; players that check continuity across LL-HLS parts and rendition
+/// switches (VLC) want +1 per `moof`.
+pub fn with_fragment_sequence(data: &bytes::Bytes, sequence: u32) -> bytes::Bytes {
+    let Some(offset) = mfhd_sequence_offset(data) else {
+        return data.clone();
+    };
+    if data[offset..offset + 4] == sequence.to_be_bytes() {
+        return data.clone();
+    }
+    let mut patched = bytes::BytesMut::from(&data[..]);
+    patched[offset..offset + 4].copy_from_slice(&sequence.to_be_bytes());
+    patched.freeze()
+}
+
+/// The `mfhd` sequence number of a chunk, if it has a `moof`.
+pub fn fragment_sequence(data: &[u8]) -> Option<u32> {
+    let offset = mfhd_sequence_offset(data)?;
+    let b = data.get(offset..offset + 4)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 fn boxes(data: &[u8]) -> Boxes<'_> {
@@ -241,6 +301,26 @@ mod tests {
         let info = parse_init(&init(b"soun", bx(b"mp4a", &entry))).unwrap();
         assert_eq!(info.codec, "mp4a.40.2");
         assert_eq!(info.channels, 2);
+    }
+
+    #[test]
+    fn renumbers_the_moof_of_a_chunk() {
+        let mfhd = bx(b"mfhd", &[0, 0, 0, 0, 0, 0, 0, 7]);
+        let traf = bx(b"traf", &bx(b"tfhd", &[0; 8]));
+        let moof = bx(b"moof", &[mfhd, traf].concat());
+        let chunk = [bx(b"styp", b"cmfc"), moof, bx(b"mdat", &[1, 2, 3])].concat();
+        let chunk = bytes::Bytes::from(chunk);
+        assert_eq!(fragment_sequence(&chunk), Some(7));
+        let renumbered = with_fragment_sequence(&chunk, 42);
+        assert_eq!(fragment_sequence(&renumbered), Some(42));
+        assert_eq!(renumbered.len(), chunk.len());
+        assert_eq!(&renumbered[renumbered.len() - 3..], &[1, 2, 3]);
+        // no moof, or a truncated one: left alone
+        let mdat = bytes::Bytes::from(bx(b"mdat", &[9; 16]));
+        assert_eq!(with_fragment_sequence(&mdat, 5), mdat);
+        let cut = chunk.slice(..chunk.len() - 20);
+        assert_eq!(fragment_sequence(&cut), None);
+        assert_eq!(with_fragment_sequence(&cut, 5), cut);
     }
 
     #[test]

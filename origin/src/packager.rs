@@ -292,9 +292,16 @@ impl StreamTable {
             s.disc += 1;
         }
         let next_msn = s.renditions.values().map(|r| r.next_msn).max().unwrap_or(0);
+        let next_fragment = s
+            .renditions
+            .values()
+            .map(|r| r.next_fragment)
+            .max()
+            .unwrap_or(1);
         for r in s.renditions.values_mut() {
             r.next_msn = next_msn;
             r.disc = s.disc;
+            r.next_fragment = next_fragment;
         }
         s.current.clear();
         for info in renditions {
@@ -302,7 +309,8 @@ impl StreamTable {
             match s.renditions.get_mut(&info.name) {
                 Some(track) => track.declared = info,
                 None => {
-                    let track = RenditionTrack::new(info.clone(), next_msn, s.disc);
+                    let mut track = RenditionTrack::new(info.clone(), next_msn, s.disc);
+                    track.next_fragment = next_fragment;
                     s.renditions.insert(info.name, track);
                 }
             }

@@ -69,6 +69,8 @@ pub struct RenditionTrack {
     pub disc: u64,
     /// Longest segment seen (for `EXT-X-TARGETDURATION`, which must not shrink).
     pub max_duration: Duration,
+    /// `mfhd` sequence number of the next chunk: +1 per chunk (part) over the stream's life.
+    pub next_fragment: u32,
 }
 
 impl RenditionTrack {
@@ -82,6 +84,7 @@ impl RenditionTrack {
             next_msn,
             disc,
             max_duration: Duration::ZERO,
+            next_fragment: 1,
         }
     }
 
@@ -118,8 +121,10 @@ impl RenditionTrack {
             .ok_or(ChunkRejected::NoOpenSegment)?;
         open.duration += chunk.duration;
         open.samples += chunk.samples;
+        let data = crate::cmaf::with_fragment_sequence(&chunk.data, self.next_fragment);
+        self.next_fragment = self.next_fragment.wrapping_add(1);
         open.parts.push(StoredPart {
-            data: chunk.data,
+            data,
             duration: chunk.duration,
             independent: chunk.starts_segment,
         });

@@ -45,6 +45,24 @@ fn lists_part(text: &str, msn: u64, part: u64) -> bool {
         .any(|l| l.starts_with("#EXT-X-PART:") && l.contains(&uri))
 }
 
+/// The `mfhd` sequence number of every top-level `moof` in a CMAF segment.
+fn mfhd_sequences(data: &[u8]) -> Vec<u32> {
+    let be32 = |d: &[u8], at: usize| -> Option<u32> {
+        let b = d.get(at..at + 4)?;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(size) = be32(data, at).map(|s| s as usize).filter(|&s| s >= 8) {
+        if data.get(at + 4..at + 8) == Some(b"moof") && data.get(at + 12..at + 16) == Some(b"mfhd")
+        {
+            out.extend(be32(data, at + 20));
+        }
+        at += size;
+    }
+    out
+}
+
 fn signal(child: &Child, sig: &str) {
     let _ = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -158,6 +176,25 @@ fn blocking_reload_hints_skips_and_errors() {
         streamed.body, complete.body,
         "streamed segment differs from the stored one"
     );
+
+    // mfhd sequence numbers: +1 per moof (part) across segments, the same in every video
+    // rendition, so a player switching renditions sees no fragment discontinuity (VLC)
+    let (msn, _) = hint(&t.get(base).text());
+    let (a, b) = (msn.saturating_sub(3), msn.saturating_sub(2));
+    let seqs = |rendition: &str, n: u64| {
+        mfhd_sequences(&t.get(&format!("/live/ll/{rendition}/{n}.m4s")).body)
+    };
+    let first = seqs("360p", a);
+    let next = seqs("360p", b);
+    let other = seqs("240p", b);
+    eprintln!("mfhd: 360p/{a} {first:?} 360p/{b} {next:?} 240p/{b} {other:?}");
+    assert!(first.len() >= 3, "one moof per part: {first:?}");
+    let joined: Vec<u32> = first.iter().chain(&next).copied().collect();
+    assert!(
+        joined.windows(2).all(|w| w[1] == w[0] + 1),
+        "mfhd not +1 per fragment: {joined:?}"
+    );
+    assert_eq!(other, next, "renditions number their fragments alike");
 
     // 400s: _HLS_part alone, _HLS_msn far ahead, malformed values
     let (msn, _) = hint(&t.get(base).text());
