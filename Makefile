@@ -1,10 +1,13 @@
 # tidecast — the two commands a new user needs:
 #   make run    set up the machine and run every service (RTMP :1935, HTTP :8080, demo at /demo/)
-#   make test   set up the machine and run every test (unit + end-to-end with ffmpeg/Chromium)
+#   make test   set up the machine and run every test (unit + end-to-end with ffmpeg/Chromium,
+#               then every fuzz target for FUZZ_SECONDS each)
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/tidecast/target
 CARGO ?= cargo
 
-.PHONY: run test bootstrap test-tools build build-release unit e2e bench-ladder bench-blocking bench-g2g bench-edge fmt clippy
+FUZZ_SECONDS ?= 30
+
+.PHONY: fuzz run test bootstrap test-tools build build-release unit e2e bench-ladder bench-blocking bench-g2g bench-edge fmt clippy
 
 bootstrap:
 	infra/bootstrap.sh
@@ -24,6 +27,11 @@ test-tools:
 
 test: test-tools build
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=1
+	fuzz/run.sh $(FUZZ_SECONDS)
+
+fuzz:
+	infra/bootstrap.sh --test
+	fuzz/run.sh $(FUZZ_SECONDS)
 
 unit:
 	$(CARGO) test --workspace --lib

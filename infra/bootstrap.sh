@@ -2,7 +2,7 @@
 # Installs every system package tidecast needs to build, run and test, on Debian 12. Idempotent:
 # packages already present are not reinstalled and apt is not touched when nothing is missing.
 #   infra/bootstrap.sh          # build + run dependencies (GStreamer 1.22, ffmpeg)
-#   infra/bootstrap.sh --test   # plus test tools (Chromium, Node/npm, s3s-fs, iproute2, python3)
+#   infra/bootstrap.sh --test   # plus test tools (Chromium, Node/npm, s3s-fs, cargo-fuzz, iproute2, python3)
 #   infra/bootstrap.sh --bench  # plus benchmark anchors (nginx with the RTMP module, wrk)
 set -euo pipefail
 
@@ -57,5 +57,10 @@ if [ "$want_test" = 1 ]; then
   if ! command -v s3s-fs >/dev/null 2>&1; then
     echo "bootstrap: installing s3s-fs (cargo install, ~2 min)"
     cargo install s3s-fs@0.14.1 --locked --features binary --quiet
+  fi
+  # libFuzzer driver for the fuzz targets (fuzz/run.sh)
+  if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    echo "bootstrap: installing cargo-fuzz (cargo install, ~2 min)"
+    cargo install cargo-fuzz@0.13.2 --locked --quiet
   fi
 fi

@@ -10,6 +10,9 @@ pub enum IngestError {
     /// The RTMP chunk stream or a message in it was malformed.
     #[error("rtmp protocol error: {0}")]
     Protocol(String),
+    /// The chunk stream was refused before it reached the RTMP decoder.
+    #[error("rtmp protocol error: {0}")]
+    Chunk(#[from] crate::chunk_guard::GuardError),
     /// The peer took too long.
     #[error("timed out: {0}")]
     Timeout(&'static str),
@@ -32,7 +35,7 @@ impl IngestError {
     pub fn as_str(&self) -> &'static str {
         match self {
             IngestError::Handshake(_) => "handshake",
-            IngestError::Protocol(_) => "protocol",
+            IngestError::Protocol(_) | IngestError::Chunk(_) => "protocol",
             IngestError::Timeout(_) => "timeout",
             IngestError::Refused(_) => "refused",
             IngestError::Media(_) => "media",

@@ -157,8 +157,10 @@ pub fn parse_sps(nal: &[u8]) -> Result<AvcInfo, IngestError> {
         return Err(bad("not an SPS NAL unit"));
     }
     let rbsp = unescape(&nal[1..]);
-    let (profile, compat, level) = (rbsp[0], rbsp[1], rbsp[2]);
-    let mut r = BitReader::new(&rbsp[3..]);
+    let Some((&[profile, compat, level], rest)) = rbsp.split_first_chunk::<3>() else {
+        return Err(bad("truncated"));
+    };
+    let mut r = BitReader::new(rest);
     let mut chroma_format_idc = 1;
     let mut separate_colour_plane = false;
     r.ue()?; // seq_parameter_set_id
@@ -213,19 +215,20 @@ pub fn parse_sps(nal: &[u8]) -> Result<AvcInfo, IngestError> {
     }
     r.ue()?; // max_num_ref_frames
     r.bit()?; // gaps_in_frame_num_value_allowed_flag
-    let width_mbs = r.ue()? + 1;
-    let height_map_units = r.ue()? + 1;
+              // 64-bit from here: every field is attacker-controlled and up to 2^32 - 2
+    let width_mbs = u64::from(r.ue()?) + 1;
+    let height_map_units = u64::from(r.ue()?) + 1;
     let frame_mbs_only = r.bit()?;
     if !frame_mbs_only {
         r.bit()?;
     }
     r.bit()?; // direct_8x8_inference_flag
-    let (mut cl, mut cr, mut ct, mut cb) = (0, 0, 0, 0);
+    let (mut cl, mut cr, mut ct, mut cb) = (0u64, 0u64, 0u64, 0u64);
     if r.bit()? {
-        cl = r.ue()?;
-        cr = r.ue()?;
-        ct = r.ue()?;
-        cb = r.ue()?;
+        cl = r.ue()?.into();
+        cr = r.ue()?.into();
+        ct = r.ue()?.into();
+        cb = r.ue()?.into();
     }
     let field_factor = if frame_mbs_only { 1 } else { 2 };
     let (crop_x, crop_y) = match (chroma_format_idc, separate_colour_plane) {
@@ -237,12 +240,12 @@ pub fn parse_sps(nal: &[u8]) -> Result<AvcInfo, IngestError> {
     let width = (width_mbs * 16).checked_sub(crop_x * (cl + cr));
     let height = (field_factor * height_map_units * 16).checked_sub(crop_y * (ct + cb));
     match (width, height) {
-        (Some(w), Some(h)) if w > 0 && h > 0 && w <= 16384 && h <= 16384 => Ok(AvcInfo {
+        (Some(w @ 1..=16384), Some(h @ 1..=16384)) => Ok(AvcInfo {
             profile,
             compat,
             level,
-            width: w,
-            height: h,
+            width: w as u32,
+            height: h as u32,
         }),
         _ => Err(bad("implausible dimensions")),
     }
@@ -321,6 +324,20 @@ mod tests {
         0x67, 0xf4, 0x00, 0x1e, 0x91, 0x9b, 0x28, 0x14, 0x05, 0xff, 0x13, 0x80, 0x88, 0x00, 0x00,
         0x03, 0x00, 0x08, 0x00, 0x00, 0x03, 0x01, 0xe0, 0x78, 0xb1, 0x6c, 0xb0,
     ];
+
+    #[test]
+    fn fuzz_findings_are_errors() {
+        // an SPS whose width in macroblocks × 16 overflowed u32 (cargo fuzz, flv_tags)
+        let sps = [
+            0xc7, 0x36, 0x36, 0x10, 0x36, 0x36, 0x00, 0x31, 0x00, 0x00, 0x00, 0x00, 0xc6, 0xc6,
+            0xc6, 0xc6, 0x00,
+        ];
+        assert!(parse_avc_config(&sps).is_err());
+        assert!(
+            parse_sps(&[0x67, 0x00, 0x00, 0x03]).is_err(),
+            "shorter than 3 bytes unescaped"
+        );
+    }
 
     #[test]
     fn parses_sps_dimensions_and_profile() {

@@ -12,11 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use rml_rtmp::chunk_io::ChunkDeserializer;
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-use rml_rtmp::sessions::{
-    ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
-};
+use rml_rtmp::sessions::{ServerSession, ServerSessionEvent, ServerSessionResult};
 use tidecast_common::config::{Config, IngestConfig, LadderConfig};
 use tidecast_common::keys::{KeyDecision, StreamKeys};
 use tidecast_common::live::unix_millis;
@@ -31,10 +27,9 @@ use crate::ladder::{Ladder, LadderInput, LadderSettings};
 use crate::ladder_plan;
 use crate::media_gate::{GateOutput, MediaGate};
 use crate::publishers::{Claim, ConnId, PublisherTable};
+use crate::rtmp_input::{HandshakeInput, HandshakeStep, RtmpInput};
 use crate::IngestError;
 
-/// Largest RTMP chunk size a client may announce (OBS uses 4096, ffmpeg 4096–65536).
-const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
 /// A ladder input backlog this large means transcoding cannot keep up with real time.
 const MAX_LADDER_BACKLOG: u64 = 48 * 1024 * 1024;
 
@@ -204,7 +199,7 @@ impl IngestServer {
         let mut buf = vec![0u8; 64 * 1024];
         let handshake_deadline =
             tokio::time::Instant::now() + Duration::from_secs(self.config.handshake_timeout_secs);
-        let mut handshake = Handshake::new(PeerType::Server);
+        let mut handshake = HandshakeInput::default();
         let mut received = 0usize;
         let leftover = loop {
             let n = tokio::time::timeout_at(handshake_deadline, socket.read(&mut buf))
@@ -219,33 +214,24 @@ impl IngestServer {
                 ));
             }
             received += n;
-            match handshake
-                .process_bytes(&buf[..n])
-                .map_err(|e| IngestError::Handshake(e.to_string()))?
-            {
-                HandshakeProcessResult::InProgress { response_bytes } => {
-                    socket.write_all(&response_bytes).await?;
-                }
-                HandshakeProcessResult::Completed {
-                    response_bytes,
-                    remaining_bytes,
+            match handshake.handle(&buf[..n])? {
+                HandshakeStep::Continue(response) => socket.write_all(&response).await?,
+                HandshakeStep::Done {
+                    response,
+                    remaining,
                 } => {
-                    socket.write_all(&response_bytes).await?;
-                    break remaining_bytes;
+                    socket.write_all(&response).await?;
+                    break remaining;
                 }
             }
         };
 
-        let (mut session, initial) = ServerSession::new(ServerSessionConfig::new())
-            .map_err(|e| IngestError::Protocol(e.to_string()))?;
-        let mut guard = ChunkSizeGuard::new();
+        let (mut input, initial) = RtmpInput::new()?;
         let mut out = Vec::new();
-        let mut processed = self.process(conn, &mut session, initial, state, &mut out);
+        let mut processed = self.process(conn, input.session(), initial, state, &mut out);
         if processed.is_ok() && !leftover.is_empty() {
-            processed = guard
-                .check(&leftover)
-                .and_then(|()| feed(&mut session, &leftover))
-                .and_then(|results| self.process(conn, &mut session, results, state, &mut out));
+            processed = feed(&mut input, &leftover)
+                .and_then(|results| self.process(conn, input.session(), results, state, &mut out));
         }
         socket.write_all(&out).await?;
         processed?;
@@ -266,10 +252,9 @@ impl IngestServer {
             if n == 0 {
                 return Ok(());
             }
-            guard.check(&buf[..n])?;
-            let results = feed(&mut session, &buf[..n])?;
+            let results = feed(&mut input, &buf[..n])?;
             out.clear();
-            let processed = self.process(conn, &mut session, results, state, &mut out);
+            let processed = self.process(conn, input.session(), results, state, &mut out);
             if !out.is_empty() {
                 socket.write_all(&out).await?;
             }
@@ -506,60 +491,13 @@ impl IngestServer {
     }
 }
 
-/// Hand bytes to the rml_rtmp session. Its AMF decoder can panic on some malformed input (an
-/// out-of-range slice); that is this connection's bad input, so it becomes a protocol error
-/// instead of a dead task.
-fn feed(
-    session: &mut ServerSession,
-    bytes: &[u8],
-) -> Result<Vec<ServerSessionResult>, IngestError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
-        .map_err(|_| {
-            IngestError::Protocol("malformed message (rejected by the RTMP decoder)".into())
-        })?
-        .map_err(|e| IngestError::Protocol(e.to_string()))
-}
-
-/// rml_rtmp applies a client's Set Chunk Size silently (any value below 2^31). This follows the
-/// chunk stream alongside it, only to refuse sizes no encoder sends (0 or above 16 MiB, which is
-/// also the largest possible message) before they are used.
-struct ChunkSizeGuard {
-    shadow: ChunkDeserializer,
-}
-
-impl ChunkSizeGuard {
-    fn new() -> Self {
-        ChunkSizeGuard {
-            shadow: ChunkDeserializer::new(),
-        }
-    }
-
-    fn check(&mut self, bytes: &[u8]) -> Result<(), IngestError> {
-        let mut input = bytes;
-        loop {
-            let message = self
-                .shadow
-                .get_next_message(input)
-                .map_err(|e| IngestError::Protocol(format!("chunk stream: {e}")))?;
-            input = &[];
-            let Some(message) = message else {
-                return Ok(());
-            };
-            if message.type_id == 1 {
-                let size = message
-                    .data
-                    .get(..4)
-                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                    .ok_or_else(|| IngestError::Protocol("short Set Chunk Size".into()))?;
-                if size == 0 || size > MAX_CHUNK_SIZE {
-                    return Err(IngestError::Protocol(format!("absurd chunk size {size}")));
-                }
-                self.shadow
-                    .set_max_chunk_size(size as usize)
-                    .map_err(|e| IngestError::Protocol(e.to_string()))?;
-            }
-        }
-    }
+/// Hand bytes to the guarded rml_rtmp session. The guard refuses every input known to make
+/// rml_rtmp panic (and the fuzz targets look for more); should one still slip through, it is
+/// this connection's bad input and becomes a protocol error instead of a dead task.
+fn feed(input: &mut RtmpInput, bytes: &[u8]) -> Result<Vec<ServerSessionResult>, IngestError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| input.handle(bytes))).map_err(
+        |_| IngestError::Protocol("malformed message (rejected by the RTMP decoder)".into()),
+    )?
 }
 
 fn flush(results: Vec<ServerSessionResult>, out: &mut Vec<u8>) {

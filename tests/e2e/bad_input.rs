@@ -116,6 +116,34 @@ fn bad_input_closes_only_that_connection() {
         "malformed AMF: still open"
     );
 
+    // a message restarted mid-way with a shorter length (rml_rtmp's `capacity overflow`
+    // panic): a 256-byte video message, its first 128-byte chunk, then a new type-0 header
+    let mut s = handshake(t.rtmp_port);
+    let mut restart = vec![6, 0, 0, 0, 0, 1, 0, 9, 1, 0, 0, 0];
+    restart.extend_from_slice(&[0x17; 128]);
+    restart.extend_from_slice(&[6, 0, 0, 0, 0, 0, 2, 9, 1, 0, 0, 0, 0x17, 0]);
+    s.write_all(&restart).expect("write");
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(5)),
+        "restarted message: still open"
+    );
+
+    // AMF0 objects nested 5,000 deep (a stack overflow in a recursive decoder)
+    let mut s = handshake(t.rtmp_port);
+    let mut set_chunk = message(1, &65_536u32.to_be_bytes());
+    set_chunk[0] = 2;
+    let mut bomb = vec![0x02, 0x00, 0x07];
+    bomb.extend_from_slice(b"connect");
+    for _ in 0..5_000 {
+        bomb.extend_from_slice(&[0x03, 0x00, 0x01, b'a']);
+    }
+    s.write_all(&[set_chunk, message(20, &bomb)].concat())
+        .expect("write");
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(5)),
+        "AMF nesting bomb: still open"
+    );
+
     // each refusal is logged with its reason (the log line follows the close closely)
     let reasons = [
         "invalid stream key",
@@ -123,7 +151,9 @@ fn bad_input_closes_only_that_connection() {
         "rtmp handshake failed",
         "handshake not completed",
         "absurd chunk size",
-        "malformed message",
+        "malformed AMF0: truncated value",
+        "chunk interrupts an incomplete message",
+        "malformed AMF0: nested too deeply",
     ];
     t.wait_for("every reason in the log", Duration::from_secs(5), || {
         let log = t.log();
