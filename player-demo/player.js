@@ -1,6 +1,8 @@
 // tidecast player demo: lists live streams from /api/streams and plays one with hls.js
 // (LL-HLS, or plain HLS with ?format=hls) or dash.js (LL-DASH, ?format=dash). ?src=URL plays any
-// HLS/DASH URL instead of a tidecast stream. window.tidecastPlayer exposes the state for tests.
+// HLS/DASH URL instead of a tidecast stream. ?config=stock runs each player with the configuration
+// integrators write (dash.js defaults; hls.js {lowLatencyMode: true}, play on MANIFEST_PARSED)
+// instead of this page's tuning. window.tidecastPlayer exposes the state for tests.
 (function () {
   'use strict';
   const video = document.getElementById('video');
@@ -15,6 +17,7 @@
   // ll-hls (default), hls (no parts), dash (LL-DASH); ?ll=0 is the old spelling of hls
   let format = query.get('format') || (query.get('ll') === '0' ? 'hls' : 'll-hls');
   formatPicker.value = format;
+  const stock = query.get('config') === 'stock';
 
   function stop() {
     if (state.hls) { state.hls.destroy(); state.hls = null; }
@@ -23,13 +26,15 @@
 
   function playDash(url) {
     const player = dashjs.MediaPlayer().create();
-    player.updateSettings({
-      streaming: {
-        lowLatencyEnabled: true,
-        delay: { liveDelay: 1.5 },
-        liveCatchup: { enabled: true, maxDrift: 2, playbackRate: 0.3 },
-      },
-    });
+    if (!stock) {
+      // dash.js 5 turns low-latency mode on from the MPD (availabilityTimeComplete="false")
+      player.updateSettings({
+        streaming: {
+          delay: { liveDelay: 1.5 },
+          liveCatchup: { enabled: true, maxDrift: 2, playbackRate: { min: -0.3, max: 0.3 } },
+        },
+      });
+    }
     player.on(dashjs.MediaPlayer.events.ERROR, function (e) {
       const err = e && e.error ? (e.error.message || e.error.code) : String(e);
       state.errors.push('dash:' + err);
@@ -80,9 +85,11 @@
     } else if (window.Hls && Hls.isSupported()) {
       // low-latency HLS (parts, blocking reloads) unless ?format=hls
       const lowLatency = format !== 'hls';
-      const hls = new Hls(lowLatency
+      let config = lowLatency
         ? { lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5 }
-        : { lowLatencyMode: false, liveSyncDurationCount: 3 });
+        : { lowLatencyMode: false, liveSyncDurationCount: 3 };
+      if (stock) config = { lowLatencyMode: lowLatency };
+      const hls = new Hls(config);
       state.hls = hls;
       hls.on(Hls.Events.MANIFEST_PARSED, function () {
         picker.innerHTML = '<option value="-1">Auto</option>';
@@ -92,9 +99,9 @@
           o.textContent = level.height + 'p · ' + Math.round(level.bitrate / 1000) + ' kb/s';
           picker.appendChild(o);
         });
-        if (!lowLatency) video.play().catch(function () {});
+        if (!lowLatency || stock) video.play().catch(function () {});
       });
-      if (lowLatency) startWhenBuffered(hls);
+      if (lowLatency && !stock) startWhenBuffered(hls);
       hls.on(Hls.Events.LEVEL_SWITCHED, function (_e, data) {
         const l = hls.levels[data.level];
         if (l) info.textContent = 'playing ' + l.width + '×' + l.height;

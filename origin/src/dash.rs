@@ -33,7 +33,8 @@ fn xml_escape(s: &str) -> String {
 }
 
 /// The segments of `track` in discontinuity `disc` that the MPD lists (the same window as the
-/// HLS playlist), plus the open one when live.
+/// HLS playlist), plus the open one when live (with low latency off too: players then fetch it
+/// when it completes, see [`spans`]).
 fn listed<'a>(
     track: &'a RenditionTrack,
     settings: &WindowSettings,
@@ -43,7 +44,7 @@ fn listed<'a>(
     let complete: Vec<&StoredSegment> = track.complete().collect();
     let window = &complete[complete.len().saturating_sub(settings.listed_segments())..];
     let mut out: Vec<&StoredSegment> = window.iter().copied().filter(|s| s.disc == disc).collect();
-    if live && settings.part_target.is_some() {
+    if live {
         if let Some(open) = track.open().filter(|o| o.disc == disc) {
             out.push(open);
         }
@@ -52,21 +53,33 @@ fn listed<'a>(
 }
 
 /// `(t, d)` in ticks for each listed segment: durations from the next segment's start (so the
-/// timeline has no gaps), the open segment announced with its nominal duration.
-fn spans(segments: &[&StoredSegment], target: Duration) -> Vec<(u64, u64)> {
-    segments
+/// timeline has no gaps), the open segment announced with its nominal duration (or what it has
+/// already, if that is longer). With `announce_next`, one more segment follows the open one: the
+/// next segment, not started yet. A player learns of a segment only from the MPD; listed ahead,
+/// it asks for each segment as soon as it becomes available (at its end, or `availabilityTime
+/// Offset` earlier in low latency: the origin holds the request until the segment starts, then
+/// streams it) instead of one MPD refresh (and an edge's cached copy) later. Without it dash.js 5
+/// ran dry once per refresh and stalled 1–9 s per 30 s.
+fn spans(segments: &[&StoredSegment], target: Duration, announce_next: bool) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = segments
         .iter()
         .enumerate()
         .map(|(k, seg)| {
             let t = ticks(seg.pts);
             let d = match segments.get(k + 1) {
                 Some(next) => ticks(next.pts).saturating_sub(t),
-                None if !seg.complete => ticks(target),
+                None if !seg.complete => ticks(target.max(seg.duration)),
                 None => ticks(seg.duration),
             };
             (t, d)
         })
-        .collect()
+        .collect();
+    if let (true, Some(&(t, d)), Some(last)) = (announce_next, out.last(), segments.last()) {
+        if !last.complete {
+            out.push((t + d, ticks(target)));
+        }
+    }
+    out
 }
 
 /// Where an ended stream's presentation ends, from `availabilityStartTime`: the end of the
@@ -247,7 +260,7 @@ pub fn mpd(stream: &LiveStream, settings: &WindowSettings, now: SystemTime) -> O
         tidecast_common::time::rfc3339_millis(now),
         iso_duration(target),
         iso_duration(window.max(target)),
-        iso_duration(if low_latency { target } else { target * 2 }),
+        iso_duration(if low_latency { target } else { target * 3 }),
         iso_duration(target + target / 2),
     );
     if stream.live {
@@ -295,7 +308,7 @@ pub fn mpd(stream: &LiveStream, settings: &WindowSettings, now: SystemTime) -> O
                     frame_rate: track.frame_rate(),
                 };
                 let init = format!("init-{disc}.mp4");
-                let spans = spans(&segments, target);
+                let spans = spans(&segments, target, live);
                 // media time 0 of the session is the Period start
                 representation(&mut reps, &rep, &init, first.msn, 0, &extra, &spans);
             }
@@ -350,9 +363,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"<Representation id="720p" codecs="avc1.64001f" bandwidth="1000000" width="1280" height="720" frameRate="30">"#), "{text}");
-        // segments 1..=2 complete (window 3 keeps 0..=2) and 3 open: one S with r
+        // segments 0..=2 complete (window 3), 3 open, 4 announced ahead: one S with r
         assert!(text.contains(r#"startNumber="0" initialization="720p/init-0.mp4" media="720p/$Number$.m4s" availabilityTimeOffset="1.500" availabilityTimeComplete="false">"#), "{text}");
-        assert!(text.contains(r#"<S t="0" d="180000" r="3"/>"#), "{text}");
+        assert!(text.contains(r#"<S t="0" d="180000" r="4"/>"#), "{text}");
         assert!(text.contains(
             r#"<UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="/api/time"/>"#
         ));

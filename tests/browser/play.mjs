@@ -1,6 +1,10 @@
 // Opens a tidecast player page in headless Chromium and reports playback as one JSON line.
 //   node play.mjs URL SECONDS [TIMEOUT_SECONDS]
 // Succeeds when the <video> currentTime advanced by SECONDS with no fatal hls.js error.
+// Reports, from when the playhead first moved on (the start-up wait, including a player's seek
+// to the live edge, is not a stall): `stalled` (seconds the playhead stood still while playing,
+// sampled every 50 ms), `stalls` (how often), `back` (largest backwards jump of the
+// playhead), and the player's live latency (hls.js `latency`, dash.js `getCurrentLiveLatency`).
 import { chromium } from 'playwright-core';
 
 const [url, secondsArg, timeoutArg] = process.argv.slice(2);
@@ -18,6 +22,29 @@ const browser = await chromium.launch({
 const result = { ok: false, url, start: null, end: null, errors: [], fatal: null, level: null, console: [] };
 try {
   const page = await browser.newPage();
+  await page.addInitScript(() => {
+    const m = { stalled: 0, stalls: 0, back: 0, last: null, still: false, first: null };
+    window.__playback = m;
+    setInterval(() => {
+      const v = document.querySelector('video');
+      if (!v) return;
+      const t = v.currentTime;
+      if (m.last === null) {
+        // started: the playhead moved since it was first seen
+        if (m.first === null || v.paused) m.first = t;
+        else if (Math.abs(t - m.first) > 0.001) m.last = t;
+        return;
+      }
+      if (t < m.last - 0.05) m.back = Math.max(m.back, m.last - t);
+      const standing = !v.paused && !v.ended && Math.abs(t - m.last) < 0.001;
+      if (standing) {
+        m.stalled += 0.05;
+        if (!m.still) m.stalls += 1;
+      }
+      m.still = standing;
+      m.last = t;
+    }, 50);
+  });
   page.on('console', (m) => { if (m.type() === 'error') result.console.push(m.text()); });
   page.on('pageerror', (e) => result.console.push(String(e)));
   await page.goto(url);
@@ -32,7 +59,8 @@ try {
         errors: p.errors || [],
         fatal: p.fatal || null,
         level: p.hls && p.hls.levels && p.hls.currentLevel >= 0 ? p.hls.levels[p.hls.currentLevel].height : null,
-        latency: p.hls ? p.hls.latency : null,
+        latency: p.hls ? p.hls.latency : (p.dash && p.dash.getCurrentLiveLatency ? p.dash.getCurrentLiveLatency() : null),
+        playback: window.__playback || null,
         targetLatency: p.hls ? p.hls.targetLatency : null,
         buffered: v && v.buffered.length ? v.buffered.end(v.buffered.length - 1) - v.currentTime : 0,
       };
@@ -43,6 +71,11 @@ try {
     result.latency = s.latency;
     result.targetLatency = s.targetLatency;
     result.buffered = s.buffered;
+    if (s.playback) {
+      result.stalled = Math.round(s.playback.stalled * 100) / 100;
+      result.stalls = s.playback.stalls;
+      result.back = Math.round(s.playback.back * 100) / 100;
+    }
     if (s.t > 0 && result.start === null) result.start = s.t;
     result.end = s.t;
     if (result.start !== null && s.t - result.start >= want) { result.ok = !s.fatal; break; }
