@@ -34,6 +34,9 @@ pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
+  # as Debian's /etc/nginx/nginx.conf deploys it
+  sendfile on;
+  tcp_nopush on;
   access_log off;
   types { video/mp4 m4s; application/vnd.apple.mpegurl m3u8; }
   proxy_cache_path $work/cache levels=1:2 keys_zone=live:64m max_size=1g inactive=10m use_temp_path=off;
