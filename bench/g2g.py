@@ -11,7 +11,7 @@ the wall-clock time each value is first presented ("glass" again). Latency = sho
 
 Prints p50/p95 per player over at least 10 flips each. Anchor: nginx with libnginx-mod-rtmp
 (`hls on; hls_fragment 1s; hls_playlist_length 4s`), played by the same hls.js page.
-Usage: bench/g2g.py [--seconds 25] [--flip 1.0]      (make bench-g2g)
+Usage: bench/g2g.py [--seconds 25] [--flip 1.0] [--only NAME]      (make bench-g2g)
 Needs: release binary, ffmpeg, chromium + tests/browser (npm ci), nginx + libnginx-mod-rtmp.
 """
 
@@ -108,6 +108,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=25, help="each player runs this long")
     ap.add_argument("--flip", type=float, default=1.0, help="seconds between counter flips")
+    ap.add_argument("--only", default="", help="run only the players whose name contains this")
     args = ap.parse_args()
     need(shutil.which("ffmpeg"), "ffmpeg missing: apt-get install ffmpeg")
     need(shutil.which("nginx") and os.path.exists(RTMP_MODULE),
@@ -145,7 +146,7 @@ http {{ access_log off; server {{ listen 127.0.0.1:{n_http};
                                       stderr=subprocess.DEVNULL))
         need(wait_http(f"http://127.0.0.1:{t_http}/healthz"), "tidecast did not start")
         time.sleep(0.5)
-        total = 15 + 4 * (args.seconds + 5)
+        total = 15 + 7 * (args.seconds + 8)  # one publish outlasts every player below
         ff = subprocess.Popen(
             ["ffmpeg", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "gray", "-s", f"{W}x{H}",
              "-r", str(FPS), "-i", "-", "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
@@ -171,6 +172,7 @@ http {{ access_log off; server {{ listen 127.0.0.1:{n_http};
             ("tidecast LL-DASH (dash.js stock)", f"{tidecast}/live/g2g/manifest.mpd", "dash", "stock"),
             ("nginx-rtmp HLS (hls.js)", f"http://127.0.0.1:{n_http}/hls/g2g.m3u8", "hls", "demo"),
         ]
+        players = [p for p in players if args.only in p[0]]
         results = []
         for name, src, fmt, config in players:
             page = f"{tidecast}/demo/?" + urllib.parse.urlencode({"src": src, "format": fmt, "config": config})

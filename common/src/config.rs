@@ -139,7 +139,7 @@ impl Default for LadderConfig {
         };
         LadderConfig {
             segment_ms: 2000,
-            part_ms: 500,
+            part_ms: 250,
             x264_preset: "veryfast".into(),
             x264_threads: 0,
             passthrough: false,
@@ -151,6 +151,36 @@ impl Default for LadderConfig {
                 rung("240p", 240, 400),
             ],
         }
+    }
+}
+
+/// Shortest part with passthrough on: `cmafmux` fed the publisher's own H.264 (B-frames,
+/// composition offsets) with 200–250 ms chunks missed the keyframe at a segment boundary and
+/// cut a 4 s segment in the source rendition only (e2e `passthrough_…`); 400 ms and up do not.
+pub const MIN_PASSTHROUGH_PART_MS: u64 = 400;
+
+impl LadderConfig {
+    /// The part (CMAF chunk) duration the ladder really uses: `part_ms` moved to the nearest
+    /// duration that divides `segment_ms` (the larger one on a tie), at least 50 ms; `None` when
+    /// parts are off. `cmafmux` can only cut a fragment on a chunk boundary: 333 ms parts in 2 s
+    /// segments left every fragment waiting past the forced keyframe (10 s segments). With
+    /// passthrough on, at least [`MIN_PASSTHROUGH_PART_MS`].
+    pub fn part(&self) -> Option<std::time::Duration> {
+        if self.part_ms == 0 {
+            return None;
+        }
+        let wanted = if self.passthrough {
+            self.part_ms.max(MIN_PASSTHROUGH_PART_MS)
+        } else {
+            self.part_ms
+        };
+        let segment = self.segment_ms.max(100);
+        let parts = (1..=segment / 50)
+            .filter(|n| segment % n == 0)
+            .map(|n| segment / n)
+            .min_by_key(|p| (p.abs_diff(wanted), std::cmp::Reverse(*p)))
+            .unwrap_or(segment);
+        Some(std::time::Duration::from_millis(parts))
     }
 }
 
@@ -431,6 +461,28 @@ mod tests {
         assert_eq!(c.origin.http_listen, "127.0.0.1:9000");
         assert_eq!(c.ladder.segment_ms, 1000);
         assert_eq!(c.ingest.keys.get("AbC").map(String::as_str), Some("main"));
+    }
+
+    #[test]
+    fn parts_divide_segments() {
+        let ladder = |segment_ms, part_ms| LadderConfig {
+            segment_ms,
+            part_ms,
+            ..LadderConfig::default()
+        };
+        let ms = |v: u64| Some(std::time::Duration::from_millis(v));
+        assert_eq!(LadderConfig::default().part(), ms(250));
+        assert_eq!(ladder(2000, 333).part(), ms(400));
+        assert_eq!(ladder(2000, 500).part(), ms(500));
+        assert_eq!(ladder(2000, 300).part(), ms(250));
+        assert_eq!(ladder(6000, 1000).part(), ms(1000));
+        assert_eq!(ladder(2000, 10).part(), ms(50));
+        assert_eq!(ladder(2000, 0).part(), None);
+        let passthrough = LadderConfig {
+            passthrough: true,
+            ..LadderConfig::default()
+        };
+        assert_eq!(passthrough.part(), ms(400));
     }
 
     #[test]

@@ -464,8 +464,7 @@ impl IngestServer {
                 };
                 let settings = LadderSettings {
                     segment: Duration::from_millis(self.ladder.segment_ms.max(100)),
-                    part: (self.ladder.part_ms > 0)
-                        .then(|| Duration::from_millis(self.ladder.part_ms.max(50))),
+                    part: self.ladder.part(),
                     x264_preset: self.ladder.x264_preset.clone(),
                     x264_threads: self.ladder.x264_threads,
                 };

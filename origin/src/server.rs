@@ -109,10 +109,7 @@ impl Origin {
         let settings = WindowSettings {
             window: config.origin.window_segments.max(3),
             dvr: Duration::from_secs(config.origin.dvr_window_secs),
-            // parts run a frame long when a keyframe lands a frame late, and PART-TARGET must
-            // bound every part and never change: advertise the configured duration + 10 %
-            part_target: (config.ladder.part_ms > 0)
-                .then(|| Duration::from_millis(config.ladder.part_ms.max(50) * 11 / 10)),
+            part_target: config.ladder.part().map(crate::window::part_target),
             grace: config.origin.grace_segments,
             target: Duration::from_millis(config.ladder.segment_ms.max(100)),
             ended_ttl: Duration::from_secs(config.origin.ended_stream_ttl_secs),

@@ -79,11 +79,11 @@ fn blocking_reload_hints_skips_and_errors() {
     let text = t.get(base).text();
     assert!(
         text.contains(
-            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.65,CAN-SKIP-UNTIL=12"
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.002,CAN-SKIP-UNTIL=12"
         ),
         "{text}"
     );
-    assert!(text.contains("#EXT-X-PART-INF:PART-TARGET=0.55"), "{text}");
+    assert!(text.contains("#EXT-X-PART-INF:PART-TARGET=0.334"), "{text}");
     assert!(text.contains(",INDEPENDENT=YES"), "{text}");
     assert!(
         text.contains("#EXT-X-RENDITION-REPORT:URI=\"../240p/media.m3u8\""),
@@ -179,8 +179,11 @@ fn blocking_reload_hints_skips_and_errors() {
 
     // mfhd sequence numbers: +1 per moof (part) across segments, the same in every video
     // rendition, so a player switching renditions sees no fragment discontinuity (VLC)
-    let (msn, _) = hint(&t.get(base).text());
-    let (a, b) = (msn.saturating_sub(3), msn.saturating_sub(2));
+    let msn = t.wait_for("3 complete segments", Duration::from_secs(20), || {
+        let (msn, _) = hint(&t.get(base).text());
+        (msn >= 3).then_some(msn)
+    });
+    let (a, b) = (msn - 3, msn - 2);
     let seqs = |rendition: &str, n: u64| {
         mfhd_sequences(&t.get(&format!("/live/ll/{rendition}/{n}.m4s")).body)
     };
@@ -215,6 +218,16 @@ fn blocking_reload_hints_skips_and_errors() {
         },
     );
     let full_p = m3u8_rs::parse_media_playlist_res(full.as_bytes()).expect("full parses");
+    // every part within PART-TARGET (RFC 8216bis 4.4.4.9), over 12 s of parts
+    let longest = full
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-PART:DURATION="))
+        .filter_map(|l| l.split(',').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    assert!(
+        longest > 0.2 && longest <= 0.334,
+        "a part of {longest}s exceeds PART-TARGET 0.334:\n{full}"
+    );
     let delta_p = m3u8_rs::parse_media_playlist_res(delta.as_bytes()).expect("delta parses");
     let skipped: usize = delta
         .lines()
