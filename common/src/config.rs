@@ -176,7 +176,7 @@ impl LadderConfig {
         };
         let segment = self.segment_ms.max(100);
         let parts = (1..=segment / 50)
-            .filter(|n| segment % n == 0)
+            .filter(|n| segment.is_multiple_of(*n))
             .map(|n| segment / n)
             .min_by_key(|p| (p.abs_diff(wanted), std::cmp::Reverse(*p)))
             .unwrap_or(segment);
