@@ -13,15 +13,17 @@ command -v cargo-fuzz >/dev/null 2>&1 || {
   exit 1
 }
 target_dir="${FUZZ_TARGET_DIR:-$HOME/.cache/tidecast/fuzz-target}"
+# the corpus outlives clones (CI runs on a fresh one), so each run starts where the last ended
+corpus_dir="${FUZZ_CORPUS_DIR:-$HOME/.cache/tidecast/fuzz-corpus}"
 export RUSTC_BOOTSTRAP=1   # cargo-fuzz passes -Z flags; the machine has one stable toolchain
 targets=(rtmp_session rtmp_handshake flv_tags http_queries)
 flags=(--release --debug-assertions --sanitizer none --target-dir "$target_dir")
 cargo fuzz build "${flags[@]}"
 status=0
 for t in "${targets[@]}"; do
-  mkdir -p "corpus/$t" "artifacts/$t"
+  mkdir -p "$corpus_dir/$t" "artifacts/$t"
   log=$(mktemp)
-  if cargo fuzz run "${flags[@]}" "$t" "corpus/$t" -- \
+  if cargo fuzz run "${flags[@]}" "$t" "$corpus_dir/$t" -- \
       -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
     runs=$(grep -oE 'Done [0-9]+ runs' "$log" | grep -oE '[0-9]+' || echo "?")
     cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -n 1 | grep -oE '[0-9]+' || echo "?")

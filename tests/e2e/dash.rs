@@ -307,6 +307,17 @@ fn dashjs_5_plays_ll_dash_and_dash_without_stalls() {
     let t = Tidecast::start(&[], &[]);
     let _publisher = Publisher::start(&t.rtmp_url("dj"), 150, "1280x720");
     t.wait_master("dj");
+    // the MPD's UTCTiming is path-absolute and the edge answers it from its own clock
+    let (text, _) = mpd(&t, "dj");
+    assert!(text.contains(r#"value="/api/time""#), "{text}");
+    let edge_clock = http::get(t.edge_port, "/api/time").expect("edge /api/time");
+    assert_eq!(edge_clock.status, 200);
+    assert!(chrono_like(&edge_clock.text()), "{}", edge_clock.text());
+    assert_eq!(
+        edge_clock.header("x-cache"),
+        None,
+        "answered by the edge itself"
+    );
     // as integrators write it (dash.js defaults), through the edge
     let stock = format!(
         "http://127.0.0.1:{}/demo/?stream=dj&format=dash&config=stock",
