@@ -39,7 +39,7 @@ pub fn time_response(now: std::time::SystemTime) -> Response<Body> {
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 
 /// Bind a TCP listener on `addr` (`host:port`, resolved) with `backlog` pending connections.
-/// `std` and tokio's `bind` use 128 / 1024, which a burst of players (500 joining at once
+/// `std`'s and tokio's `bind` (mio 1.2) listen with 128, which a burst of players (500 joining at once
 /// after a social post, or a load test) overflows: the kernel then drops or resets connects.
 pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
     let mut last = None;
