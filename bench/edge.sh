@@ -76,25 +76,35 @@ for o in "${objects[@]}"; do  # warm both caches
   p="${o%%:*}"; curl -sf -o /dev/null "http://127.0.0.1:$tc$p"; curl -sf -o /dev/null "http://127.0.0.1:$ng$p"
 done
 
-run() { # url → "rps p99_ms"
-  wrk -t2 -c"$conns" -d"${secs}s" --latency "$1" 2>/dev/null | awk '
+# server CPU (user + system ticks of the tidecast process, of nginx's workers) over a run: how much
+# of the machine each server needs per request, apart from wrk's own share of the 2 cores
+ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done; echo "$t"; }
+tc_pid=${pids[1]}; read -r -a ng_pids <<<"$(pgrep -P "${pids[0]}" -f "worker process" | tr '\n' ' ')"
+hz=$(getconf CLK_TCK)
+run() { # url pids... → "rps p99_ms cpu_us_per_request"
+  local url=$1; shift; local t0 out
+  t0=$(ticks "$@")
+  out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency "$url" 2>/dev/null)
+  awk -v cpu="$(( $(ticks "$@") - t0 ))" -v hz="$hz" -v secs="$secs" '
     /Requests\/sec/ { rps = $2 }
     /^ +99%/ { v = $2; if (v ~ /us$/) { sub(/us/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms/, "", v) } else if (v ~ /s$/) { sub(/s/, "", v); v *= 1000 }; p99 = v }
-    END { printf "%s %s", rps, p99 }'
+    END { printf "%s %s %.1f", rps, p99, (rps > 0 ? cpu / hz * 1e6 / (rps * secs) : 0) }' <<<"$out"
 }
 
 printf 'edge cache, wrk -t2 -c%s -d%ss, warmed objects (tidecast edge vs nginx proxy_cache), median of %s runs\n' "$conns" "$secs" "$runs"
-printf '  %-16s %14s %12s %14s %12s %10s\n' object "tidecast rps" "p99 ms" "nginx rps" "p99 ms" "rps ratio"
+printf '  %-16s %13s %8s %9s %13s %8s %9s %10s %10s\n' object "tidecast rps" "p99 ms" "cpu us/r" "nginx rps" "p99 ms" "cpu us/r" "rps ratio" "cpu ratio"
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 for o in "${objects[@]}"; do
   p="${o%%:*}"; name="${o#*:}"
-  t_rpss=""; t_p99s=""; n_rpss=""; n_p99s=""
+  t_rps=""; t_p99=""; t_cpu=""; n_rps=""; n_p99=""; n_cpu=""
   for _ in $(seq "$runs"); do  # interleaved, so a noisy moment hits both sides
-    read -r a b <<<"$(run "http://127.0.0.1:$tc$p")"; t_rpss+="$a "; t_p99s+="$b "
-    read -r a b <<<"$(run "http://127.0.0.1:$ng$p")"; n_rpss+="$a "; n_p99s+="$b "
+    read -r a b c <<<"$(run "http://127.0.0.1:$tc$p" "$tc_pid")"; t_rps+="$a "; t_p99+="$b "; t_cpu+="$c "
+    read -r a b c <<<"$(run "http://127.0.0.1:$ng$p" "${ng_pids[@]}")"; n_rps+="$a "; n_p99+="$b "; n_cpu+="$c "
   done
-  awk -v n="$name" -v a="$(median <<<"$t_rpss")" -v b="$(median <<<"$t_p99s")" \
-    -v c="$(median <<<"$n_rpss")" -v d="$(median <<<"$n_p99s")" \
-    'BEGIN { printf "  %-16s %14.0f %12.2f %14.0f %12.2f %10.2f\n", n, a, b, c, d, a / c }'
+  awk -v n="$name" -v a="$(median <<<"$t_rps")" -v b="$(median <<<"$t_p99")" -v c="$(median <<<"$t_cpu")" \
+    -v d="$(median <<<"$n_rps")" -v e="$(median <<<"$n_p99")" -v f="$(median <<<"$n_cpu")" \
+    'BEGIN { printf "  %-16s %13.0f %8.2f %9.1f %13.0f %8.2f %9.1f %10.2f %10.2f\n", n, a, b, c, d, e, f, a / d, (c > 0 ? f / c : 0) }'
 done
+echo "  rps ratio: tidecast/nginx requests/s; cpu ratio: nginx/tidecast server CPU per request"
+echo "  (wrk shares the 2 cores: at small objects its own cost per request caps the rps ratio)"
 echo "  goal: >= 1.2x nginx requests/s with a lower p99"

@@ -183,6 +183,8 @@ async fn main() -> Result<()> {
         }
         _ => {}
     }
+    let open_files = tidecast_common::zero_copy::raise_fd_limit();
+    tracing::debug!(?open_files, "open files limit");
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let registry = Registry::default();

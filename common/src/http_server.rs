@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::body::Body;
+use crate::zero_copy::{FileBodies, SendfileStream};
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,6 +78,21 @@ where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    serve_with(listener, what, None, handle).await
+}
+
+/// [`serve`], sending the bodies registered in `file_bodies` with `sendfile` (see
+/// [`crate::zero_copy`]).
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    what: &'static str,
+    file_bodies: Option<Arc<FileBodies>>,
+    handle: H,
+) -> std::io::Result<()>
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -87,20 +104,36 @@ where
         };
         let _ = socket.set_nodelay(true);
         let handle = handle.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let response = handle(req, peer);
-                async move { Ok::<_, Infallible>(response.await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(socket), service)
-                .await
-            {
-                debug!(server = what, %peer, "http connection ended: {e}");
-            }
+        let service = hyper::service::service_fn(move |req| {
+            let response = handle(req, peer);
+            async move { Ok::<_, Infallible>(response.await) }
         });
+        match &file_bodies {
+            Some(bodies) => {
+                let io = SendfileStream::new(socket, bodies.clone());
+                tokio::spawn(serve_connection(io, service, what, peer));
+            }
+            None => {
+                tokio::spawn(serve_connection(socket, service, what, peer));
+            }
+        }
+    }
+}
+
+async fn serve_connection<IO, S>(io: IO, service: S, what: &'static str, peer: SocketAddr)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Send,
+    S::Future: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .await
+    {
+        debug!(server = what, %peer, "http connection ended: {e}");
     }
 }
 

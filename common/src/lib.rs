@@ -12,6 +12,7 @@ pub mod push;
 pub mod store;
 pub mod time;
 pub mod token;
+pub mod zero_copy;
 
 pub use config::{Config, ConfigError};
 pub use live::{CmafChunk, LiveEvent, RenditionInfo, TrackKind};

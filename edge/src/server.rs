@@ -18,6 +18,7 @@ use tidecast_common::body::{Body, ChannelBody};
 use tidecast_common::config::EdgeConfig;
 use tidecast_common::metrics::{Metric, Registry};
 use tidecast_common::token::{find_token, TokenError, TokenSigner};
+use tidecast_common::zero_copy::{FileBacked, FileBodies};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
@@ -35,6 +36,8 @@ pub(crate) struct Stored {
     pub(crate) stored_at: Instant,
     pub(crate) upstream_age: Duration,
     pub(crate) freshness: Freshness,
+    /// the body's memfd copy, sent with `sendfile` (large bodies only)
+    pub(crate) file: Option<FileBacked>,
 }
 
 /// How the response was served (the `X-Cache` header and metric label).
@@ -135,6 +138,8 @@ pub struct Edge {
     pub(crate) via: HeaderValue,
     director: Mutex<Director>,
     hot: HotMetrics,
+    /// cached bodies the connections send with `sendfile`
+    pub(crate) file_bodies: Arc<FileBodies>,
 }
 
 /// A response the edge makes itself (not relayed from upstream).
@@ -180,7 +185,9 @@ impl Edge {
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.cache_mb.max(1) * 1024 * 1024)
             .weigher(|k: &String, v: &Arc<Stored>| {
-                u32::try_from(v.body.len() + k.len() + 256).unwrap_or(u32::MAX)
+                // a body with a memfd copy takes its size twice
+                let copies = 1 + usize::from(v.file.is_some());
+                u32::try_from(v.body.len() * copies + k.len() + 256).unwrap_or(u32::MAX)
             })
             // live objects are always admitted: LRU, not TinyLFU admission
             .eviction_policy(moka::policy::EvictionPolicy::lru())
@@ -212,6 +219,7 @@ impl Edge {
             via,
             director: Mutex::new(director),
             hot: HotMetrics::new(registry, &config.region),
+            file_bodies: Arc::default(),
         });
         tokio::spawn(edge.clone().health_checks());
         Ok(edge)
@@ -284,7 +292,8 @@ impl Edge {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         info!(addr = ?listener.local_addr().ok(), role = %self.config.role,
               region = %self.config.region, upstreams = ?self.config.upstreams, "edge http listening");
-        tidecast_common::http_server::serve(listener, "edge", move |req, peer| {
+        let file_bodies = Some(self.file_bodies.clone());
+        tidecast_common::http_server::serve_with(listener, "edge", file_bodies, move |req, peer| {
             let edge = self.clone();
             async move { edge.handle(req, peer).await }
         })
@@ -574,6 +583,12 @@ impl Edge {
             &[("region", region)],
         )
         .set(self.cache.entry_count() as i64);
+        r.gauge(
+            "tidecast_edge_cache_file_bodies",
+            "Cached bodies sent with sendfile from an in-memory file (zero-copy).",
+            &[("region", region)],
+        )
+        .set(self.file_bodies.len() as i64);
         r.gauge(
             "tidecast_edge_inflight_fetches",
             "Upstream fetches in progress.",

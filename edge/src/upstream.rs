@@ -166,11 +166,13 @@ impl Edge {
         }
         let body = flight.finish();
         if freshness.cacheable {
+            let file = self.file_bodies.back(&body);
             self.cache.insert(
                 key.to_string(),
                 Arc::new(Stored {
                     head,
                     body,
+                    file,
                     stored_at: Instant::now(),
                     upstream_age,
                     freshness,

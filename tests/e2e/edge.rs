@@ -216,6 +216,16 @@ fn edge_and_shield_coalesce_and_play_ll_hls() {
         "cache=\"HIT\"",
     );
     assert!(hits > 0, "the edge served from cache");
+    // cached segments go out with sendfile from their memfd copy: same bytes as the origin's
+    let files = Tidecast::metric(edge.edge_port, "tidecast_edge_cache_file_bodies", "");
+    assert!(files > 0, "no cached body is file-backed");
+    let seg = edge.edge_get(&segment);
+    assert_eq!(seg.header("x-cache"), Some("HIT"));
+    assert!(seg.body.len() >= 16 * 1024, "{} bytes", seg.body.len());
+    assert!(
+        seg.body == origin.get(&segment).body,
+        "sendfile body differs"
+    );
 
     // the origin goes away: the edge keeps serving the playlist and segments it has, STALE
     let playlist = edge.edge_get(media);
