@@ -1,12 +1,14 @@
 //! `tidecast`: every service in one binary. With no arguments it runs everything (`all`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tidecast_common::config::EdgeConfig;
 use tidecast_common::http_server::bind;
 use tidecast_common::metrics::Registry;
+use tidecast_common::service::{NoRoutes, Readiness, Service};
 use tidecast_common::Config;
 use tracing::info;
 
@@ -45,6 +47,9 @@ struct Cli {
     /// Edge role label, `edge` or `shield` (edge.role).
     #[arg(long, global = true)]
     role: Option<String>,
+    /// Rooms HTTP/WebSocket listen address (rooms.http_listen), default 0.0.0.0:7880.
+    #[arg(long, global = true)]
+    rooms_listen: Option<String>,
     /// Log filter (RUST_LOG syntax), default `info`.
     #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -63,7 +68,9 @@ enum Command {
     Origin,
     /// Only the caching edge (or, with `--role shield`, a shield in front of origins).
     Edge,
-    /// Signed playback tokens.
+    /// Only rooms: WebSocket signaling for video calls on `rooms.http_listen`.
+    Rooms,
+    /// Signed playback tokens and room join tokens.
     Token {
         #[command(subcommand)]
         action: TokenCommand,
@@ -89,6 +96,27 @@ enum TokenCommand {
         #[arg(long)]
         ip: Option<String>,
     },
+    /// Print a room join token (JWT) for `--identity` in `--room`.
+    Room {
+        /// The rooms node's `rooms.api_secret` (default: from the config).
+        #[arg(long, env = "TIDECAST_ROOMS__API_SECRET")]
+        secret: Option<String>,
+        /// Room name.
+        #[arg(long)]
+        room: String,
+        /// Participant identity (unique in the room).
+        #[arg(long)]
+        identity: String,
+        /// Display name.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// A viewer token (receives only); default: publisher.
+        #[arg(long)]
+        viewer: bool,
+        /// Lifetime in seconds (default: rooms.token_ttl_secs).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -108,6 +136,9 @@ fn load_config(cli: &Cli) -> Result<Config> {
     }
     if !cli.upstreams.is_empty() {
         config.edge.upstreams = cli.upstreams.clone();
+    }
+    if let Some(v) = &cli.rooms_listen {
+        config.rooms.http_listen = v.clone();
     }
     if let Some(v) = &cli.region {
         config.edge.region = v.clone();
@@ -181,6 +212,49 @@ async fn main() -> Result<()> {
             println!("{token}");
             return Ok(());
         }
+        Command::Token {
+            action:
+                TokenCommand::Room {
+                    secret,
+                    room,
+                    identity,
+                    name,
+                    viewer,
+                    ttl,
+                },
+        } => {
+            use tidecast_rooms::token::{is_valid_name, JoinClaims, JoinTokens, RoomRole};
+            let secret = secret
+                .clone()
+                .unwrap_or_else(|| config.rooms.api_secret.clone());
+            anyhow::ensure!(
+                !secret.is_empty(),
+                "no secret: pass --secret or set rooms.api_secret"
+            );
+            anyhow::ensure!(
+                is_valid_name(room) && is_valid_name(identity),
+                "room and identity are 1-64 of A-Z a-z 0-9 _ - ."
+            );
+            let role = if *viewer {
+                RoomRole::Viewer
+            } else {
+                RoomRole::Publisher
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("system clock before 1970")?
+                .as_secs();
+            let token = JoinTokens::new(secret.as_bytes()).mint(&JoinClaims {
+                room: room.clone(),
+                sub: identity.clone(),
+                name: name.clone(),
+                role,
+                iat: now,
+                exp: now + ttl.unwrap_or(config.rooms.token_ttl_secs),
+            });
+            println!("{token}");
+            return Ok(());
+        }
         _ => {}
     }
     let open_files = tidecast_common::zero_copy::raise_fd_limit();
@@ -200,15 +274,24 @@ async fn main() -> Result<()> {
     } else {
         None
     };
-    let origin = tidecast_origin::Origin::new(&config, &registry, store);
+    // the origin runs only where it serves (`all`, `origin`): an ingest node pushes to a remote one
+    let origin = matches!(command, Command::All | Command::Origin)
+        .then(|| tidecast_origin::Origin::new(&config, &registry, store));
     let mut tasks = tokio::task::JoinSet::new();
 
+    let readiness = Readiness::default();
     if matches!(command, Command::All | Command::Origin | Command::Ingest) {
         let listener = bind(&config.origin.http_listen, config.listen_backlog)
             .await
             .with_context(|| format!("binding origin HTTP on {}", config.origin.http_listen))?;
-        let o = origin.clone();
-        tasks.spawn(async move { o.serve(listener).await.context("origin http") });
+        if matches!(command, Command::Ingest) {
+            // an ingest node serves only its health, readiness and metrics
+            let service = Service::new(Arc::new(NoRoutes("ingest")), &registry, &readiness);
+            tasks.spawn(async move { service.serve(listener).await.context("ingest http") });
+        } else if let Some(o) = origin.clone() {
+            let r = readiness.clone();
+            tasks.spawn(async move { o.serve(listener, &r).await.context("origin http") });
+        }
     }
     if matches!(command, Command::All | Command::Ingest) {
         tidecast_ingest::ladder::init_gstreamer().context("initialising GStreamer")?;
@@ -216,12 +299,13 @@ async fn main() -> Result<()> {
             .await
             .with_context(|| format!("binding RTMP on {}", config.ingest.rtmp_listen))?;
         let sink = if config.ingest.origin_url.is_empty() {
-            anyhow::ensure!(
-                matches!(command, Command::All),
-                "`tidecast ingest` pushes to a remote origin: set ingest.origin_url \
-                 (TIDECAST_INGEST__ORIGIN_URL) and ingest.origin_token"
-            );
-            origin.event_sender()
+            let Some(o) = origin.as_ref().filter(|_| matches!(command, Command::All)) else {
+                anyhow::bail!(
+                    "`tidecast ingest` pushes to a remote origin: set ingest.origin_url \
+                     (TIDECAST_INGEST__ORIGIN_URL) and ingest.origin_token"
+                );
+            };
+            o.event_sender()
         } else {
             let urls: Vec<&str> = config
                 .ingest
@@ -249,7 +333,16 @@ async fn main() -> Result<()> {
             .with_context(|| format!("binding edge HTTP on {}", edge_config.http_listen))?;
         let edge = tidecast_edge::Edge::new(&edge_config, &registry)
             .map_err(|e| anyhow::anyhow!("edge configuration: {e}"))?;
-        tasks.spawn(async move { edge.serve(listener).await.context("edge http") });
+        let r = readiness.clone();
+        tasks.spawn(async move { edge.serve(listener, &r).await.context("edge http") });
+    }
+    if matches!(command, Command::All | Command::Rooms) {
+        let listener = bind(&config.rooms.http_listen, config.listen_backlog)
+            .await
+            .with_context(|| format!("binding rooms HTTP on {}", config.rooms.http_listen))?;
+        let rooms = tidecast_rooms::Rooms::new(&config.rooms, &registry);
+        let r = readiness.clone();
+        tasks.spawn(async move { rooms.serve(listener, &r).await.context("rooms http") });
     }
     info!(?command, "tidecast running");
     tokio::select! {

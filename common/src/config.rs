@@ -42,6 +42,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Caching edge / shield.
     pub edge: EdgeConfig,
+    /// Rooms: WebSocket signaling and calls.
+    pub rooms: RoomsConfig,
 }
 
 impl Default for Config {
@@ -54,6 +56,41 @@ impl Default for Config {
             origin: OriginConfig::default(),
             store: StoreConfig::default(),
             edge: EdgeConfig::default(),
+            rooms: RoomsConfig::default(),
+        }
+    }
+}
+
+/// Rooms (video calls) settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomsConfig {
+    /// HTTP + WebSocket signaling listen address.
+    pub http_listen: String,
+    /// Signs join tokens (JWT HS256) and authorises `POST /api/rooms/{room}/tokens`
+    /// (`Authorization: Bearer <secret>`). Empty = development mode: a random key is made at
+    /// start and anyone may mint tokens (logged as a warning).
+    pub api_secret: String,
+    /// Lifetime of minted join tokens, seconds.
+    pub token_ttl_secs: u64,
+    /// A participant whose WebSocket drops may reconnect within this many seconds and keep its
+    /// place; the others see it leave only after that.
+    pub resume_secs: u64,
+    /// Participants per room.
+    pub max_participants: usize,
+    /// ICE servers handed to clients (`stun:host:port` URLs).
+    pub ice_servers: Vec<String>,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig {
+            http_listen: "0.0.0.0:7880".into(),
+            api_secret: String::new(),
+            token_ttl_secs: 6 * 3600,
+            resume_secs: 15,
+            max_participants: 2,
+            ice_servers: Vec::new(),
         }
     }
 }

@@ -131,6 +131,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
         .await
     {
         debug!(server = what, %peer, "http connection ended: {e}");

@@ -4,6 +4,11 @@ use std::collections::BTreeMap;
 
 use subtle::ConstantTimeEq;
 
+/// `a == b` in time that depends only on the lengths (secrets, bearer tokens).
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
 /// Outcome of checking a publisher's stream key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyDecision {

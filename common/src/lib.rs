@@ -9,6 +9,7 @@ pub mod keys;
 pub mod live;
 pub mod metrics;
 pub mod push;
+pub mod service;
 pub mod store;
 pub mod time;
 pub mod token;

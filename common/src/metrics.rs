@@ -43,6 +43,13 @@ impl Metric {
     }
 }
 
+/// A label value in the text format's escaping.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 struct Family {
     help: &'static str,
     kind: MetricKind,
@@ -75,11 +82,7 @@ impl Registry {
             if i > 0 {
                 label_text.push(',');
             }
-            let escaped = v
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
-            let _ = write!(label_text, "{k}=\"{escaped}\"");
+            let _ = write!(label_text, "{k}=\"{}\"", escape(v));
         }
         let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
         let family = families.entry(name).or_insert_with(|| Family {
@@ -103,6 +106,24 @@ impl Registry {
     /// A gauge.
     pub fn gauge(&self, name: &'static str, help: &'static str, labels: &[(&str, &str)]) -> Metric {
         self.metric(name, help, MetricKind::Gauge, labels)
+    }
+
+    /// Remove every series, of every family, labelled `label="value"`: what a stream, room,
+    /// participant or allocation leaves behind when it ends (a handle kept elsewhere still
+    /// works but is no longer rendered). Returns how many series went.
+    pub fn remove_labelled(&self, label: &str, value: &str) -> usize {
+        let needle = format!("{label}=\"{}\"", escape(value));
+        let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let mut removed = 0;
+        for family in families.values_mut() {
+            let before = family.series.len();
+            family
+                .series
+                .retain(|labels, _| !labels.split(',').any(|kv| kv == needle));
+            removed += before - family.series.len();
+        }
+        families.retain(|_, f| !f.series.is_empty());
+        removed
     }
 
     /// Render everything in Prometheus text exposition format.
@@ -142,5 +163,22 @@ mod tests {
         assert!(text.contains("# TYPE tidecast_x_total counter\n"));
         assert!(text.contains("tidecast_x_total{stream=\"a\\\"b\"} 3\n"));
         assert!(text.contains("tidecast_y -2\n"));
+    }
+
+    #[test]
+    fn series_of_an_ended_room_are_removed() {
+        let r = Registry::default();
+        r.gauge("tidecast_p", "P.", &[("room", "a"), ("kind", "x")])
+            .set(1);
+        r.gauge("tidecast_p", "P.", &[("room", "ab")]).set(2);
+        r.counter("tidecast_q_total", "Q.", &[("room", "a")]).inc();
+        assert_eq!(r.remove_labelled("room", "a"), 2);
+        let text = r.render();
+        assert!(!text.contains("room=\"a\""), "{text}");
+        assert!(text.contains("tidecast_p{room=\"ab\"} 2"), "{text}");
+        assert!(
+            !text.contains("tidecast_q_total"),
+            "empty family gone: {text}"
+        );
     }
 }

@@ -9,14 +9,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tidecast_common::body::{Body, ChannelBody};
 use tidecast_common::config::EdgeConfig;
 use tidecast_common::metrics::{Metric, Registry};
+use tidecast_common::service::{Readiness, ResponseFuture, Routes, Service};
 use tidecast_common::token::{find_token, TokenError, TokenSigner};
 use tidecast_common::zero_copy::{FileBacked, FileBodies};
 use tokio::net::TcpListener;
@@ -288,48 +290,27 @@ impl Edge {
             .set(i64::from(self.pool().is_healthy(base)));
     }
 
-    /// Serve HTTP forever.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
-        info!(addr = ?listener.local_addr().ok(), role = %self.config.role,
-              region = %self.config.region, upstreams = ?self.config.upstreams, "edge http listening");
-        let file_bodies = Some(self.file_bodies.clone());
-        tidecast_common::http_server::serve_with(listener, "edge", file_bodies, move |req, peer| {
-            let edge = self.clone();
-            async move { edge.handle(req, peer).await }
-        })
-        .await
+    /// Serve HTTP forever on the shared service layer; cached bodies go out with `sendfile`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        readiness: &Readiness,
+    ) -> std::io::Result<()> {
+        info!(role = %self.config.role, region = %self.config.region,
+              upstreams = ?self.config.upstreams, "edge starting");
+        let registry = self.registry.clone();
+        let bodies = self.file_bodies.clone();
+        Service::new(self, &registry, readiness)
+            .with_file_bodies(bodies)
+            .serve(listener)
+            .await
     }
 
     async fn handle<B>(self: Arc<Self>, req: Request<B>, peer: SocketAddr) -> Response<Body> {
-        let head_only = req.method() == Method::HEAD;
-        let mut resp = if req.method() == Method::OPTIONS {
-            text(StatusCode::NO_CONTENT, "")
-        } else if req.method() != Method::GET && !head_only {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        } else {
-            match req.uri().path() {
-                "/healthz" => text(StatusCode::OK, "ok\n"),
-                "/metrics" => self.metrics(),
-                // the edge's own clock: DASH players in this region sync here, not at the origin
-                "/api/time" => tidecast_common::http_server::time_response(SystemTime::now()),
-                path if path.starts_with("/director/") => self.direct(&req, path).await,
-                path => self.proxy(&req, path, peer).await,
-            }
-        };
-        let h = resp.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            HeaderValue::from_static("*"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("Age, Date, Content-Length, X-Cache"),
-        );
-        // Date: hyper adds it (cached once a second)
-        if head_only {
-            *resp.body_mut() = Full::new(Bytes::new()).boxed();
+        match req.uri().path() {
+            path if path.starts_with("/director/") => self.direct(&req, path).await,
+            path => self.proxy(&req, path, peer).await,
         }
-        resp
     }
 
     /// Signed playback: `Err` response when the stream needs a token and this one fails.
@@ -567,7 +548,7 @@ impl Edge {
         resp
     }
 
-    fn metrics(&self) -> Response<Body> {
+    fn refresh_metrics(&self) {
         let r = &self.registry;
         let region = self.config.region.as_str();
         self.cache.run_pending_tasks();
@@ -595,12 +576,24 @@ impl Edge {
             &[("region", region)],
         )
         .set(self.flights.len() as i64);
-        respond(
-            StatusCode::OK,
-            r.render(),
-            "text/plain; version=0.0.4",
-            "no-cache",
-        )
+    }
+}
+
+impl Routes for Edge {
+    fn role(&self) -> &'static str {
+        "edge"
+    }
+
+    fn route(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> ResponseFuture {
+        Box::pin(self.handle(req, peer))
+    }
+
+    fn before_metrics(&self) {
+        self.refresh_metrics();
+    }
+
+    fn expose_headers(&self) -> &'static str {
+        "Age, Date, Content-Length, X-Cache"
     }
 }
 

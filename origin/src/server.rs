@@ -3,25 +3,25 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header;
 use hyper::{Method, Request, Response, StatusCode};
-use subtle::ConstantTimeEq;
 use tidecast_common::config::Config;
 use tidecast_common::metrics::{Metric, Registry};
+use tidecast_common::service::{Readiness, ResponseFuture, Routes, Service};
 use tidecast_common::store::ObjectStore;
 use tidecast_common::LiveEvent;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::archiver::Archiver;
 use crate::demo::Demo;
-use crate::http::{empty, full, not_found, redirect, set, text, Body};
+use crate::http::{full, not_found, redirect, set, text, Body};
 use crate::packager::{StreamTable, WindowSettings};
 
 /// Shared origin state.
@@ -222,18 +222,16 @@ impl Origin {
     }
 
     /// Serve HTTP forever.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
-        info!(addr = ?listener.local_addr().ok(), "origin http listening");
-        tidecast_common::http_server::serve(listener, "origin", move |req, peer| {
-            let origin = self.clone();
-            async move {
-                if req.uri().path().starts_with("/ingest/") {
-                    return origin.push(req).await;
-                }
-                origin.respond(req, peer).await
-            }
-        })
-        .await
+    /// Serve HTTP forever on the shared service layer.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        readiness: &Readiness,
+    ) -> std::io::Result<()> {
+        let registry = self.registry.clone();
+        Service::new(self, &registry, readiness)
+            .serve(listener)
+            .await
     }
 
     /// CMAF pushed by a remote ladder (`tidecast ingest`), see `tidecast_common::push`.
@@ -260,11 +258,7 @@ impl Origin {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        let ok: bool = presented
-            .as_bytes()
-            .ct_eq(self.push_token.as_bytes())
-            .into();
-        if !ok {
+        if !tidecast_common::keys::constant_time_eq(presented, &self.push_token) {
             warn!("push refused: bad token");
             return status(StatusCode::UNAUTHORIZED, "bad push token\n");
         }
@@ -291,30 +285,10 @@ impl Origin {
     }
 
     async fn respond(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let (kind, mut resp) = if req.method() == Method::OPTIONS {
-            (RouteKind::Other, empty(StatusCode::NO_CONTENT))
-        } else if req.method() != Method::GET && req.method() != Method::HEAD {
-            (
-                RouteKind::Other,
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-            )
-        } else {
-            self.route(req.uri().path(), req.uri().query(), peer).await
-        };
-        let h = resp.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            HeaderValue::from_static("*"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, HEAD, OPTIONS"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("Age, Date, Content-Length"),
-        );
-        // Date: hyper adds it (cached once a second)
+        if req.uri().path().starts_with("/ingest/") {
+            return self.push(req).await;
+        }
+        let (kind, resp) = self.route(req.uri().path(), req.uri().query(), peer).await;
         self.registry
             .counter(
                 "tidecast_origin_http_requests_total",
@@ -322,9 +296,6 @@ impl Origin {
                 &[("route", kind.as_str()), ("status", resp.status().as_str())],
             )
             .inc();
-        if req.method() == Method::HEAD {
-            *resp.body_mut() = full(Bytes::new());
-        }
         resp
     }
 
@@ -336,8 +307,6 @@ impl Origin {
     ) -> (RouteKind, Response<Body>) {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
-            ["healthz"] => (RouteKind::Other, text(StatusCode::OK, "ok\n")),
-            ["metrics"] => (RouteKind::Other, self.metrics()),
             ["api", "streams"] => (RouteKind::Api, self.api_streams()),
             [""] => (RouteKind::Demo, redirect("/demo/")),
             ["demo"] => (RouteKind::Demo, redirect("/demo/")),
@@ -350,10 +319,6 @@ impl Origin {
             ["vod", stream, session, rendition, file] => (
                 RouteKind::Vod,
                 self.vod(stream, session, Some(rendition), file).await,
-            ),
-            ["api", "time"] => (
-                RouteKind::Api,
-                crate::http::time_response(SystemTime::now()),
             ),
             ["live", stream, rendition, file] => {
                 self.rendition_file(stream, rendition, file, query, peer)
@@ -416,7 +381,7 @@ impl Origin {
         resp
     }
 
-    fn metrics(&self) -> Response<Body> {
+    fn refresh_metrics(&self) {
         let now = Instant::now();
         {
             let table = self.table();
@@ -472,10 +437,25 @@ impl Origin {
                 }
             }
         }
-        let mut resp = Response::new(full(self.registry.render()));
-        set(&mut resp, header::CONTENT_TYPE, "text/plain; version=0.0.4");
-        set(&mut resp, header::CACHE_CONTROL, "no-cache");
-        resp
+    }
+}
+
+impl Routes for Origin {
+    fn role(&self) -> &'static str {
+        "origin"
+    }
+
+    fn route(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> ResponseFuture {
+        Box::pin(async move { self.respond(req, peer).await })
+    }
+
+    /// CMAF pushed by `tidecast ingest` (PUT/POST/DELETE under `/ingest/`).
+    fn accepts(&self, _method: &Method, path: &str) -> bool {
+        path.starts_with("/ingest/")
+    }
+
+    fn before_metrics(&self) {
+        self.refresh_metrics();
     }
 }
 

@@ -59,6 +59,7 @@ pub struct Tidecast {
     pub rtmp_port: u16,
     pub http_port: u16,
     pub edge_port: u16,
+    pub rooms_port: u16,
     pub dir: PathBuf,
     log: PathBuf,
 }
@@ -74,6 +75,7 @@ impl Tidecast {
         let rtmp_port = free_port();
         let http_port = free_port();
         let edge_port = free_port();
+        let rooms_port = free_port();
         let dir =
             std::env::temp_dir().join(format!("tidecast-e2e-{}-{}", std::process::id(), http_port));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -87,6 +89,8 @@ impl Tidecast {
             .arg(format!("127.0.0.1:{http_port}"))
             .arg("--edge-listen")
             .arg(format!("127.0.0.1:{edge_port}"))
+            .arg("--rooms-listen")
+            .arg(format!("127.0.0.1:{rooms_port}"))
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(args)
@@ -103,6 +107,7 @@ impl Tidecast {
             rtmp_port,
             http_port,
             edge_port,
+            rooms_port,
             dir,
             log,
         };
@@ -113,11 +118,12 @@ impl Tidecast {
                     .map(|r| r.status == 200)
                     .unwrap_or(false)
             };
-            let http_ok = role == "edge" || healthy(http_port);
+            let http_ok = matches!(role, "edge" | "rooms") || healthy(http_port);
+            let rooms_ok = !matches!(role, "all" | "rooms") || healthy(rooms_port);
             let edge_ok = !matches!(role, "all" | "edge") || healthy(edge_port);
-            let rtmp_ok = matches!(role, "origin" | "edge")
+            let rtmp_ok = matches!(role, "origin" | "edge" | "rooms")
                 || TcpStream::connect(("127.0.0.1", rtmp_port)).is_ok();
-            if http_ok && edge_ok && rtmp_ok {
+            if http_ok && edge_ok && rooms_ok && rtmp_ok {
                 break;
             }
             assert!(

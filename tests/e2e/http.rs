@@ -58,13 +58,41 @@ pub fn get_timed(
     port: u16,
     path: &str,
 ) -> std::io::Result<(Response, std::time::Instant, std::time::Instant)> {
+    send_timed(port, "GET", path, &[], b"")
+}
+
+/// Any method, with extra headers and a body.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    send_timed(port, method, path, headers, body).map(|(r, _, _)| r)
+}
+
+fn send_timed(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(Response, std::time::Instant, std::time::Instant)> {
     use std::time::Instant;
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )?;
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     let mut first_body: Option<Instant> = None;

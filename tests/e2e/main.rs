@@ -12,3 +12,4 @@ mod edge;
 mod lab;
 mod live_spine;
 mod ll_hls;
+mod rooms;

@@ -1,0 +1,50 @@
+//! What a room client sends: signaling messages (JSON) through the parser and into a room's
+//! state machine, and join tokens (JWT) through verification. Nothing may panic.
+#![no_main]
+
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use tidecast_rooms::room::{Room, RoomSettings};
+use tidecast_rooms::signal;
+use tidecast_rooms::token::{JoinClaims, JoinTokens, RoomRole};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let tokens = JoinTokens::new(b"fuzz");
+    let _ = tokens.verify(text, "room", 1_800_000_000);
+    let now = Instant::now();
+    let mut room = Room::new(
+        "room",
+        RoomSettings {
+            max_participants: 2,
+            resume_window: Duration::from_secs(15),
+            ice_servers: Vec::new(),
+        },
+        now,
+    );
+    let claims = |id: &str| JoinClaims {
+        room: "room".into(),
+        sub: id.into(),
+        name: String::new(),
+        role: RoomRole::Publisher,
+        iat: 0,
+        exp: u64::MAX,
+    };
+    room.join(&claims("a"), None, None, 1, "s1".into());
+    room.join(&claims("b"), None, None, 2, "s2".into());
+    // each line is one message from `a`
+    for line in text.lines() {
+        if let Ok(message) = signal::parse(line) {
+            if let signal::ClientMessage::Join { name, session } = message {
+                room.join(&claims("a"), name, session.as_deref(), 3, "s3".into());
+            } else {
+                room.message("a", 1, message);
+            }
+        }
+    }
+    room.dropped("b", 2, now);
+    let _ = room.expire(now + Duration::from_secs(20));
+});

@@ -1,0 +1,11 @@
+//! tidecast rooms: video calls. Join tokens (JWT) in [`token`], the signaling protocol in
+//! [`signal`], one room's state as a pure core in [`room`], and the shell — HTTP routes on the
+//! shared service layer, WebSockets, the resume ticker — in [`server`].
+#![deny(missing_docs)]
+
+pub mod room;
+pub mod server;
+pub mod signal;
+pub mod token;
+
+pub use server::Rooms;

@@ -1,0 +1,619 @@
+//! One room's signaling state, as a pure core: participants, their connection generations and
+//! resume windows. Every input (a join, a message, a dropped socket, the passing of time) returns
+//! the [`Effect`]s for the shell to carry out — messages to send, sockets to close. No sockets,
+//! no clock: `now` is passed in, so resume and timeout rules are unit-tested directly.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::signal::{ClientMessage, IceServer, MediaKind, ParticipantInfo, ServerMessage, VERSION};
+use crate::token::{JoinClaims, RoomRole};
+
+/// One connection of a participant (a new WebSocket gets a new one).
+pub type ConnId = u64;
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send `message` to participant `to` (dropped if it is between connections).
+    Send {
+        /// Recipient identity.
+        to: String,
+        /// The message.
+        message: ServerMessage,
+    },
+    /// Close connection `conn` (after sending `message`).
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Last message.
+        message: ServerMessage,
+    },
+}
+
+/// Settings of every room on a node.
+#[derive(Debug, Clone)]
+pub struct RoomSettings {
+    /// Participants allowed at once.
+    pub max_participants: usize,
+    /// How long a dropped participant keeps its place.
+    pub resume_window: Duration,
+    /// ICE servers handed out in `joined`.
+    pub ice_servers: Vec<IceServer>,
+}
+
+#[derive(Debug, Clone)]
+struct Participant {
+    info: ParticipantInfo,
+    session: String,
+    conn: ConnId,
+    /// When its socket dropped, while it may still resume.
+    dropped_at: Option<Instant>,
+    /// Join order.
+    order: u64,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Room {
+    name: String,
+    settings: RoomSettings,
+    participants: BTreeMap<String, Participant>,
+    joins: u64,
+    started_at: Instant,
+}
+
+impl Room {
+    /// An empty room.
+    pub fn new(name: &str, settings: RoomSettings, now: Instant) -> Room {
+        Room {
+            name: name.to_string(),
+            settings,
+            participants: BTreeMap::new(),
+            joins: 0,
+            started_at: now,
+        }
+    }
+
+    /// The room's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// When the room was created.
+    pub fn started_at(&self) -> Instant {
+        self.started_at
+    }
+
+    /// Nobody is in the room (not even a participant that may resume).
+    pub fn is_empty(&self) -> bool {
+        self.participants.is_empty()
+    }
+
+    /// Participants in join order.
+    pub fn participants(&self) -> Vec<ParticipantInfo> {
+        let mut all: Vec<&Participant> = self.participants.values().collect();
+        all.sort_by_key(|p| p.order);
+        all.into_iter().map(|p| p.info.clone()).collect()
+    }
+
+    /// Participants with a live connection.
+    pub fn connected(&self) -> usize {
+        self.participants
+            .values()
+            .filter(|p| p.dropped_at.is_none())
+            .count()
+    }
+
+    fn others(&self, id: &str, message: &ServerMessage) -> Vec<Effect> {
+        self.participants
+            .keys()
+            .filter(|k| k.as_str() != id)
+            .map(|k| Effect::Send {
+                to: k.clone(),
+                message: message.clone(),
+            })
+            .collect()
+    }
+
+    /// `conn` sent `join` with a verified token. `new_session` is a fresh random session id
+    /// (used unless an earlier session continues). Effects include the `joined` answer.
+    pub fn join(
+        &mut self,
+        claims: &JoinClaims,
+        name: Option<String>,
+        session: Option<&str>,
+        conn: ConnId,
+        new_session: String,
+    ) -> Vec<Effect> {
+        let id = claims.sub.clone();
+        let name = name
+            .map(|n| {
+                n.chars()
+                    .filter(|c| !c.is_control())
+                    .take(64)
+                    .collect::<String>()
+            })
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| {
+                if claims.name.is_empty() {
+                    id.clone()
+                } else {
+                    claims.name.clone()
+                }
+            });
+        let mut effects = Vec::new();
+        if let Some(existing) = self.participants.get_mut(&id) {
+            // the same identity again: a resumed session, or the same person on a new page —
+            // either way it takes the place over; the others see no leave
+            let resumed = session == Some(existing.session.as_str());
+            if existing.dropped_at.is_none() {
+                effects.push(Effect::Close {
+                    conn: existing.conn,
+                    message: ServerMessage::error("replaced", "joined again elsewhere"),
+                });
+            }
+            existing.conn = conn;
+            existing.dropped_at = None;
+            if !resumed {
+                existing.session = new_session;
+            }
+            let renamed = existing.info.name != name;
+            existing.info.name = name;
+            let you = existing.info.clone();
+            let session = existing.session.clone();
+            if renamed {
+                effects.extend(self.others(
+                    &id,
+                    &ServerMessage::ParticipantUpdated {
+                        participant: you.clone(),
+                    },
+                ));
+            }
+            effects.push(self.joined(&id, you, session, resumed));
+            return effects;
+        }
+        if self.participants.len() >= self.settings.max_participants {
+            return vec![Effect::Close {
+                conn,
+                message: ServerMessage::error(
+                    "room_full",
+                    format!(
+                        "room {} has {} participants (the most it takes)",
+                        self.name, self.settings.max_participants
+                    ),
+                ),
+            }];
+        }
+        self.joins += 1;
+        let info = ParticipantInfo {
+            id: id.clone(),
+            name,
+            role: claims.role,
+            audio_muted: false,
+            video_muted: false,
+        };
+        effects.extend(self.others(
+            &id,
+            &ServerMessage::ParticipantJoined {
+                participant: info.clone(),
+            },
+        ));
+        self.participants.insert(
+            id.clone(),
+            Participant {
+                info: info.clone(),
+                session: new_session.clone(),
+                conn,
+                dropped_at: None,
+                order: self.joins,
+            },
+        );
+        effects.push(self.joined(&id, info, new_session, false));
+        effects
+    }
+
+    fn joined(&self, id: &str, you: ParticipantInfo, session: String, resumed: bool) -> Effect {
+        Effect::Send {
+            to: id.to_string(),
+            message: ServerMessage::Joined {
+                v: VERSION,
+                room: self.name.clone(),
+                you,
+                session,
+                resumed,
+                participants: self
+                    .participants()
+                    .into_iter()
+                    .filter(|p| p.id != id)
+                    .collect(),
+                mode: "p2p",
+                ice_servers: self.settings.ice_servers.clone(),
+            },
+        }
+    }
+
+    /// Participant `id`'s live connection.
+    pub fn conn_of(&self, id: &str) -> Option<ConnId> {
+        self.participants
+            .get(id)
+            .filter(|p| p.dropped_at.is_none())
+            .map(|p| p.conn)
+    }
+
+    /// Whether `conn` is participant `id`'s current connection.
+    pub fn is_current(&self, id: &str, conn: ConnId) -> bool {
+        self.participants
+            .get(id)
+            .is_some_and(|p| p.conn == conn && p.dropped_at.is_none())
+    }
+
+    /// A message from joined participant `id` on `conn`.
+    pub fn message(&mut self, id: &str, conn: ConnId, message: ClientMessage) -> Vec<Effect> {
+        if !self.is_current(id, conn) {
+            return vec![Effect::Close {
+                conn,
+                message: ServerMessage::error("replaced", "this session continues elsewhere"),
+            }];
+        }
+        let reply = |message| {
+            vec![Effect::Send {
+                to: id.to_string(),
+                message,
+            }]
+        };
+        let relay = |to: String, message: ServerMessage| {
+            if to == id || !self.participants.contains_key(&to) {
+                reply(ServerMessage::error(
+                    "unknown_participant",
+                    format!(
+                        "no participant {:?}",
+                        to.chars().take(64).collect::<String>()
+                    ),
+                ))
+            } else {
+                vec![Effect::Send { to, message }]
+            }
+        };
+        let from = id.to_string();
+        match message {
+            ClientMessage::Join { .. } => {
+                reply(ServerMessage::error("already_joined", "already joined"))
+            }
+            ClientMessage::Offer { to, sdp } => relay(to, ServerMessage::Offer { from, sdp }),
+            ClientMessage::Answer { to, sdp } => relay(to, ServerMessage::Answer { from, sdp }),
+            ClientMessage::Candidate { to, candidate } => {
+                relay(to, ServerMessage::Candidate { from, candidate })
+            }
+            ClientMessage::Subscribe {
+                participant,
+                layer,
+                width,
+                height,
+            } => relay(
+                participant,
+                ServerMessage::Subscription {
+                    from,
+                    layer,
+                    width,
+                    height,
+                },
+            ),
+            ClientMessage::Mute { kind, muted } => {
+                let Some(p) = self.participants.get_mut(id) else {
+                    return Vec::new();
+                };
+                match kind {
+                    MediaKind::Audio => p.info.audio_muted = muted,
+                    MediaKind::Video => p.info.video_muted = muted,
+                }
+                let participant = p.info.clone();
+                self.updated(participant)
+            }
+            ClientMessage::Update { name } => {
+                let name: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+                let Some(p) = self.participants.get_mut(id) else {
+                    return Vec::new();
+                };
+                if !name.trim().is_empty() {
+                    p.info.name = name;
+                }
+                let participant = p.info.clone();
+                self.updated(participant)
+            }
+            ClientMessage::Ping => reply(ServerMessage::Pong),
+            ClientMessage::Leave => self.remove(id, "left"),
+        }
+    }
+
+    fn updated(&self, participant: ParticipantInfo) -> Vec<Effect> {
+        let message = ServerMessage::ParticipantUpdated {
+            participant: participant.clone(),
+        };
+        let mut effects = self.others(&participant.id, &message);
+        effects.push(Effect::Send {
+            to: participant.id,
+            message,
+        });
+        effects
+    }
+
+    /// Participant `id` is gone for good (`reason`: `left`, `timeout`, `kicked`).
+    pub fn remove(&mut self, id: &str, reason: &'static str) -> Vec<Effect> {
+        let Some(p) = self.participants.remove(id) else {
+            return Vec::new();
+        };
+        let mut effects = self.others(
+            id,
+            &ServerMessage::ParticipantLeft {
+                id: id.to_string(),
+                reason,
+            },
+        );
+        if p.dropped_at.is_none() {
+            let message = match reason {
+                "kicked" => ServerMessage::error("kicked", "removed from the room"),
+                _ => ServerMessage::ParticipantLeft {
+                    id: id.to_string(),
+                    reason,
+                },
+            };
+            effects.push(Effect::Close {
+                conn: p.conn,
+                message,
+            });
+        }
+        effects
+    }
+
+    /// Connection `conn` of `id` dropped without `leave`: it may resume within the window.
+    pub fn dropped(&mut self, id: &str, conn: ConnId, now: Instant) {
+        if let Some(p) = self.participants.get_mut(id) {
+            if p.conn == conn && p.dropped_at.is_none() {
+                p.dropped_at = Some(now);
+            }
+        }
+    }
+
+    /// Participants dropped longer than the resume window ago leave (`timeout`).
+    pub fn expire(&mut self, now: Instant) -> Vec<Effect> {
+        let gone: Vec<String> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| {
+                p.dropped_at.is_some_and(|t| {
+                    now.saturating_duration_since(t) >= self.settings.resume_window
+                })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        gone.iter()
+            .flat_map(|id| self.remove(id, "timeout"))
+            .collect()
+    }
+
+    /// The room is ended (API): everyone connected is told and closed.
+    pub fn end(&mut self) -> Vec<Effect> {
+        let effects = self
+            .participants
+            .values()
+            .filter(|p| p.dropped_at.is_none())
+            .map(|p| Effect::Close {
+                conn: p.conn,
+                message: ServerMessage::RoomEnded,
+            })
+            .collect();
+        self.participants.clear();
+        effects
+    }
+
+    /// The role of participant `id`.
+    pub fn role(&self, id: &str) -> Option<RoomRole> {
+        self.participants.get(id).map(|p| p.info.role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signal::Layer;
+
+    fn claims(id: &str) -> JoinClaims {
+        JoinClaims {
+            room: "r".into(),
+            sub: id.into(),
+            name: String::new(),
+            role: RoomRole::Publisher,
+            iat: 0,
+            exp: u64::MAX,
+        }
+    }
+
+    fn room(now: Instant) -> Room {
+        Room::new(
+            "r",
+            RoomSettings {
+                max_participants: 2,
+                resume_window: Duration::from_secs(15),
+                ice_servers: vec![],
+            },
+            now,
+        )
+    }
+
+    fn sent_to(effects: &[Effect], who: &str) -> Vec<ServerMessage> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { to, message } if to == who => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn two_join_and_relay_offer_answer_candidates() {
+        let t0 = Instant::now();
+        let mut r = room(t0);
+        let e = r.join(&claims("a"), Some("Alice".into()), None, 1, "s1".into());
+        assert!(
+            matches!(&sent_to(&e, "a")[0], ServerMessage::Joined { participants, .. } if participants.is_empty())
+        );
+        let e = r.join(&claims("b"), None, None, 2, "s2".into());
+        assert!(
+            matches!(&sent_to(&e, "a")[0], ServerMessage::ParticipantJoined { participant } if participant.id == "b")
+        );
+        assert!(
+            matches!(&sent_to(&e, "b")[0], ServerMessage::Joined { participants, .. } if participants[0].name == "Alice")
+        );
+        let e = r.message(
+            "b",
+            2,
+            ClientMessage::Offer {
+                to: "a".into(),
+                sdp: "v=0".into(),
+            },
+        );
+        assert_eq!(
+            e,
+            vec![Effect::Send {
+                to: "a".into(),
+                message: ServerMessage::Offer {
+                    from: "b".into(),
+                    sdp: "v=0".into()
+                }
+            }]
+        );
+        let e = r.message(
+            "a",
+            1,
+            ClientMessage::Candidate {
+                to: "b".into(),
+                candidate: serde_json::Value::Null,
+            },
+        );
+        assert_eq!(sent_to(&e, "b").len(), 1);
+        let e = r.message(
+            "a",
+            1,
+            ClientMessage::Offer {
+                to: "zed".into(),
+                sdp: String::new(),
+            },
+        );
+        assert!(matches!(
+            &sent_to(&e, "a")[0],
+            ServerMessage::Error {
+                code: "unknown_participant",
+                ..
+            }
+        ));
+        let e = r.message(
+            "a",
+            1,
+            ClientMessage::Subscribe {
+                participant: "b".into(),
+                layer: Layer::Low,
+                width: Some(320),
+                height: None,
+            },
+        );
+        assert!(matches!(
+            &sent_to(&e, "b")[0],
+            ServerMessage::Subscription {
+                layer: Layer::Low,
+                ..
+            }
+        ));
+        // a third is refused while the room is peer-to-peer only
+        let e = r.join(&claims("c"), None, None, 3, "s3".into());
+        assert!(matches!(
+            &e[..],
+            [Effect::Close {
+                conn: 3,
+                message: ServerMessage::Error {
+                    code: "room_full",
+                    ..
+                }
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_dropped_participant_resumes_unseen_or_times_out() {
+        let t0 = Instant::now();
+        let mut r = room(t0);
+        r.join(&claims("a"), None, None, 1, "s1".into());
+        r.join(&claims("b"), None, None, 2, "s2".into());
+        r.dropped("a", 1, t0);
+        assert!(
+            r.expire(t0 + Duration::from_secs(14)).is_empty(),
+            "within the window"
+        );
+        let e = r.join(&claims("a"), None, Some("s1"), 7, "new".into());
+        assert!(sent_to(&e, "b").is_empty(), "b sees nothing of the resume");
+        assert!(
+            matches!(&sent_to(&e, "a")[0], ServerMessage::Joined { resumed: true, session, .. } if session == "s1")
+        );
+        assert!(r.is_current("a", 7) && !r.is_current("a", 1));
+        // the old connection's late messages are refused
+        let e = r.message("a", 1, ClientMessage::Ping);
+        assert!(matches!(&e[..], [Effect::Close { conn: 1, .. }]));
+        // dropped again, past the window: b sees it leave
+        r.dropped("a", 7, t0 + Duration::from_secs(20));
+        let e = r.expire(t0 + Duration::from_secs(35));
+        assert_eq!(
+            sent_to(&e, "b"),
+            vec![ServerMessage::ParticipantLeft {
+                id: "a".into(),
+                reason: "timeout"
+            }]
+        );
+        assert_eq!(r.connected(), 1);
+    }
+
+    #[test]
+    fn same_identity_replaces_leave_and_end_close() {
+        let t0 = Instant::now();
+        let mut r = room(t0);
+        r.join(&claims("a"), None, None, 1, "s1".into());
+        r.join(&claims("b"), None, None, 2, "s2".into());
+        let e = r.join(&claims("a"), None, None, 3, "s3".into());
+        assert!(e.contains(&Effect::Close {
+            conn: 1,
+            message: ServerMessage::error("replaced", "joined again elsewhere")
+        }));
+        assert!(matches!(
+            &sent_to(&e, "a")[0],
+            ServerMessage::Joined { resumed: false, .. }
+        ));
+        let e = r.message(
+            "a",
+            3,
+            ClientMessage::Mute {
+                kind: MediaKind::Audio,
+                muted: true,
+            },
+        );
+        assert!(
+            matches!(&sent_to(&e, "b")[0], ServerMessage::ParticipantUpdated { participant } if participant.audio_muted)
+        );
+        let e = r.message("b", 2, ClientMessage::Leave);
+        assert_eq!(
+            sent_to(&e, "a"),
+            vec![ServerMessage::ParticipantLeft {
+                id: "b".into(),
+                reason: "left"
+            }]
+        );
+        let e = r.end();
+        assert_eq!(
+            e,
+            vec![Effect::Close {
+                conn: 3,
+                message: ServerMessage::RoomEnded
+            }]
+        );
+        assert!(r.is_empty());
+    }
+}

@@ -1,0 +1,665 @@
+//! The rooms node's shell: HTTP routes on the shared service layer (`/rooms/{room}/ws`, the
+//! token and room APIs), one task per WebSocket, and a ticker that ends resume windows. Room
+//! logic is in [`crate::room`], the protocol in [`crate::signal`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use tidecast_common::body::{full, Body};
+use tidecast_common::config::RoomsConfig;
+use tidecast_common::metrics::Registry;
+use tidecast_common::service::{self, Readiness, ResponseFuture, Routes, Service, WebSocket};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{debug, info, warn};
+
+use crate::room::{ConnId, Effect, Room, RoomSettings};
+use crate::signal::{self, ClientMessage, IceServer, ServerMessage};
+use crate::token::{is_valid_name, JoinClaims, JoinTokens, RoomRole};
+
+/// Largest signaling message (an SDP offer with simulcast is ~10 KB).
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Messages a client may send in a burst, and per second after it (trickle ICE sends a few
+/// dozen candidates at once).
+const BURST: f64 = 200.0;
+const PER_SECOND: f64 = 50.0;
+/// A socket must send `join` this soon after opening.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued for a slow client before it is disconnected.
+const OUTBOX: usize = 256;
+
+enum Outgoing {
+    Text(String),
+    /// Send this message, then close.
+    Close(String),
+}
+
+struct RoomEntry {
+    room: Room,
+}
+
+/// The rooms node.
+pub struct Rooms {
+    config: RoomsConfig,
+    tokens: JoinTokens,
+    /// `api_secret` was empty: tokens minted for anyone
+    dev_mode: bool,
+    settings: RoomSettings,
+    rooms: Mutex<HashMap<String, RoomEntry>>,
+    conns: Mutex<HashMap<ConnId, mpsc::Sender<Outgoing>>>,
+    next_conn: AtomicU64,
+    registry: Registry,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(full(serde_json::to_vec_pretty(value).unwrap_or_default()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json(
+        status,
+        &serde_json::json!({ "error": { "code": code, "message": message } }),
+    )
+}
+
+/// A random hex string (session ids, the development signing key).
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // the system RNG failing leaves zeros: sessions are then guessable only by their owner's
+    // identity, which the token already proves
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    identity: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    role: Option<RoomRole>,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+/// Token bucket for one socket's messages.
+struct RateLimit {
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn new(now: Instant) -> RateLimit {
+        RateLimit {
+            tokens: BURST,
+            at: now,
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * PER_SECOND).min(BURST);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Rooms {
+    /// A rooms node from its config (needs a tokio runtime for the resume ticker).
+    pub fn new(config: &RoomsConfig, registry: &Registry) -> Arc<Rooms> {
+        let dev_mode = config.api_secret.is_empty();
+        let secret = if dev_mode {
+            warn!(
+                "rooms.api_secret is not set: development mode, anyone may mint join tokens \
+                 (POST /api/rooms/{{room}}/tokens); set TIDECAST_ROOMS__API_SECRET in production"
+            );
+            random_hex(32)
+        } else {
+            config.api_secret.clone()
+        };
+        let rooms = Arc::new(Rooms {
+            config: config.clone(),
+            tokens: JoinTokens::new(secret.as_bytes()),
+            dev_mode,
+            settings: RoomSettings {
+                max_participants: config.max_participants.max(1),
+                resume_window: Duration::from_secs(config.resume_secs),
+                ice_servers: if config.ice_servers.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![IceServer {
+                        urls: config.ice_servers.clone(),
+                    }]
+                },
+            },
+            rooms: Mutex::default(),
+            conns: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+            registry: registry.clone(),
+        });
+        tokio::spawn(rooms.clone().ticker());
+        rooms
+    }
+
+    /// The join-token signer (for `tidecast token room` and tests).
+    pub fn tokens(&self) -> &JoinTokens {
+        &self.tokens
+    }
+
+    /// Serve HTTP + WebSocket forever on the shared service layer.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        readiness: &Readiness,
+    ) -> std::io::Result<()> {
+        let registry = self.registry.clone();
+        Service::new(self, &registry, readiness)
+            .serve(listener)
+            .await
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<String, RoomEntry>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn conns(&self) -> MutexGuard<'_, HashMap<ConnId, mpsc::Sender<Outgoing>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self, name: &'static str, help: &'static str, labels: &[(&str, &str)]) {
+        self.registry.counter(name, help, labels).inc();
+    }
+
+    /// Carry out a room's effects (with the rooms lock held by the caller: order is kept).
+    fn apply(&self, room: &Room, effects: Vec<Effect>) {
+        let conns = self.conns();
+        for effect in effects {
+            let (conn, out) = match effect {
+                Effect::Send { to, message } => match room.conn_of(&to) {
+                    Some(conn) => (conn, Outgoing::Text(message.to_json())),
+                    None => continue, // between connections: it renegotiates on resume
+                },
+                Effect::Close { conn, message } => (conn, Outgoing::Close(message.to_json())),
+            };
+            if let Some(tx) = conns.get(&conn) {
+                if tx.try_send(out).is_err() {
+                    // a client that does not read its messages is cut off, not buffered for
+                    debug!(room = room.name(), conn, "signaling outbox full: closing");
+                    let _ = tx.try_send(Outgoing::Close(String::new()));
+                }
+            }
+        }
+    }
+
+    fn gauges(&self, name: &str, room: Option<&Room>) {
+        match room {
+            Some(room) => self
+                .registry
+                .gauge(
+                    "tidecast_rooms_participants",
+                    "Participants connected to a room.",
+                    &[("room", name)],
+                )
+                .set(room.connected() as i64),
+            None => {
+                self.registry.remove_labelled("room", name);
+            }
+        }
+    }
+
+    /// End resume windows once a second; drop empty rooms.
+    async fn ticker(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let mut rooms = self.rooms();
+            let mut ended = Vec::new();
+            for (name, entry) in rooms.iter_mut() {
+                let effects = entry.room.expire(now);
+                if !effects.is_empty() {
+                    self.apply(&entry.room, effects);
+                    self.gauges(name, Some(&entry.room));
+                }
+                if entry.room.is_empty() {
+                    ended.push(name.clone());
+                }
+            }
+            for name in ended {
+                rooms.remove(&name);
+                self.gauges(&name, None);
+                info!(room = %name, "room closed (empty)");
+            }
+            self.registry
+                .gauge("tidecast_rooms", "Rooms open on this node.", &[])
+                .set(rooms.len() as i64);
+        }
+    }
+
+    fn authorised(&self, req: &Request<Incoming>) -> bool {
+        if self.dev_mode {
+            return true;
+        }
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        tidecast_common::keys::constant_time_eq(presented, &self.config.api_secret)
+    }
+
+    async fn respond(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let method = req.method().clone();
+        match (method, parts.as_slice()) {
+            (Method::GET, ["rooms", room, "ws"]) => {
+                let room = room.to_string();
+                self.upgrade(req, room)
+            }
+            (Method::POST, ["api", "rooms", room, "tokens"]) => {
+                let room = room.to_string();
+                self.mint(req, &room).await
+            }
+            (m, ["api", "rooms", ..]) if !self.authorised(&req) && m != Method::POST => error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "API secret required",
+            ),
+            (Method::GET, ["api", "rooms"]) => self.list(),
+            (Method::GET, ["api", "rooms", room]) => self.describe(room),
+            (Method::DELETE, ["api", "rooms", room]) => self.end(room),
+            (Method::DELETE, ["api", "rooms", room, "participants", id]) => self.kick(room, id),
+            _ => error(StatusCode::NOT_FOUND, "not_found", "not found"),
+        }
+    }
+
+    fn upgrade(self: Arc<Self>, req: Request<Incoming>, room: String) -> Response<Body> {
+        if !is_valid_name(&room) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_room",
+                "room names are 1-64 of A-Z a-z 0-9 _ - .",
+            );
+        }
+        let token = tidecast_common::token::find_token(req.uri().query(), None).unwrap_or("");
+        let claims = match self.tokens.verify(token, &room, now_secs()) {
+            Ok(c) => c,
+            Err(e) => {
+                self.count(
+                    "tidecast_rooms_refusals_total",
+                    "Signaling connections or messages refused, by reason.",
+                    &[("reason", e.code())],
+                );
+                info!(%room, reason = e.code(), "join refused");
+                let status = match e {
+                    crate::token::JoinTokenError::WrongRoom => StatusCode::FORBIDDEN,
+                    _ => StatusCode::UNAUTHORIZED,
+                };
+                return error(status, e.code(), &e.to_string());
+            }
+        };
+        service::websocket(req, MAX_MESSAGE, move |ws| {
+            self.connection(ws, room, claims)
+        })
+    }
+
+    async fn mint(&self, req: Request<Incoming>, room: &str) -> Response<Body> {
+        if !self.authorised(&req) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "API secret required",
+            );
+        }
+        if !is_valid_name(room) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_room",
+                "room names are 1-64 of A-Z a-z 0-9 _ - .",
+            );
+        }
+        let body = match Limited::new(req.into_body(), 4096).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body over 4 KB"),
+        };
+        let ask: TokenRequest = match serde_json::from_slice(&body) {
+            Ok(a) => a,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+        };
+        if !is_valid_name(&ask.identity) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_identity",
+                "identities are 1-64 of A-Z a-z 0-9 _ - .",
+            );
+        }
+        let now = now_secs();
+        let ttl = ask
+            .ttl_secs
+            .unwrap_or(self.config.token_ttl_secs)
+            .clamp(1, 7 * 86400);
+        let claims = JoinClaims {
+            room: room.to_string(),
+            sub: ask.identity,
+            name: ask.name.unwrap_or_default().chars().take(64).collect(),
+            role: ask.role.unwrap_or(RoomRole::Publisher),
+            iat: now,
+            exp: now + ttl,
+        };
+        let token = self.tokens.mint(&claims);
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "token": token,
+                "room": room,
+                "identity": claims.sub,
+                "role": claims.role.as_str(),
+                "expires_at": claims.exp,
+                "ws": format!("/rooms/{room}/ws?token={token}"),
+            }),
+        )
+    }
+
+    fn list(&self) -> Response<Body> {
+        let rooms = self.rooms();
+        let mut list: Vec<serde_json::Value> = rooms
+            .iter()
+            .map(|(name, e)| {
+                serde_json::json!({
+                    "name": name,
+                    "participants": e.room.participants().len(),
+                    "connected": e.room.connected(),
+                    "age_secs": e.room.started_at().elapsed().as_secs(),
+                })
+            })
+            .collect();
+        list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        json(StatusCode::OK, &serde_json::json!({ "rooms": list }))
+    }
+
+    fn describe(&self, room: &str) -> Response<Body> {
+        match self.rooms().get(room) {
+            Some(e) => json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "name": room,
+                    "mode": "p2p",
+                    "age_secs": e.room.started_at().elapsed().as_secs(),
+                    "participants": e.room.participants(),
+                }),
+            ),
+            None => error(StatusCode::NOT_FOUND, "no_room", "no such room"),
+        }
+    }
+
+    fn end(&self, room: &str) -> Response<Body> {
+        let mut rooms = self.rooms();
+        let Some(mut entry) = rooms.remove(room) else {
+            return error(StatusCode::NOT_FOUND, "no_room", "no such room");
+        };
+        let effects = entry.room.end();
+        self.apply(&entry.room, effects);
+        self.gauges(room, None);
+        info!(%room, "room ended by the API");
+        json(StatusCode::OK, &serde_json::json!({ "ended": room }))
+    }
+
+    fn kick(&self, room: &str, id: &str) -> Response<Body> {
+        let mut rooms = self.rooms();
+        let Some(entry) = rooms.get_mut(room) else {
+            return error(StatusCode::NOT_FOUND, "no_room", "no such room");
+        };
+        if entry.room.role(id).is_none() {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no_participant",
+                "no such participant",
+            );
+        }
+        // the kicked participant's connection must still be known to receive its close
+        let conn = entry.room.conn_of(id);
+        let effects = entry.room.remove(id, "kicked");
+        let conns = self.conns();
+        for effect in effects {
+            match effect {
+                Effect::Close { conn: c, message } => {
+                    if let Some(tx) = conns.get(&c) {
+                        let _ = tx.try_send(Outgoing::Close(message.to_json()));
+                    }
+                }
+                Effect::Send { to, message } => {
+                    if let Some(tx) = entry.room.conn_of(&to).and_then(|c| conns.get(&c)) {
+                        let _ = tx.try_send(Outgoing::Text(message.to_json()));
+                    }
+                }
+            }
+        }
+        drop(conns);
+        self.gauges(room, Some(&entry.room));
+        info!(%room, participant = id, ?conn, "participant kicked");
+        json(StatusCode::OK, &serde_json::json!({ "kicked": id }))
+    }
+
+    /// One signaling WebSocket, from open to close.
+    async fn connection(self: Arc<Self>, ws: WebSocket, room: String, claims: JoinClaims) {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTBOX);
+        self.conns().insert(conn, tx.clone());
+        let (mut sink, mut stream) = ws.split();
+        let writer = tokio::spawn(async move {
+            while let Some(out) = rx.recv().await {
+                match out {
+                    Outgoing::Text(t) => {
+                        if sink.send(Message::text(t)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Outgoing::Close(last) => {
+                        if !last.is_empty() {
+                            let _ = sink.send(Message::text(last)).await;
+                        }
+                        let _ = sink
+                            .send(Message::Close(Some(CloseFrame {
+                                code: CloseCode::Normal,
+                                reason: "".into(),
+                            })))
+                            .await;
+                        let _ = sink.close().await;
+                        return;
+                    }
+                }
+            }
+        });
+        let id = claims.sub.clone();
+        let mut joined = false;
+        let mut left = false;
+        let mut limit = RateLimit::new(Instant::now());
+        let opened = Instant::now();
+        let send = |m: ServerMessage| {
+            let _ = tx.try_send(Outgoing::Text(m.to_json()));
+        };
+        let close = |m: ServerMessage| {
+            let _ = tx.try_send(Outgoing::Close(m.to_json()));
+        };
+        loop {
+            let wait = if joined {
+                Duration::from_secs(3600)
+            } else {
+                JOIN_TIMEOUT.saturating_sub(opened.elapsed())
+            };
+            let next = match tokio::time::timeout(wait, stream.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => {
+                    // oversized message, protocol violation, reset
+                    debug!(%room, participant = %id, conn, "signaling socket error: {e}");
+                    self.refused("socket_error");
+                    close(ServerMessage::error("bad_frame", e.to_string()));
+                    break;
+                }
+                Ok(None) => break,
+                Err(_) if !joined => {
+                    close(ServerMessage::error("join_timeout", "no join within 10 s"));
+                    break;
+                }
+                Err(_) => continue,
+            };
+            let text = match next {
+                Message::Text(t) => t,
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                Message::Binary(_) => {
+                    self.refused("bad_message");
+                    send(ServerMessage::error(
+                        "bad_message",
+                        "text JSON messages only",
+                    ));
+                    continue;
+                }
+            };
+            if !limit.allow(Instant::now()) {
+                warn!(%room, participant = %id, conn, "signaling flood: closing");
+                self.refused("rate_limited");
+                close(ServerMessage::error("rate_limited", "too many messages"));
+                break;
+            }
+            let message = match signal::parse(text.as_str()) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.refused(e.code);
+                    send(e.into());
+                    continue;
+                }
+            };
+            let mut rooms = self.rooms();
+            match (joined, message) {
+                (false, ClientMessage::Join { name, session }) => {
+                    let entry = rooms.entry(room.clone()).or_insert_with(|| {
+                        info!(%room, "room opened");
+                        RoomEntry {
+                            room: Room::new(&room, self.settings.clone(), Instant::now()),
+                        }
+                    });
+                    let effects =
+                        entry
+                            .room
+                            .join(&claims, name, session.as_deref(), conn, random_hex(16));
+                    joined = entry.room.is_current(&id, conn);
+                    self.apply(&entry.room, effects);
+                    self.gauges(&room, Some(&entry.room));
+                    if joined {
+                        info!(%room, participant = %id, conn, "joined");
+                    } else if entry.room.is_empty() {
+                        rooms.remove(&room);
+                        self.gauges(&room, None);
+                    }
+                    let total = rooms.len() as i64;
+                    drop(rooms);
+                    self.registry
+                        .gauge("tidecast_rooms", "Rooms open on this node.", &[])
+                        .set(total);
+                }
+                (false, _) => {
+                    drop(rooms);
+                    send(ServerMessage::error("not_joined", "send join first"));
+                }
+                (true, message) => {
+                    let leaving = message == ClientMessage::Leave;
+                    let Some(entry) = rooms.get_mut(&room) else {
+                        close(ServerMessage::RoomEnded);
+                        break;
+                    };
+                    let effects = entry.room.message(&id, conn, message);
+                    self.apply(&entry.room, effects);
+                    self.gauges(&room, Some(&entry.room));
+                    if leaving {
+                        left = true;
+                        info!(%room, participant = %id, conn, "left");
+                        break;
+                    }
+                }
+            }
+        }
+        if joined && !left {
+            if let Some(entry) = self.rooms().get_mut(&room) {
+                entry.room.dropped(&id, conn, Instant::now());
+                self.gauges(&room, Some(&entry.room));
+                debug!(%room, participant = %id, conn, "socket dropped: may resume");
+            }
+        }
+        self.conns().remove(&conn);
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    }
+
+    fn refused(&self, reason: &str) {
+        self.count(
+            "tidecast_rooms_refusals_total",
+            "Signaling connections or messages refused, by reason.",
+            &[("reason", reason)],
+        );
+    }
+}
+
+impl Routes for Rooms {
+    fn role(&self) -> &'static str {
+        "rooms"
+    }
+
+    fn route(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> ResponseFuture {
+        Box::pin(self.respond(req, peer))
+    }
+
+    fn accepts(&self, method: &Method, path: &str) -> bool {
+        (*method == Method::POST || *method == Method::DELETE) && path.starts_with("/api/rooms/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut l = RateLimit::new(t0);
+        let burst = (0..1000).take_while(|_| l.allow(t0)).count();
+        assert_eq!(burst, BURST as usize);
+        assert!(!l.allow(t0));
+        assert!(l.allow(t0 + Duration::from_millis(25)), "refilled at 50/s");
+    }
+}

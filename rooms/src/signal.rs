@@ -1,0 +1,336 @@
+//! The signaling protocol, version 1: JSON text messages over `/rooms/{room}/ws?token=…`, each
+//! an object with a `type`. Documented for client authors in `docs/signaling.md`; this module
+//! is the source of truth (parsing is here, never in the shell).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::token::RoomRole;
+
+/// Protocol version, sent in `joined`.
+pub const VERSION: u32 = 1;
+
+/// A subscriber's need for one remote participant's video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    /// Pinned or enlarged.
+    High,
+    /// A thumbnail.
+    Low,
+    /// Hidden: send nothing.
+    Off,
+}
+
+/// Client → server.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// First message on a socket. `session` from an earlier `joined` resumes that session.
+    Join {
+        /// Display name (else the token's).
+        #[serde(default)]
+        name: Option<String>,
+        /// Session to resume after a dropped WebSocket.
+        #[serde(default)]
+        session: Option<String>,
+    },
+    /// SDP offer for participant `to`.
+    Offer {
+        /// Recipient.
+        to: String,
+        /// The SDP.
+        sdp: String,
+    },
+    /// SDP answer for participant `to`.
+    Answer {
+        /// Recipient.
+        to: String,
+        /// The SDP.
+        sdp: String,
+    },
+    /// A trickled ICE candidate (`RTCIceCandidateInit`, or null at the end) for `to`.
+    Candidate {
+        /// Recipient.
+        to: String,
+        /// The candidate.
+        candidate: Value,
+    },
+    /// Audio or video muted / unmuted.
+    Mute {
+        /// `audio` or `video`.
+        kind: MediaKind,
+        /// Muted now.
+        muted: bool,
+    },
+    /// New display name.
+    Update {
+        /// The name.
+        name: String,
+    },
+    /// What this subscriber's layout needs of `participant`'s video.
+    Subscribe {
+        /// Whose video.
+        participant: String,
+        /// High, low or off.
+        layer: Layer,
+        /// Tile size in pixels, if known: the video need not exceed it.
+        #[serde(default)]
+        width: Option<u32>,
+        /// Tile height.
+        #[serde(default)]
+        height: Option<u32>,
+    },
+    /// Leaving for good.
+    Leave,
+    /// Keep-alive; answered with `pong`.
+    Ping,
+}
+
+/// Audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaKind {
+    /// Microphone.
+    Audio,
+    /// Camera.
+    Video,
+}
+
+/// A participant as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParticipantInfo {
+    /// Identity (from the token).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Publisher or viewer.
+    pub role: RoomRole,
+    /// Microphone muted.
+    pub audio_muted: bool,
+    /// Camera muted.
+    pub video_muted: bool,
+}
+
+/// An ICE server for `RTCPeerConnection`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IceServer {
+    /// `stun:` / `turn:` URLs.
+    pub urls: Vec<String>,
+}
+
+/// Server → client.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Admitted (or resumed).
+    Joined {
+        /// Protocol version.
+        v: u32,
+        /// The room.
+        room: String,
+        /// This participant.
+        you: ParticipantInfo,
+        /// Resume with this after a dropped WebSocket.
+        session: String,
+        /// True when an earlier session continued (the peer connections may still be up).
+        resumed: bool,
+        /// Everyone else, in join order; a newcomer sends each of them an offer.
+        participants: Vec<ParticipantInfo>,
+        /// `p2p`: media flows between the browsers.
+        mode: &'static str,
+        /// For `RTCPeerConnection({iceServers})`.
+        ice_servers: Vec<IceServer>,
+    },
+    /// Someone joined.
+    ParticipantJoined {
+        /// Who.
+        participant: ParticipantInfo,
+    },
+    /// Someone changed name or mute state.
+    ParticipantUpdated {
+        /// Who, as now.
+        participant: ParticipantInfo,
+    },
+    /// Someone left (`left`, `timeout`, `kicked`, `replaced`).
+    ParticipantLeft {
+        /// Who.
+        id: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Relayed offer.
+    Offer {
+        /// Sender.
+        from: String,
+        /// SDP.
+        sdp: String,
+    },
+    /// Relayed answer.
+    Answer {
+        /// Sender.
+        from: String,
+        /// SDP.
+        sdp: String,
+    },
+    /// Relayed candidate.
+    Candidate {
+        /// Sender.
+        from: String,
+        /// Candidate.
+        candidate: Value,
+    },
+    /// A subscriber's need for this participant's video (peer-to-peer: the sender scales its
+    /// encoding to it).
+    Subscription {
+        /// The subscriber.
+        from: String,
+        /// Layer asked for.
+        layer: Layer,
+        /// Tile width, if given.
+        width: Option<u32>,
+        /// Tile height, if given.
+        height: Option<u32>,
+    },
+    /// Answer to `ping`.
+    Pong,
+    /// The room was ended by the API; the socket closes.
+    RoomEnded,
+    /// A refused message or a reason the socket closes.
+    Error {
+        /// Stable code (see `docs/signaling.md`).
+        code: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+impl ServerMessage {
+    /// An error message.
+    pub fn error(code: &'static str, message: impl Into<String>) -> ServerMessage {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Message types clients may send (anything else is `unknown_type`).
+const CLIENT_TYPES: [&str; 9] = [
+    "join",
+    "offer",
+    "answer",
+    "candidate",
+    "mute",
+    "update",
+    "subscribe",
+    "leave",
+    "ping",
+];
+
+/// A message that could not be taken, with the error code sent back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `bad_message` or `unknown_type`.
+    pub code: &'static str,
+    /// Detail for the client.
+    pub message: String,
+}
+
+impl From<Refusal> for ServerMessage {
+    fn from(r: Refusal) -> ServerMessage {
+        ServerMessage::error(r.code, r.message)
+    }
+}
+
+fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Parse one text message.
+pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| refusal("bad_message", format!("not JSON: {e}")))?;
+    let kind = value
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| refusal("bad_message", "no \"type\""))?
+        .to_string();
+    if !CLIENT_TYPES.contains(&kind.as_str()) {
+        let shown: String = kind.chars().take(32).collect();
+        return Err(refusal(
+            "unknown_type",
+            format!("unknown message type {shown:?}"),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| refusal("bad_message", format!("bad {kind}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_client_messages_and_names_errors() {
+        assert_eq!(
+            parse(r#"{"type":"join","name":"Al"}"#),
+            Ok(ClientMessage::Join {
+                name: Some("Al".into()),
+                session: None
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"candidate","to":"b","candidate":null}"#),
+            Ok(ClientMessage::Candidate {
+                to: "b".into(),
+                candidate: Value::Null
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"subscribe","participant":"b","layer":"low","width":320}"#),
+            Ok(ClientMessage::Subscribe {
+                participant: "b".into(),
+                layer: Layer::Low,
+                width: Some(320),
+                height: None
+            })
+        );
+        let code = |t: &str| match parse(t) {
+            Err(r) => r.code,
+            other => panic!("{t}: {other:?}"),
+        };
+        assert_eq!(code("{"), "bad_message");
+        assert_eq!(code("[1]"), "bad_message");
+        assert_eq!(code(r#"{"type":"explode"}"#), "unknown_type");
+        assert_eq!(code(r#"{"type":"offer","to":"b"}"#), "bad_message");
+        assert_eq!(
+            code(r#"{"type":"mute","kind":"smell","muted":true}"#),
+            "bad_message"
+        );
+        assert_eq!(
+            code(r#"{"type":"offer","to":"b","sdp":"x","evil":1}"#),
+            "bad_message"
+        );
+    }
+
+    #[test]
+    fn server_messages_are_tagged_json() {
+        let m = ServerMessage::ParticipantLeft {
+            id: "a".into(),
+            reason: "left",
+        };
+        assert_eq!(
+            m.to_json(),
+            r#"{"type":"participant_left","id":"a","reason":"left"}"#
+        );
+        assert_eq!(ServerMessage::Pong.to_json(), r#"{"type":"pong"}"#);
+    }
+}
