@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod config;
+pub mod demo;
 pub mod http_server;
 pub mod keys;
 pub mod live;

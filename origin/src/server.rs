@@ -20,9 +20,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use crate::archiver::Archiver;
-use crate::demo::Demo;
 use crate::http::{full, not_found, redirect, set, text, Body};
 use crate::packager::{StreamTable, WindowSettings};
+use tidecast_common::demo::Demo;
 
 /// Shared origin state.
 pub struct Origin {
@@ -125,7 +125,7 @@ impl Origin {
             ),
             registry: registry.clone(),
             push_token: config.origin.push_token.clone(),
-            demo: Demo::new(config.origin.demo_dir.clone()),
+            demo: crate::demo::player(config.origin.demo_dir.clone()),
             playlists: Mutex::new(PlaylistCache::default()),
             archive: store.map(|store| {
                 Archiver::spawn(

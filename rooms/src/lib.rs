@@ -3,6 +3,7 @@
 //! shared service layer, WebSockets, the resume ticker — in [`server`].
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod room;
 pub mod server;
 pub mod signal;

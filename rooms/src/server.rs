@@ -16,6 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use tidecast_common::body::{full, Body};
 use tidecast_common::config::RoomsConfig;
+use tidecast_common::demo::Demo;
 use tidecast_common::metrics::Registry;
 use tidecast_common::service::{self, Readiness, ResponseFuture, Routes, Service, WebSocket};
 use tokio::net::TcpListener;
@@ -61,6 +62,7 @@ pub struct Rooms {
     conns: Mutex<HashMap<ConnId, mpsc::Sender<Outgoing>>>,
     next_conn: AtomicU64,
     registry: Registry,
+    pages: Demo,
 }
 
 fn now_secs() -> u64 {
@@ -169,6 +171,7 @@ impl Rooms {
             conns: Mutex::default(),
             next_conn: AtomicU64::new(1),
             registry: registry.clone(),
+            pages: crate::client::pages(),
         });
         tokio::spawn(rooms.clone().ticker());
         rooms
@@ -300,6 +303,16 @@ impl Rooms {
                 "unauthorized",
                 "API secret required",
             ),
+            (Method::GET, ["demo", file]) => self.pages.serve(file),
+            (Method::GET, [""] | ["demo"]) => {
+                let mut resp = Response::new(full(""));
+                *resp.status_mut() = StatusCode::FOUND;
+                resp.headers_mut().insert(
+                    header::LOCATION,
+                    HeaderValue::from_static("/demo/room.html"),
+                );
+                resp
+            }
             (Method::GET, ["api", "rooms"]) => self.list(),
             (Method::GET, ["api", "rooms", room]) => self.describe(room),
             (Method::DELETE, ["api", "rooms", room]) => self.end(room),

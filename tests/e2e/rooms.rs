@@ -314,3 +314,70 @@ fn signaling_tokens_relay_resume_and_bad_input() {
     assert_eq!(pre.header("access-control-allow-origin"), Some("*"));
     assert_eq!(http::get(port, "/readyz").expect("readyz").status, 200);
 }
+
+/// A 1280x720 y4m clip for Chromium's fake camera.
+fn camera_clip(dir: &std::path::Path) -> std::path::PathBuf {
+    crate::harness::require_tool("ffmpeg", "apt-get install ffmpeg");
+    let clip = dir.join("camera-720p.y4m");
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=1280x720:rate=30")
+        .args(["-frames:v", "30", "-pix_fmt", "yuv420p"])
+        .arg(&clip)
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    clip
+}
+
+/// The room client in Chromium: two pages in the development default (each mints its own
+/// token) call peer-to-peer — the selected candidate pair is between the browsers, not tidecast —
+/// and pinning raises the received frame height, unpinning lowers it.
+#[test]
+fn room_page_calls_peer_to_peer_and_pinning_raises_the_layer() {
+    crate::browser::browser_dir();
+    let _guard = crate::harness::heavy();
+    let t = Tidecast::start(&[], &[]);
+    let clip = camera_clip(&t.dir);
+    let url = format!(
+        "http://127.0.0.1:{}/demo/room.html?room=p2p-{}",
+        t.rooms_port,
+        std::process::id()
+    );
+    let out = std::process::Command::new("node")
+        .arg(crate::browser::browser_dir().join("room.mjs"))
+        .arg(&url)
+        .arg(&clip)
+        .arg("90")
+        .output()
+        .expect("node room.mjs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}): {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    eprintln!("room report: {report}");
+    assert_eq!(report["ok"], true, "{report}\n{}", t.log());
+    let steps = &report["steps"];
+    assert_eq!(steps["connected"]["mode"], "p2p");
+    // media flows browser to browser: no candidate on either side is tidecast's port
+    let pair = &steps["pair"];
+    for side in ["local", "remote"] {
+        assert_ne!(pair[side]["type"], "relay", "{pair}");
+        assert_ne!(pair[side]["port"], t.rooms_port, "{pair}");
+    }
+    let (thumb, pinned, unpinned) = (
+        steps["thumbnail"].as_u64().unwrap_or(0),
+        steps["pinned"].as_u64().unwrap_or(0),
+        steps["unpinned"].as_u64().unwrap_or(0),
+    );
+    assert!(pinned > thumb && pinned > unpinned, "{steps}");
+    // the server saw two participants in that room
+    assert!(t.log().contains("joined"), "{}", t.log());
+}

@@ -1,0 +1,277 @@
+// tidecast room client: signaling over a WebSocket (protocol in docs/signaling.md), calls
+// peer-to-peer between two participants. `?room=NAME` joins a room; in the development default
+// (no rooms.api_secret) the page mints its own token, otherwise it needs `&token=`.
+// `window.roomState` exposes what the tests read (participants, per-peer connection state,
+// received frame size, selected candidate pair).
+'use strict';
+
+const params = new URLSearchParams(location.search);
+const room = params.get('room') || 'lobby';
+const wsBase = params.get('signal') || `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}`;
+const httpBase = wsBase.replace(/^ws/, 'http');
+const identity = params.get('identity') || sessionStorage.getItem('tidecast-identity')
+  || `guest-${Math.random().toString(36).slice(2, 10)}`;
+sessionStorage.setItem('tidecast-identity', identity);
+const displayName = params.get('name') || identity;
+
+const state = {
+  room, identity, joined: false, session: null, mode: null, you: null,
+  participants: {}, peers: {}, pinned: null, errors: [], iceServers: [],
+};
+window.roomState = state;
+let ws = null;
+let local = null;
+let leaving = false;
+let droppedAt = null;
+
+const $ = (id) => document.getElementById(id);
+const status = (text) => { $('status').textContent = text; };
+$('room-name').textContent = room;
+
+function send(message) {
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(message));
+}
+
+async function joinToken() {
+  if (params.get('token')) return params.get('token');
+  const r = await fetch(`${httpBase}/api/rooms/${encodeURIComponent(room)}/tokens`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ identity, name: displayName }),
+  });
+  if (!r.ok) throw new Error(`this room needs &token= in the URL (HTTP ${r.status})`);
+  return (await r.json()).token;
+}
+
+// ---- media ---------------------------------------------------------------------------------
+
+// Layers a subscriber may ask for: the single encoding of a peer-to-peer call is scaled to it.
+const LAYERS = {
+  high: { scaleResolutionDownBy: 1, maxBitrate: 2_500_000, active: true },
+  low: { scaleResolutionDownBy: 4, maxBitrate: 300_000, active: true },
+  off: { scaleResolutionDownBy: 4, maxBitrate: 100_000, active: false },
+};
+
+async function applyLayer(p, layer) {
+  p.sentLayer = layer;
+  const sender = p.videoSender;
+  if (!sender) return;
+  const sp = sender.getParameters();
+  if (!sp.encodings || !sp.encodings.length) return; // before negotiation: applied after it
+  Object.assign(sp.encodings[0], LAYERS[layer] || LAYERS.low);
+  sp.degradationPreference = 'maintain-resolution';
+  try { await sender.setParameters(sp); } catch (e) { state.errors.push(`setParameters: ${e}`); }
+}
+
+function subscribe(id) {
+  const layer = state.pinned === id ? 'high' : 'low';
+  const tile = tiles[id];
+  const v = tile && tile.video;
+  send({ type: 'subscribe', participant: id, layer,
+    width: v ? v.clientWidth || undefined : undefined, height: v ? v.clientHeight || undefined : undefined });
+}
+
+function peer(id) {
+  let p = state.peers[id];
+  if (p) return p;
+  const pc = new RTCPeerConnection({ iceServers: state.iceServers });
+  p = state.peers[id] = { pc, queued: [], sentLayer: 'low', connection: 'new', frameHeight: 0,
+    framesDecoded: 0, pair: null };
+  for (const track of local.getTracks()) {
+    const sender = pc.addTrack(track, local);
+    if (track.kind === 'video') p.videoSender = sender;
+  }
+  pc.onicecandidate = (e) => send({ type: 'candidate', to: id, candidate: e.candidate ? e.candidate.toJSON() : null });
+  pc.ontrack = (e) => { tile(id).video.srcObject = e.streams[0]; };
+  pc.onconnectionstatechange = () => {
+    p.connection = pc.connectionState;
+    if (pc.connectionState === 'connected') applyLayer(p, p.sentLayer);
+    render();
+  };
+  return p;
+}
+
+function closePeer(id) {
+  const p = state.peers[id];
+  if (p) p.pc.close();
+  delete state.peers[id];
+  if (tiles[id]) { tiles[id].el.remove(); delete tiles[id]; }
+  if (state.pinned === id) state.pinned = null;
+}
+
+async function offerTo(id) {
+  const p = peer(id);
+  const offer = await p.pc.createOffer();
+  await p.pc.setLocalDescription(offer);
+  send({ type: 'offer', to: id, sdp: offer.sdp });
+}
+
+async function remoteDescription(p, desc) {
+  await p.pc.setRemoteDescription(desc);
+  for (const c of p.queued.splice(0)) await p.pc.addIceCandidate(c).catch(() => {});
+}
+
+// ---- signaling -----------------------------------------------------------------------------
+
+const handlers = {
+  async joined(m) {
+    state.joined = true;
+    state.session = m.session;
+    state.mode = m.mode;
+    state.you = m.you;
+    state.iceServers = m.ice_servers || [];
+    droppedAt = null;
+    status(m.resumed ? 'reconnected' : `joined as ${m.you.name}`);
+    for (const p of m.participants) state.participants[p.id] = p;
+    if (!m.resumed) {
+      for (const p of m.participants) { await offerTo(p.id); subscribe(p.id); }
+    }
+    render();
+  },
+  participant_joined(m) { state.participants[m.participant.id] = m.participant; subscribe(m.participant.id); render(); },
+  participant_updated(m) { state.participants[m.participant.id] = m.participant; render(); },
+  participant_left(m) { delete state.participants[m.id]; closePeer(m.id); render(); },
+  async offer(m) {
+    const p = peer(m.from);
+    await remoteDescription(p, { type: 'offer', sdp: m.sdp });
+    const answer = await p.pc.createAnswer();
+    await p.pc.setLocalDescription(answer);
+    send({ type: 'answer', to: m.from, sdp: answer.sdp });
+  },
+  async answer(m) {
+    const p = state.peers[m.from];
+    if (p) await remoteDescription(p, { type: 'answer', sdp: m.sdp });
+  },
+  async candidate(m) {
+    const p = peer(m.from);
+    if (!m.candidate) return;
+    if (p.pc.remoteDescription) await p.pc.addIceCandidate(m.candidate).catch(() => {});
+    else p.queued.push(m.candidate);
+  },
+  subscription(m) { applyLayer(peer(m.from), m.layer); },
+  pong() {},
+  room_ended() { leaving = true; status('the room was ended'); },
+  error(m) {
+    state.errors.push(`${m.code}: ${m.message}`);
+    status(`error: ${m.code}`);
+    if (['room_full', 'kicked', 'replaced'].includes(m.code)) leaving = true;
+  },
+};
+
+// messages are handled one at a time, in order (offer before its candidates)
+let chain = Promise.resolve();
+
+async function connect() {
+  const token = await joinToken();
+  ws = new WebSocket(`${wsBase}/rooms/${encodeURIComponent(room)}/ws?token=${encodeURIComponent(token)}`);
+  ws.onopen = () => send({ type: 'join', name: displayName, session: state.session || undefined });
+  ws.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    const h = handlers[m.type];
+    if (h) chain = chain.then(() => h(m)).catch((err) => state.errors.push(String(err)));
+  };
+  ws.onclose = () => {
+    state.joined = false;
+    if (leaving) { status('left'); return; }
+    // resume within the server's window: the others do not see us leave
+    droppedAt = droppedAt || Date.now();
+    if (Date.now() - droppedAt > 14_000) { status('disconnected'); return; }
+    status('reconnecting…');
+    setTimeout(() => connect().catch((e) => status(String(e))), 1000);
+  };
+}
+
+// ---- page ----------------------------------------------------------------------------------
+
+const tiles = {};
+
+function tile(id) {
+  if (tiles[id]) return tiles[id];
+  const el = document.createElement('div');
+  el.className = 'tile';
+  el.dataset.id = id;
+  const video = document.createElement('video');
+  video.autoplay = true;
+  video.playsInline = true;
+  video.muted = id === 'local';
+  const label = document.createElement('span');
+  label.className = 'label';
+  el.append(video, label);
+  if (id !== 'local') {
+    el.onclick = () => {
+      state.pinned = state.pinned === id ? null : id;
+      for (const other of Object.keys(state.peers)) subscribe(other);
+      render();
+    };
+  }
+  $('grid').append(el);
+  tiles[id] = { el, video, label };
+  return tiles[id];
+}
+
+function render() {
+  const you = tile('local');
+  you.label.textContent = `${displayName} (you)`;
+  for (const [id, p] of Object.entries(state.peers)) {
+    const t = tile(id);
+    const info = state.participants[id];
+    const name = info ? info.name : id;
+    const muted = info && (info.audio_muted ? ' 🔇' : '') + (info.video_muted ? ' ⏸' : '');
+    t.label.textContent = `${name}${muted || ''} · ${p.connection} · ${p.frameHeight ? p.frameHeight + 'p' : '–'}`;
+    t.el.classList.toggle('pinned', state.pinned === id);
+  }
+  $('people').replaceChildren(...[state.you, ...Object.values(state.participants)].filter(Boolean)
+    .map((p) => Object.assign(document.createElement('li'), { textContent: p.name + (p.id === identity ? ' (you)' : '') })));
+}
+
+async function stats() {
+  for (const p of Object.values(state.peers)) {
+    const report = await p.pc.getStats();
+    let pairId = null;
+    report.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') {
+        p.frameHeight = s.frameHeight || 0;
+        p.framesDecoded = s.framesDecoded || 0;
+      }
+      if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
+    });
+    const pair = pairId && report.get(pairId);
+    if (pair) {
+      const l = report.get(pair.localCandidateId);
+      const r = report.get(pair.remoteCandidateId);
+      p.pair = l && r ? { local: { type: l.candidateType, address: l.address, port: l.port, protocol: l.protocol },
+        remote: { type: r.candidateType, address: r.address, port: r.port, protocol: r.protocol } } : null;
+    }
+  }
+  render();
+}
+
+function toggle(kind, button, on, off) {
+  const track = local && local.getTracks().find((t) => t.kind === kind);
+  if (!track) return;
+  track.enabled = !track.enabled;
+  button.textContent = track.enabled ? on : off;
+  send({ type: 'mute', kind, muted: !track.enabled });
+}
+
+$('mute-audio').onclick = (e) => toggle('audio', e.target, 'Mute mic', 'Unmute mic');
+$('mute-video').onclick = (e) => toggle('video', e.target, 'Stop camera', 'Start camera');
+$('leave').onclick = () => {
+  leaving = true;
+  send({ type: 'leave' });
+  for (const id of Object.keys(state.peers)) closePeer(id);
+  if (ws) ws.close();
+};
+
+(async () => {
+  try {
+    local = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 1280, height: 720 } });
+    tile('local').video.srcObject = local;
+    await connect();
+    setInterval(() => stats().catch(() => {}), 1000);
+    setInterval(() => send({ type: 'ping' }), 20_000);
+  } catch (e) {
+    state.errors.push(String(e));
+    status(String(e));
+  }
+})();
