@@ -1,9 +1,11 @@
 //! tidecast rooms: video calls. Join tokens (JWT) in [`token`], the signaling protocol in
-//! [`signal`], one room's state as a pure core in [`room`], and the shell — HTTP routes on the
+//! [`signal`], one room's state as a pure core in [`room`], selective-forwarding decisions (layer
+//! selection, switches on keyframes, RTP continuity) as a pure core in [`forwarding`], and the shell — HTTP routes on the
 //! shared service layer, WebSockets, the resume ticker — in [`server`].
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod forwarding;
 pub mod room;
 pub mod server;
 pub mod signal;

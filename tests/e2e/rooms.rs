@@ -292,6 +292,28 @@ fn signaling_tokens_relay_resume_and_bad_input() {
         metrics.contains("tidecast_rooms_refusals_total{reason=\"rate_limited\"} 1"),
         "{metrics}"
     );
+    // kick: bob joins again and is removed through the API
+    let (mut bob, _) = join(port, "r1", &bob_token, None);
+    assert_eq!(
+        recv_type(&mut alice, "participant_joined")["participant"]["id"],
+        "bob"
+    );
+    let kick = http::request(
+        port,
+        "DELETE",
+        "/api/rooms/r1/participants/bob",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .expect("kick");
+    assert_eq!(kick.status, 200, "{}", kick.text());
+    assert_eq!(recv_type(&mut bob, "error")["code"], "kicked");
+    assert!(closed(&mut bob));
+    let left = recv_type(&mut alice, "participant_left");
+    assert_eq!(
+        (left["id"].as_str(), left["reason"].as_str()),
+        (Some("bob"), Some("kicked"))
+    );
     let end = http::request(
         port,
         "DELETE",

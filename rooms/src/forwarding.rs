@@ -1,0 +1,484 @@
+//! Selective forwarding as a pure core: which simulcast layer of each published video track each
+//! subscriber gets, and how a forwarded stream stays continuous across layer switches. No
+//! sockets, no clock (time is passed in), decisions as values — the SFU shell carries them out.
+//!
+//! * [`select_layers`]: one subscriber's choice for all its tracks from its layout needs
+//!   (`high` pinned, `low` thumbnail, `off` hidden, optional tile height) and its bandwidth
+//!   estimate, the pinned track served first.
+//! * [`ForwardingTable`]: (subscriber, track) → the layer forwarded now and the one wanted; a
+//!   switch waits for a keyframe of the new layer (asking for one), then happens at once.
+//! * [`RtpRewriter`]: per (subscriber, track), maps the forwarded layer's sequence numbers and
+//!   timestamps onto one continuous outgoing stream.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use crate::signal::Layer;
+
+/// A published track: publisher identity and track id (the `mid` or a name).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TrackKey {
+    /// Publisher.
+    pub publisher: String,
+    /// Track within the publisher.
+    pub track: String,
+}
+
+/// One simulcast layer as received from the publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// Frame height.
+    pub height: u32,
+    /// Measured bitrate (bits per second).
+    pub bitrate_bps: u64,
+}
+
+/// What a subscriber's layout needs of one track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    /// High (pinned), low (thumbnail), off (hidden).
+    pub layer: Layer,
+    /// Height of the tile showing it, if known: no layer taller than needed is sent.
+    pub tile_height: Option<u32>,
+}
+
+/// The layer each track should get (`None`: paused), for one subscriber. `layers` are a track's
+/// layers ordered low → high; `budget_bps` is the subscriber's bandwidth estimate. Every wanted
+/// track first gets its lowest layer (pinned tracks first; what the budget cannot carry is
+/// paused, thumbnails before pinned), then tracks are raised one layer at a time towards their
+/// target, pinned tracks first, while the budget allows.
+pub fn select_layers(
+    needs: &BTreeMap<TrackKey, Need>,
+    layers: &BTreeMap<TrackKey, Vec<LayerInfo>>,
+    budget_bps: u64,
+) -> BTreeMap<TrackKey, Option<usize>> {
+    // target layer per track, by need and tile size
+    let mut wanted: Vec<(&TrackKey, usize, bool)> = Vec::new(); // (track, target, pinned)
+    let mut chosen: BTreeMap<TrackKey, Option<usize>> = BTreeMap::new();
+    for (key, need) in needs {
+        chosen.insert(key.clone(), None);
+        let Some(ls) = layers.get(key).filter(|l| !l.is_empty()) else {
+            continue;
+        };
+        let top = ls.len() - 1;
+        let target = match need.layer {
+            Layer::Off => continue,
+            Layer::Low => 0,
+            Layer::High => match need.tile_height {
+                // the smallest layer at least as tall as the tile
+                Some(h) => ls.iter().position(|l| l.height >= h).unwrap_or(top),
+                None => top,
+            },
+        };
+        wanted.push((key, target, need.layer == Layer::High));
+    }
+    // pinned first, then by key for determinism
+    wanted.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(b.0)));
+    let rate = |key: &TrackKey, i: usize| layers[key][i].bitrate_bps;
+    let mut spent = 0u64;
+    for (key, _, _) in &wanted {
+        let cost = rate(key, 0);
+        if spent + cost <= budget_bps {
+            spent += cost;
+            chosen.insert((*key).clone(), Some(0));
+        }
+    }
+    loop {
+        let mut raised = false;
+        for (key, target, _) in &wanted {
+            let Some(Some(cur)) = chosen.get(*key).copied() else {
+                continue;
+            };
+            if cur >= *target {
+                continue;
+            }
+            let extra = rate(key, cur + 1).saturating_sub(rate(key, cur));
+            if spent + extra <= budget_bps {
+                spent += extra;
+                chosen.insert((*key).clone(), Some(cur + 1));
+                raised = true;
+                break; // re-scan from the top: pinned tracks climb first
+            }
+        }
+        if !raised {
+            return chosen;
+        }
+    }
+}
+
+/// What the shell must do after a table change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Ask the publisher for a keyframe of this layer (PLI on its stream).
+    RequestKeyframe {
+        /// The track.
+        track: TrackKey,
+        /// Its layer.
+        layer: usize,
+    },
+    /// Start forwarding `layer` to `subscriber` (after a keyframe), or stop (`None`).
+    Switched {
+        /// Who receives.
+        subscriber: String,
+        /// The track.
+        track: TrackKey,
+        /// Layer forwarded from now on.
+        layer: Option<usize>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Entry {
+    current: Option<usize>,
+    target: Option<usize>,
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct ForwardingTable {
+    entries: BTreeMap<(String, TrackKey), Entry>,
+    switches: u64,
+}
+
+impl ForwardingTable {
+    /// Set what `subscriber` should receive (from [`select_layers`]). A stop is immediate; a
+    /// start or switch waits for a keyframe of the new layer.
+    pub fn set(
+        &mut self,
+        subscriber: &str,
+        chosen: &BTreeMap<TrackKey, Option<usize>>,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for (track, layer) in chosen {
+            let e = self
+                .entries
+                .entry((subscriber.to_string(), track.clone()))
+                .or_default();
+            if e.target == *layer && (e.current == *layer || layer.is_some()) {
+                continue;
+            }
+            e.target = *layer;
+            match layer {
+                None => {
+                    if e.current.is_some() {
+                        e.current = None;
+                        self.switches += 1;
+                        actions.push(Action::Switched {
+                            subscriber: subscriber.to_string(),
+                            track: track.clone(),
+                            layer: None,
+                        });
+                    }
+                }
+                Some(l) if e.current != Some(*l) => actions.push(Action::RequestKeyframe {
+                    track: track.clone(),
+                    layer: *l,
+                }),
+                Some(_) => {}
+            }
+        }
+        actions.dedup();
+        actions
+    }
+
+    /// A keyframe of `track`'s `layer` arrived: every subscriber waiting for that layer switches
+    /// now (before this packet is forwarded).
+    pub fn keyframe(&mut self, track: &TrackKey, layer: usize) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for ((sub, t), e) in self.entries.iter_mut() {
+            if t == track && e.target == Some(layer) && e.current != Some(layer) {
+                e.current = Some(layer);
+                self.switches += 1;
+                actions.push(Action::Switched {
+                    subscriber: sub.clone(),
+                    track: t.clone(),
+                    layer: Some(layer),
+                });
+            }
+        }
+        actions
+    }
+
+    /// The layer of `track` forwarded to `subscriber` now.
+    pub fn current(&self, subscriber: &str, track: &TrackKey) -> Option<usize> {
+        self.entries
+            .get(&(subscriber.to_string(), track.clone()))
+            .and_then(|e| e.current)
+    }
+
+    /// Subscribers that get `track`'s `layer` now (who a packet of it goes to).
+    pub fn receivers<'a>(
+        &'a self,
+        track: &'a TrackKey,
+        layer: usize,
+    ) -> impl Iterator<Item = &'a str> {
+        self.entries
+            .iter()
+            .filter(move |((_, t), e)| t == track && e.current == Some(layer))
+            .map(|((s, _), _)| s.as_str())
+    }
+
+    /// Layers of `track` anyone receives or waits for (the others can be paused at the
+    /// publisher).
+    pub fn layers_in_use(&self, track: &TrackKey) -> BTreeSet<usize> {
+        self.entries
+            .iter()
+            .filter(|((_, t), _)| t == track)
+            .flat_map(|(_, e)| e.current.into_iter().chain(e.target))
+            .collect()
+    }
+
+    /// A participant left: its subscriptions and the entries of its tracks go.
+    pub fn remove_participant(&mut self, id: &str) {
+        self.entries
+            .retain(|(sub, track), _| sub != id && track.publisher != id);
+    }
+
+    /// Entries held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// No entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Layer switches done so far.
+    pub fn switches(&self) -> u64 {
+        self.switches
+    }
+}
+
+/// Keeps one outgoing RTP stream continuous while the incoming layer changes: sequence numbers
+/// go on by one per packet, timestamps by the time that passed (at `clock_rate`) across a
+/// switch, and as the source's own timestamps within a layer.
+#[derive(Debug, Clone)]
+pub struct RtpRewriter {
+    clock_rate: u32,
+    /// source layer forwarded now
+    layer: Option<usize>,
+    seq_offset: u16,
+    ts_offset: u32,
+    last_out: Option<(u16, u32, Instant)>,
+    /// highest source sequence number forwarded in this layer
+    last_in_seq: Option<u16>,
+}
+
+impl RtpRewriter {
+    /// A rewriter for a stream with this RTP clock rate (90 kHz video, 48 kHz Opus).
+    pub fn new(clock_rate: u32) -> RtpRewriter {
+        RtpRewriter {
+            clock_rate,
+            layer: None,
+            seq_offset: 0,
+            ts_offset: 0,
+            last_out: None,
+            last_in_seq: None,
+        }
+    }
+
+    /// The outgoing (sequence number, timestamp) of a source packet of `layer` that arrived at
+    /// `now`. A packet of another layer than the last one starts the new layer right after the
+    /// last packet sent.
+    pub fn rewrite(&mut self, layer: usize, seq: u16, ts: u32, now: Instant) -> (u16, u32) {
+        if self.layer != Some(layer) {
+            let (next_seq, next_ts) = match self.last_out {
+                Some((s, t, at)) => {
+                    let elapsed = now.saturating_duration_since(at).as_secs_f64();
+                    // at least one tick later, so the receiver never sees time stand still
+                    let ticks = ((elapsed * f64::from(self.clock_rate)) as u32).max(1);
+                    (s.wrapping_add(1), t.wrapping_add(ticks))
+                }
+                None => (seq, ts),
+            };
+            self.seq_offset = next_seq.wrapping_sub(seq);
+            self.ts_offset = next_ts.wrapping_sub(ts);
+            self.layer = Some(layer);
+            self.last_in_seq = None;
+        }
+        let out_seq = seq.wrapping_add(self.seq_offset);
+        let out_ts = ts.wrapping_add(self.ts_offset);
+        // a late (reordered) packet keeps its place; only newer ones move the reference
+        let newer = self
+            .last_in_seq
+            .is_none_or(|last| seq.wrapping_sub(last) < 0x8000 && seq != last);
+        if newer {
+            self.last_in_seq = Some(seq);
+            self.last_out = Some((out_seq, out_ts, now));
+        }
+        (out_seq, out_ts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn key(p: &str) -> TrackKey {
+        TrackKey {
+            publisher: p.into(),
+            track: "video".into(),
+        }
+    }
+
+    fn simulcast() -> Vec<LayerInfo> {
+        vec![
+            LayerInfo {
+                height: 180,
+                bitrate_bps: 150_000,
+            },
+            LayerInfo {
+                height: 360,
+                bitrate_bps: 500_000,
+            },
+            LayerInfo {
+                height: 720,
+                bitrate_bps: 1_500_000,
+            },
+        ]
+    }
+
+    fn needs(list: &[(&str, Layer, Option<u32>)]) -> BTreeMap<TrackKey, Need> {
+        list.iter()
+            .map(|(p, layer, h)| {
+                (
+                    key(p),
+                    Need {
+                        layer: *layer,
+                        tile_height: *h,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn layers(ps: &[&str]) -> BTreeMap<TrackKey, Vec<LayerInfo>> {
+        ps.iter().map(|p| (key(p), simulcast())).collect()
+    }
+
+    #[test]
+    fn pinned_gets_high_when_the_budget_allows_thumbnails_low_hidden_off() {
+        let n = needs(&[
+            ("a", Layer::High, None),
+            ("b", Layer::Low, None),
+            ("c", Layer::Off, None),
+        ]);
+        let l = layers(&["a", "b", "c"]);
+        let c = select_layers(&n, &l, 10_000_000);
+        assert_eq!(c[&key("a")], Some(2));
+        assert_eq!(c[&key("b")], Some(0));
+        assert_eq!(c[&key("c")], None);
+        // 400 kbit/s: both get their lowest (300k), the pinned one cannot climb to 360p (+350k)
+        let c = select_layers(&n, &l, 400_000);
+        assert_eq!((c[&key("a")], c[&key("b")]), (Some(0), Some(0)));
+        // 700 kbit/s: the pinned one climbs first
+        let c = select_layers(&n, &l, 700_000);
+        assert_eq!((c[&key("a")], c[&key("b")]), (Some(1), Some(0)));
+        // 200 kbit/s: only the pinned one fits
+        let c = select_layers(&n, &l, 200_000);
+        assert_eq!((c[&key("a")], c[&key("b")]), (Some(0), None));
+    }
+
+    #[test]
+    fn the_layer_never_exceeds_the_tile() {
+        let n = needs(&[("a", Layer::High, Some(300))]);
+        let c = select_layers(&n, &layers(&["a"]), 10_000_000);
+        assert_eq!(c[&key("a")], Some(1), "360p covers a 300 px tile");
+        let n = needs(&[("a", Layer::High, Some(1080))]);
+        assert_eq!(
+            select_layers(&n, &layers(&["a"]), 10_000_000)[&key("a")],
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn switches_wait_for_a_keyframe_of_the_new_layer() {
+        let mut t = ForwardingTable::default();
+        let a = key("a");
+        let high: BTreeMap<_, _> = [(a.clone(), Some(2))].into();
+        assert_eq!(
+            t.set("s", &high),
+            vec![Action::RequestKeyframe {
+                track: a.clone(),
+                layer: 2
+            }]
+        );
+        assert_eq!(t.current("s", &a), None);
+        assert!(t.keyframe(&a, 0).is_empty(), "another layer's keyframe");
+        assert_eq!(
+            t.keyframe(&a, 2),
+            vec![Action::Switched {
+                subscriber: "s".into(),
+                track: a.clone(),
+                layer: Some(2)
+            }]
+        );
+        assert_eq!(t.receivers(&a, 2).collect::<Vec<_>>(), vec!["s"]);
+        // down to low: high keeps flowing until low's keyframe
+        let low: BTreeMap<_, _> = [(a.clone(), Some(0))].into();
+        assert_eq!(
+            t.set("s", &low),
+            vec![Action::RequestKeyframe {
+                track: a.clone(),
+                layer: 0
+            }]
+        );
+        assert_eq!(t.current("s", &a), Some(2));
+        assert_eq!(t.layers_in_use(&a), [0, 2].into());
+        t.keyframe(&a, 0);
+        assert_eq!(t.current("s", &a), Some(0));
+        assert_eq!(t.layers_in_use(&a), [0].into(), "layer 2 can be paused");
+        // off: immediate
+        let off: BTreeMap<_, _> = [(a.clone(), None)].into();
+        assert_eq!(
+            t.set("s", &off),
+            vec![Action::Switched {
+                subscriber: "s".into(),
+                track: a.clone(),
+                layer: None
+            }]
+        );
+        assert_eq!(t.receivers(&a, 0).count(), 0);
+        assert_eq!(t.switches(), 3);
+        t.remove_participant("a");
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn rewritten_stream_is_continuous_across_switches() {
+        let t0 = Instant::now();
+        let mut r = RtpRewriter::new(90_000);
+        // layer 0: seq 100.., ts 1000.. (3000 ticks per frame at 30 fps)
+        let mut out = Vec::new();
+        for i in 0..3u16 {
+            out.push(r.rewrite(
+                0,
+                100 + i,
+                1000 + 3000 * u32::from(i),
+                t0 + Duration::from_millis(33 * u64::from(i)),
+            ));
+        }
+        // switch to layer 2 (unrelated numbering, wrapping), 33 ms after the last packet
+        let at = t0 + Duration::from_millis(99);
+        out.push(r.rewrite(2, 65534, 4_000_000_000, at));
+        out.push(r.rewrite(2, 65535, 4_000_003_000, at + Duration::from_millis(33)));
+        out.push(r.rewrite(2, 0, 4_000_006_000, at + Duration::from_millis(66)));
+        for w in out.windows(2) {
+            assert_eq!(
+                w[1].0,
+                w[0].0.wrapping_add(1),
+                "sequence continues: {out:?}"
+            );
+            let dt = w[1].1.wrapping_sub(w[0].1);
+            assert!(
+                (2900..=3100).contains(&dt),
+                "timestamps advance one frame: {out:?}"
+            );
+        }
+        // a reordered packet of the current layer keeps its relative place
+        let late = r.rewrite(2, 65535, 4_000_003_000, at + Duration::from_millis(70));
+        assert_eq!(late, out[4]);
+    }
+}
