@@ -292,6 +292,9 @@ pub struct EdgeConfig {
     pub playlist_grace_ms: u64,
     /// HMAC secret for signed playback tokens; empty = no signed playback.
     pub signing_secret: String,
+    /// Send cached bodies of 16 KB and more with `sendfile` from an in-memory file (zero-copy;
+    /// nginx's `sendfile on`).
+    pub sendfile: bool,
     /// Streams that require a token (`*` = all); needs `signing_secret`.
     pub signed_streams: Vec<String>,
     /// Edges the director (`/director/…` on this node) steers players to: `REGION=URL`
@@ -315,6 +318,7 @@ impl Default for EdgeConfig {
             negative_ttl_ms: 1_000,
             playlist_grace_ms: 4_000,
             signing_secret: String::new(),
+            sendfile: true,
             signed_streams: Vec::new(),
             director: Vec::new(),
             nearest: BTreeMap::new(),

@@ -166,7 +166,11 @@ impl Edge {
         }
         let body = flight.finish();
         if freshness.cacheable {
-            let file = self.file_bodies.back(&body);
+            let file = if self.config.sendfile {
+                self.file_bodies.back(&body)
+            } else {
+                None
+            };
             self.cache.insert(
                 key.to_string(),
                 Arc::new(Stored {

@@ -1,10 +1,10 @@
 // Opens a tidecast player page in headless Chromium and reports playback as one JSON line.
 //   node play.mjs URL SECONDS [TIMEOUT_SECONDS]
 // Succeeds when the <video> currentTime advanced by SECONDS with no fatal hls.js error.
-// Reports, from when the playhead first moved on (the start-up wait, including a player's seek
-// to the live edge, is not a stall): `stalled` (seconds the playhead stood still while playing,
+// Reports, from when the playhead first progressed at playback speed (the start-up wait,
+// including a player's seek to the live edge and the wait for data after it, is not a stall): `stalled` (seconds the playhead stood still while playing,
 // sampled every 50 ms), `stalls` (how often), `back` (largest backwards jump of the
-// playhead), and the player's live latency (hls.js `latency`, dash.js `getCurrentLiveLatency`).
+// playhead), `stallsAt` (where: [playhead, seconds, readyState]), and the player's live latency (hls.js `latency`, dash.js `getCurrentLiveLatency`).
 import { chromium } from 'playwright-core';
 
 const [url, secondsArg, timeoutArg] = process.argv.slice(2);
@@ -23,23 +23,27 @@ const result = { ok: false, url, start: null, end: null, errors: [], fatal: null
 try {
   const page = await browser.newPage();
   await page.addInitScript(() => {
-    const m = { stalled: 0, stalls: 0, back: 0, last: null, still: false, first: null };
+    const m = { stalled: 0, stalls: 0, back: 0, last: null, still: false, first: null, at: [] };
     window.__playback = m;
     setInterval(() => {
       const v = document.querySelector('video');
       if (!v) return;
       const t = v.currentTime;
       if (m.last === null) {
-        // started: the playhead moved since it was first seen
-        if (m.first === null || v.paused) m.first = t;
-        else if (Math.abs(t - m.first) > 0.001) m.last = t;
+        // started: the playhead progressed at playback speed between two samples. A jump (the
+        // player seeking to its start position at the live edge) is start-up, not playback: the
+        // wait for data after it is join time, not a stall.
+        const d = m.first === null ? 0 : t - m.first;
+        if (!v.paused && d > 0.001 && d < 0.5) m.last = t;
+        else m.first = t;
         return;
       }
       if (t < m.last - 0.05) m.back = Math.max(m.back, m.last - t);
       const standing = !v.paused && !v.ended && Math.abs(t - m.last) < 0.001;
       if (standing) {
         m.stalled += 0.05;
-        if (!m.still) m.stalls += 1;
+        if (!m.still) { m.stalls += 1; m.at.push([Math.round(t * 100) / 100, 0, v.readyState]); }
+        m.at[m.at.length - 1][1] = Math.round((m.at[m.at.length - 1][1] + 0.05) * 100) / 100;
       }
       m.still = standing;
       m.last = t;
@@ -75,6 +79,7 @@ try {
       result.stalled = Math.round(s.playback.stalled * 100) / 100;
       result.stalls = s.playback.stalls;
       result.back = Math.round(s.playback.back * 100) / 100;
+      result.stallsAt = s.playback.at.slice(0, 20); // [playhead, seconds, readyState]
     }
     if (s.t > 0 && result.start === null) result.start = s.t;
     result.end = s.t;
