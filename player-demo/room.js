@@ -13,10 +13,13 @@ const identity = params.get('identity') || sessionStorage.getItem('tidecast-iden
   || `guest-${Math.random().toString(36).slice(2, 10)}`;
 sessionStorage.setItem('tidecast-identity', identity);
 const displayName = params.get('name') || identity;
+// `&codecs=h264` makes this client declare (and use) only those codecs, as an H.264-only device
+// would; `&max_height=360` asks everyone to send it at most that tall
+const onlyCodecs = (params.get('codecs') || '').split(',').filter(Boolean).map((c) => c.toUpperCase());
 
 const state = {
   room, identity, joined: false, session: null, mode: null, you: null,
-  participants: {}, peers: {}, pinned: null, errors: [], iceServers: [],
+  participants: {}, peers: {}, pinned: null, errors: [], iceServers: [], constraints: {},
 };
 window.roomState = state;
 let ws = null;
@@ -52,6 +55,27 @@ const LAYERS = {
   off: { scaleResolutionDownBy: 4, maxBitrate: 100_000, active: false },
 };
 
+// What this client can send and receive, declared at join (the room's weaker side decides).
+function capabilities() {
+  const codecs = (RTCRtpReceiver.getCapabilities('video') || { codecs: [] }).codecs
+    .map((c) => c.mimeType.split('/')[1].toUpperCase())
+    .filter((c, i, all) => ['VP8', 'H264'].includes(c) && all.indexOf(c) === i)
+    .filter((c) => !onlyCodecs.length || onlyCodecs.includes(c));
+  const maxHeight = Number(params.get('max_height')) || undefined;
+  return { video_codecs: codecs, max_height: maxHeight };
+}
+
+// Offer only the room's codec (with its retransmission/FEC companions).
+function applyCodec(p) {
+  const chosen = state.constraints.video_codec || onlyCodecs[0];
+  const t = p.pc.getTransceivers().find((x) => x.receiver.track && x.receiver.track.kind === 'video');
+  if (!chosen || !t || !t.setCodecPreferences) return;
+  const all = RTCRtpReceiver.getCapabilities('video').codecs;
+  const main = all.filter((c) => c.mimeType.toUpperCase() === `VIDEO/${chosen}`);
+  const extra = all.filter((c) => /\/(rtx|red|ulpfec)$/i.test(c.mimeType));
+  if (main.length) t.setCodecPreferences([...main, ...extra]);
+}
+
 async function applyLayer(p, layer) {
   p.sentLayer = layer;
   const sender = p.videoSender;
@@ -59,6 +83,13 @@ async function applyLayer(p, layer) {
   const sp = sender.getParameters();
   if (!sp.encodings || !sp.encodings.length) return; // before negotiation: applied after it
   Object.assign(sp.encodings[0], LAYERS[layer] || LAYERS.low);
+  // never taller than the weakest receiver asks for
+  const track = local.getVideoTracks()[0];
+  const height = (track && track.getSettings().height) || 720;
+  const cap = state.constraints.max_height;
+  if (cap && cap < height) {
+    sp.encodings[0].scaleResolutionDownBy = Math.max(sp.encodings[0].scaleResolutionDownBy, height / cap);
+  }
   sp.degradationPreference = 'maintain-resolution';
   try { await sender.setParameters(sp); } catch (e) { state.errors.push(`setParameters: ${e}`); }
 }
@@ -101,6 +132,7 @@ function closePeer(id) {
 
 async function offerTo(id) {
   const p = peer(id);
+  applyCodec(p);
   const offer = await p.pc.createOffer();
   await p.pc.setLocalDescription(offer);
   send({ type: 'offer', to: id, sdp: offer.sdp });
@@ -120,6 +152,7 @@ const handlers = {
     state.mode = m.mode;
     state.you = m.you;
     state.iceServers = m.ice_servers || [];
+    state.constraints = m.constraints || {};
     droppedAt = null;
     status(m.resumed ? 'reconnected' : `joined as ${m.you.name}`);
     for (const p of m.participants) state.participants[p.id] = p;
@@ -129,11 +162,17 @@ const handlers = {
     render();
   },
   participant_joined(m) { state.participants[m.participant.id] = m.participant; subscribe(m.participant.id); render(); },
+  constraints(m) {
+    // applies at the next negotiation (a newcomer's offer already carries it)
+    state.constraints = m.constraints || {};
+    for (const p of Object.values(state.peers)) applyLayer(p, p.sentLayer);
+  },
   participant_updated(m) { state.participants[m.participant.id] = m.participant; render(); },
   participant_left(m) { delete state.participants[m.id]; closePeer(m.id); render(); },
   async offer(m) {
     const p = peer(m.from);
     await remoteDescription(p, { type: 'offer', sdp: m.sdp });
+    applyCodec(p);
     const answer = await p.pc.createAnswer();
     await p.pc.setLocalDescription(answer);
     send({ type: 'answer', to: m.from, sdp: answer.sdp });
@@ -164,7 +203,8 @@ let chain = Promise.resolve();
 async function connect() {
   const token = await joinToken();
   ws = new WebSocket(`${wsBase}/rooms/${encodeURIComponent(room)}/ws?token=${encodeURIComponent(token)}`);
-  ws.onopen = () => send({ type: 'join', name: displayName, session: state.session || undefined });
+  ws.onopen = () => send({ type: 'join', name: displayName, session: state.session || undefined,
+    caps: capabilities() });
   ws.onmessage = (e) => {
     const m = JSON.parse(e.data);
     const h = handlers[m.type];
@@ -232,6 +272,8 @@ async function stats() {
       if (s.type === 'inbound-rtp' && s.kind === 'video') {
         p.frameHeight = s.frameHeight || 0;
         p.framesDecoded = s.framesDecoded || 0;
+        const codec = s.codecId && report.get(s.codecId);
+        p.codec = codec ? codec.mimeType : null;
       }
       if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
     });

@@ -33,13 +33,19 @@ fuzz_target!(|data: &[u8]| {
         iat: 0,
         exp: u64::MAX,
     };
-    room.join(&claims("a"), None, None, 1, "s1".into());
-    room.join(&claims("b"), None, None, 2, "s2".into());
+    let caps = signal::Capabilities::default;
+    room.join(&claims("a"), None, None, caps(), 1, "s1".into());
+    room.join(&claims("b"), None, None, caps(), 2, "s2".into());
     // each line is one message from `a`
     for line in text.lines() {
         if let Ok(message) = signal::parse(line) {
-            if let signal::ClientMessage::Join { name, session } = message {
-                room.join(&claims("a"), name, session.as_deref(), 3, "s3".into());
+            if let signal::ClientMessage::Join {
+                name,
+                session,
+                caps,
+            } = message
+            {
+                room.join(&claims("a"), name, session.as_deref(), caps, 3, "s3".into());
             } else {
                 room.message("a", 1, message);
             }

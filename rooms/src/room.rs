@@ -6,7 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::signal::{ClientMessage, IceServer, MediaKind, ParticipantInfo, ServerMessage, VERSION};
+use crate::signal::{
+    self, Capabilities, ClientMessage, IceServer, MediaConstraints, MediaKind, ParticipantInfo,
+    ServerMessage, VERSION,
+};
 use crate::token::{JoinClaims, RoomRole};
 
 /// One connection of a participant (a new WebSocket gets a new one).
@@ -51,6 +54,8 @@ struct Participant {
     dropped_at: Option<Instant>,
     /// Join order.
     order: u64,
+    /// What its client can handle.
+    caps: Capabilities,
 }
 
 /// See the module docs.
@@ -105,6 +110,20 @@ impl Room {
             .count()
     }
 
+    /// What every participant can handle (the weaker side decides).
+    pub fn constraints(&self) -> MediaConstraints {
+        signal::constraints(self.participants.values().map(|p| &p.caps))
+    }
+
+    /// Tell everyone but `except` the constraints if they differ from `before`.
+    fn constraints_changed(&self, before: &MediaConstraints, except: &str) -> Vec<Effect> {
+        let now = self.constraints();
+        if now == *before {
+            return Vec::new();
+        }
+        self.others(except, &ServerMessage::Constraints { constraints: now })
+    }
+
     fn others(&self, id: &str, message: &ServerMessage) -> Vec<Effect> {
         self.participants
             .keys()
@@ -123,10 +142,12 @@ impl Room {
         claims: &JoinClaims,
         name: Option<String>,
         session: Option<&str>,
+        caps: Capabilities,
         conn: ConnId,
         new_session: String,
     ) -> Vec<Effect> {
         let id = claims.sub.clone();
+        let before = self.constraints();
         let name = name
             .map(|n| {
                 n.chars()
@@ -155,6 +176,7 @@ impl Room {
             }
             existing.conn = conn;
             existing.dropped_at = None;
+            existing.caps = caps;
             if !resumed {
                 existing.session = new_session;
             }
@@ -170,6 +192,7 @@ impl Room {
                     },
                 ));
             }
+            effects.extend(self.constraints_changed(&before, &id));
             effects.push(self.joined(&id, you, session, resumed));
             return effects;
         }
@@ -207,8 +230,10 @@ impl Room {
                 conn,
                 dropped_at: None,
                 order: self.joins,
+                caps,
             },
         );
+        effects.extend(self.constraints_changed(&before, &id));
         effects.push(self.joined(&id, info, new_session, false));
         effects
     }
@@ -229,6 +254,7 @@ impl Room {
                     .collect(),
                 mode: "p2p",
                 ice_servers: self.settings.ice_servers.clone(),
+                constraints: self.constraints(),
             },
         }
     }
@@ -340,6 +366,7 @@ impl Room {
 
     /// Participant `id` is gone for good (`reason`: `left`, `timeout`, `kicked`).
     pub fn remove(&mut self, id: &str, reason: &'static str) -> Vec<Effect> {
+        let before = self.constraints();
         let Some(p) = self.participants.remove(id) else {
             return Vec::new();
         };
@@ -363,6 +390,7 @@ impl Room {
                 message,
             });
         }
+        effects.extend(self.constraints_changed(&before, id));
         effects
     }
 
@@ -455,11 +483,25 @@ mod tests {
     fn two_join_and_relay_offer_answer_candidates() {
         let t0 = Instant::now();
         let mut r = room(t0);
-        let e = r.join(&claims("a"), Some("Alice".into()), None, 1, "s1".into());
+        let e = r.join(
+            &claims("a"),
+            Some("Alice".into()),
+            None,
+            Capabilities::default(),
+            1,
+            "s1".into(),
+        );
         assert!(
             matches!(&sent_to(&e, "a")[0], ServerMessage::Joined { participants, .. } if participants.is_empty())
         );
-        let e = r.join(&claims("b"), None, None, 2, "s2".into());
+        let e = r.join(
+            &claims("b"),
+            None,
+            None,
+            Capabilities::default(),
+            2,
+            "s2".into(),
+        );
         assert!(
             matches!(&sent_to(&e, "a")[0], ServerMessage::ParticipantJoined { participant } if participant.id == "b")
         );
@@ -526,7 +568,14 @@ mod tests {
             }
         ));
         // a third is refused while the room is peer-to-peer only
-        let e = r.join(&claims("c"), None, None, 3, "s3".into());
+        let e = r.join(
+            &claims("c"),
+            None,
+            None,
+            Capabilities::default(),
+            3,
+            "s3".into(),
+        );
         assert!(matches!(
             &e[..],
             [Effect::Close {
@@ -543,14 +592,35 @@ mod tests {
     fn a_dropped_participant_resumes_unseen_or_times_out() {
         let t0 = Instant::now();
         let mut r = room(t0);
-        r.join(&claims("a"), None, None, 1, "s1".into());
-        r.join(&claims("b"), None, None, 2, "s2".into());
+        r.join(
+            &claims("a"),
+            None,
+            None,
+            Capabilities::default(),
+            1,
+            "s1".into(),
+        );
+        r.join(
+            &claims("b"),
+            None,
+            None,
+            Capabilities::default(),
+            2,
+            "s2".into(),
+        );
         r.dropped("a", 1, t0);
         assert!(
             r.expire(t0 + Duration::from_secs(14)).is_empty(),
             "within the window"
         );
-        let e = r.join(&claims("a"), None, Some("s1"), 7, "new".into());
+        let e = r.join(
+            &claims("a"),
+            None,
+            Some("s1"),
+            Capabilities::default(),
+            7,
+            "new".into(),
+        );
         assert!(sent_to(&e, "b").is_empty(), "b sees nothing of the resume");
         assert!(
             matches!(&sent_to(&e, "a")[0], ServerMessage::Joined { resumed: true, session, .. } if session == "s1")
@@ -576,9 +646,30 @@ mod tests {
     fn same_identity_replaces_leave_and_end_close() {
         let t0 = Instant::now();
         let mut r = room(t0);
-        r.join(&claims("a"), None, None, 1, "s1".into());
-        r.join(&claims("b"), None, None, 2, "s2".into());
-        let e = r.join(&claims("a"), None, None, 3, "s3".into());
+        r.join(
+            &claims("a"),
+            None,
+            None,
+            Capabilities::default(),
+            1,
+            "s1".into(),
+        );
+        r.join(
+            &claims("b"),
+            None,
+            None,
+            Capabilities::default(),
+            2,
+            "s2".into(),
+        );
+        let e = r.join(
+            &claims("a"),
+            None,
+            None,
+            Capabilities::default(),
+            3,
+            "s3".into(),
+        );
         assert!(e.contains(&Effect::Close {
             conn: 1,
             message: ServerMessage::error("replaced", "joined again elsewhere")

@@ -580,17 +580,28 @@ impl Rooms {
             };
             let mut rooms = self.rooms();
             match (joined, message) {
-                (false, ClientMessage::Join { name, session }) => {
+                (
+                    false,
+                    ClientMessage::Join {
+                        name,
+                        session,
+                        caps,
+                    },
+                ) => {
                     let entry = rooms.entry(room.clone()).or_insert_with(|| {
                         info!(%room, "room opened");
                         RoomEntry {
                             room: Room::new(&room, self.settings.clone(), Instant::now()),
                         }
                     });
-                    let effects =
-                        entry
-                            .room
-                            .join(&claims, name, session.as_deref(), conn, random_hex(16));
+                    let effects = entry.room.join(
+                        &claims,
+                        name,
+                        session.as_deref(),
+                        caps,
+                        conn,
+                        random_hex(16),
+                    );
                     joined = entry.room.is_current(&id, conn);
                     self.apply(&entry.room, effects);
                     self.gauges(&room, Some(&entry.room));

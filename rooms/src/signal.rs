@@ -34,6 +34,9 @@ pub enum ClientMessage {
         /// Session to resume after a dropped WebSocket.
         #[serde(default)]
         session: Option<String>,
+        /// What this client can send and receive.
+        #[serde(default)]
+        caps: Capabilities,
     },
     /// SDP offer for participant `to`.
     Offer {
@@ -85,6 +88,49 @@ pub enum ClientMessage {
     Leave,
     /// Keep-alive; answered with `pong`.
     Ping,
+}
+
+/// What a client can send and receive (sent in `join`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Video codecs it can encode and decode (`VP8`, `H264`), in any order. Empty: no limit.
+    #[serde(default)]
+    pub video_codecs: Vec<String>,
+    /// The tallest video it wants to receive (a small screen, a weak decoder). None: no limit.
+    #[serde(default)]
+    pub max_height: Option<u32>,
+}
+
+/// What every participant of a room can handle: the weaker side decides.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MediaConstraints {
+    /// The video codec everyone can decode (`VP8` preferred, else `H264`); None when there is no
+    /// common one (each side then negotiates what it can).
+    pub video_codec: Option<String>,
+    /// Senders scale their video to at most this height.
+    pub max_height: Option<u32>,
+}
+
+/// Video codecs a room can agree on, most preferred first.
+pub const VIDEO_CODECS: [&str; 2] = ["VP8", "H264"];
+
+/// The constraints for participants with these capabilities.
+pub fn constraints<'a>(caps: impl Iterator<Item = &'a Capabilities> + Clone) -> MediaConstraints {
+    let video_codec = VIDEO_CODECS
+        .iter()
+        .find(|codec| {
+            caps.clone().all(|c| {
+                c.video_codecs.is_empty()
+                    || c.video_codecs.iter().any(|v| v.eq_ignore_ascii_case(codec))
+            })
+        })
+        .map(|c| (*c).to_string());
+    let max_height = caps.filter_map(|c| c.max_height).filter(|h| *h > 0).min();
+    MediaConstraints {
+        video_codec,
+        max_height,
+    }
 }
 
 /// Audio or video.
@@ -141,6 +187,13 @@ pub enum ServerMessage {
         mode: &'static str,
         /// For `RTCPeerConnection({iceServers})`.
         ice_servers: Vec<IceServer>,
+        /// Codec and size every participant can handle.
+        constraints: MediaConstraints,
+    },
+    /// The room's constraints changed (someone joined or left): apply at the next negotiation.
+    Constraints {
+        /// As now.
+        constraints: MediaConstraints,
     },
     /// Someone joined.
     ParticipantJoined {
@@ -284,7 +337,8 @@ mod tests {
             parse(r#"{"type":"join","name":"Al"}"#),
             Ok(ClientMessage::Join {
                 name: Some("Al".into()),
-                session: None
+                session: None,
+                caps: Capabilities::default(),
             })
         );
         assert_eq!(
@@ -318,6 +372,46 @@ mod tests {
         assert_eq!(
             code(r#"{"type":"offer","to":"b","sdp":"x","evil":1}"#),
             "bad_message"
+        );
+    }
+
+    #[test]
+    fn the_weaker_side_decides_codec_and_height() {
+        let caps = |codecs: &[&str], h: Option<u32>| Capabilities {
+            video_codecs: codecs.iter().map(|c| c.to_string()).collect(),
+            max_height: h,
+        };
+        let both = [caps(&["VP8", "H264"], None), caps(&["vp8"], Some(720))];
+        assert_eq!(
+            constraints(both.iter()),
+            MediaConstraints {
+                video_codec: Some("VP8".into()),
+                max_height: Some(720)
+            }
+        );
+        let h264_only = [
+            caps(&["VP8", "H264"], Some(1080)),
+            caps(&["H264"], Some(360)),
+        ];
+        let c = constraints(h264_only.iter());
+        assert_eq!(
+            (c.video_codec.as_deref(), c.max_height),
+            (Some("H264"), Some(360))
+        );
+        let none = [caps(&["VP8"], None), caps(&["H264"], None)];
+        assert_eq!(constraints(none.iter()).video_codec, None);
+        let unknown = [caps(&[], None), caps(&["H264"], None)];
+        assert_eq!(
+            constraints(unknown.iter()).video_codec.as_deref(),
+            Some("H264")
+        );
+        assert_eq!(
+            parse(r#"{"type":"join","caps":{"video_codecs":["H264"],"max_height":360}}"#),
+            Ok(ClientMessage::Join {
+                name: None,
+                session: None,
+                caps: caps(&["H264"], Some(360)),
+            })
         );
     }
 

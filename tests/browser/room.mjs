@@ -1,9 +1,11 @@
 // Two room pages in headless Chromium with a fake 1280x720 camera: they join one room, call each
 // other peer-to-peer, and page A pins then unpins B's tile. Prints one JSON line.
-//   node room.mjs ROOM_URL Y4M_FILE [TIMEOUT_SECONDS]
+//   node room.mjs ROOM_URL Y4M_FILE [TIMEOUT_SECONDS] [PAGE_A_QUERY]
+// PAGE_A_QUERY (e.g. `codecs=h264`) makes page A a weaker client; the report has each side's
+// received codec.
 import { chromium } from 'playwright-core';
 
-const [url, y4m, timeoutArg] = process.argv.slice(2);
+const [url, y4m, timeoutArg, queryA] = process.argv.slice(2);
 const timeoutMs = Number(timeoutArg || 60) * 1000;
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const browser = await chromium.launch({
@@ -18,11 +20,11 @@ const result = { ok: false, steps: {}, errors: [], console: [] };
 const started = Date.now();
 const left = () => Math.max(1000, timeoutMs - (Date.now() - started));
 
-async function open(name) {
+async function open(name, extra) {
   const page = await browser.newPage();
   page.on('console', (m) => { if (m.type() === 'error') result.console.push(`${name}: ${m.text()}`); });
   page.on('pageerror', (e) => result.console.push(`${name}: ${e}`));
-  await page.goto(`${url}&name=${name}`);
+  await page.goto(`${url}&name=${name}${extra ? `&${extra}` : ''}`);
   return page;
 }
 
@@ -43,12 +45,13 @@ async function until(page, what, test) {
 }
 
 try {
-  const a = await open('A');
+  const a = await open('A', queryA);
   const b = await open('B');
   const connected = (id, p) => p && p.connection === 'connected' && p.framesDecoded > 0;
   const ra = await until(a, 'A receives B', connected);
   const rb = await until(b, 'B receives A', connected);
-  result.steps.connected = { a: ra.p.pair, b: rb.p.pair, mode: ra.s.mode, ms: Date.now() - started };
+  result.steps.connected = { a: ra.p.pair, b: rb.p.pair, mode: ra.s.mode, ms: Date.now() - started,
+    codecs: { a: ra.p.codec, b: rb.p.codec }, constraints: ra.s.constraints };
   // wait for the selected pair to be reported
   const pa = await until(a, 'A pair', (id, p) => p && p.pair);
   result.steps.pair = pa.p.pair;

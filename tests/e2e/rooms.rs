@@ -175,6 +175,10 @@ fn signaling_tokens_relay_resume_and_bad_input() {
     assert_eq!(joined["mode"], "p2p");
     assert_eq!(joined["you"]["name"], "ALICE");
     assert_eq!(joined["participants"], json!([]));
+    assert_eq!(
+        joined["constraints"]["video_codec"], "VP8",
+        "no caps sent: no limit"
+    );
     let (mut bob, joined) = join(port, "r1", &bob_token, None);
     assert_eq!(joined["participants"][0]["id"], "alice");
     let bob_session = joined["session"].as_str().expect("session").to_string();
@@ -358,7 +362,8 @@ fn camera_clip(dir: &std::path::Path) -> std::path::PathBuf {
 
 /// The room client in Chromium: two pages in the development default (each mints its own
 /// token) call peer-to-peer — the selected candidate pair is between the browsers, not tidecast —
-/// and pinning raises the received frame height, unpinning lowers it.
+/// in the codec the weaker (H.264-only) side supports, and pinning raises the received frame
+/// height, unpinning lowers it.
 #[test]
 fn room_page_calls_peer_to_peer_and_pinning_raises_the_layer() {
     crate::browser::browser_dir();
@@ -375,6 +380,7 @@ fn room_page_calls_peer_to_peer_and_pinning_raises_the_layer() {
         .arg(&url)
         .arg(&clip)
         .arg("90")
+        .arg("codecs=h264") // page A is an H.264-only client
         .output()
         .expect("node room.mjs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -388,6 +394,13 @@ fn room_page_calls_peer_to_peer_and_pinning_raises_the_layer() {
     assert_eq!(report["ok"], true, "{report}\n{}", t.log());
     let steps = &report["steps"];
     assert_eq!(steps["connected"]["mode"], "p2p");
+    // the weaker side decides: A declares only H.264, so both directions use it
+    assert_eq!(
+        steps["connected"]["constraints"]["video_codec"], "H264",
+        "{steps}"
+    );
+    assert_eq!(steps["connected"]["codecs"]["a"], "video/H264", "{steps}");
+    assert_eq!(steps["connected"]["codecs"]["b"], "video/H264", "{steps}");
     // media flows browser to browser: no candidate on either side is tidecast's port
     let pair = &steps["pair"];
     for side in ["local", "remote"] {
