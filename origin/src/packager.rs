@@ -419,7 +419,9 @@ impl StreamTable {
         }
     }
 
-    fn expire(&mut self, now: Instant) {
+    /// Forget streams that ended longer than `ended_ttl` ago (also done on every event; call it
+    /// where time passes without events, e.g. before reporting).
+    pub fn expire(&mut self, now: Instant) {
         let ttl = self.settings.ended_ttl;
         self.streams.retain(|_, s| match s.ended_at {
             Some(t) => now.saturating_duration_since(t) < ttl,

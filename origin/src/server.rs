@@ -38,6 +38,8 @@ pub struct Origin {
     /// Media playlists rendered at a packager version: a burst of blocked requests released
     /// by one part shares one rendering.
     playlists: Mutex<PlaylistCache>,
+    /// Streams whose series `/metrics` rendered last time (their series go when they do).
+    reported: Mutex<std::collections::BTreeSet<String>>,
     me: std::sync::Weak<Origin>,
 }
 
@@ -127,6 +129,7 @@ impl Origin {
             push_token: config.origin.push_token.clone(),
             demo: crate::demo::player(config.origin.demo_dir.clone()),
             playlists: Mutex::new(PlaylistCache::default()),
+            reported: Mutex::default(),
             archive: store.map(|store| {
                 Archiver::spawn(
                     store,
@@ -384,7 +387,8 @@ impl Origin {
     fn refresh_metrics(&self) {
         let now = Instant::now();
         {
-            let table = self.table();
+            let mut table = self.table();
+            table.expire(now);
             let r = &self.registry;
             let c = table.counters();
             r.gauge(
@@ -436,6 +440,15 @@ impl Origin {
                     }
                 }
             }
+            // a stream the origin forgot (ended longer than `ended_stream_ttl_secs` ago) takes
+            // its series with it
+            let now_known: std::collections::BTreeSet<String> =
+                table.streams().map(|s| s.name.clone()).collect();
+            let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+            for gone in reported.difference(&now_known) {
+                r.remove_labelled("stream", gone);
+            }
+            *reported = now_known;
         }
     }
 }

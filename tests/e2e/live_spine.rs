@@ -416,3 +416,31 @@ fn passthrough_follows_source_keyframes_and_long_gops_are_transcoded() {
     let _ = short.wait();
     let _ = long.wait();
 }
+
+/// A stream the origin forgets (`ended_stream_ttl_secs` after it ended) takes its metric series
+/// with it: a long-running origin's `/metrics` does not grow with every stream ever published.
+#[test]
+fn forgotten_streams_leave_metrics() {
+    let _guard = heavy();
+    let t = Tidecast::start(&[], &[("TIDECAST_ORIGIN__ENDED_STREAM_TTL_SECS", "2")]);
+    let (ok, err) =
+        Publisher::start(&t.rtmp_url("brief"), 5, "320x240").wait(Duration::from_secs(30));
+    assert!(ok, "{err}");
+    let count = || {
+        crate::http::get(t.http_port, "/metrics")
+            .map(|r| r.text())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("stream=\"brief\""))
+            .count()
+    };
+    assert!(
+        count() > 0,
+        "the ended stream is still reported within its TTL"
+    );
+    t.wait_for(
+        "the forgotten stream's series to go",
+        Duration::from_secs(15),
+        || (count() == 0).then_some(()),
+    );
+}
