@@ -120,6 +120,18 @@ impl<R: Routes> Clone for Service<R> {
     }
 }
 
+/// Whether the request's `Authorization: Bearer …` equals `secret` (compared in constant time;
+/// a missing or other header never matches a non-empty secret).
+pub fn bearer_matches<B>(req: &Request<B>, secret: &str) -> bool {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    !secret.is_empty() && crate::keys::constant_time_eq(presented, secret)
+}
+
 /// Plain text with a status, never cached.
 pub fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(full(body));

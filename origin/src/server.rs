@@ -255,13 +255,7 @@ impl Origin {
                 "push disabled: set origin.push_token\n",
             );
         }
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !tidecast_common::keys::constant_time_eq(presented, &self.push_token) {
+        if !tidecast_common::service::bearer_matches(&req, &self.push_token) {
             warn!("push refused: bad token");
             return status(StatusCode::UNAUTHORIZED, "bad push token\n");
         }

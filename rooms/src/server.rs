@@ -276,13 +276,7 @@ impl Rooms {
         if self.dev_mode {
             return true;
         }
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        tidecast_common::keys::constant_time_eq(presented, &self.config.api_secret)
+        service::bearer_matches(req, &self.config.api_secret)
     }
 
     async fn respond(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
