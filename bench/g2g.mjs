@@ -3,20 +3,11 @@
 // (bar b white = bit 3-b of the flip counter); prints one JSON line with the wall-clock time (ms
 // since the epoch) at which each new code value was first shown, plus the player's errors.
 //   node bench/g2g.mjs URL SECONDS
-import { createRequire } from 'node:module';
-
-const require = createRequire(new URL('../tests/browser/package.json', import.meta.url));
-const { chromium } = require('playwright-core');
+import { launchChromium } from '../tests/browser/chromium.mjs';
 
 const [url, secondsArg] = process.argv.slice(2);
 const seconds = Number(secondsArg || 20);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--autoplay-policy=no-user-gesture-required'],
-});
+const browser = await launchChromium(['--disable-quic']);
 const out = { url, events: [], errors: [], console: [] };
 try {
   const page = await browser.newPage();

@@ -5,20 +5,12 @@
 // including a player's seek to the live edge and the wait for data after it, is not a stall): `stalled` (seconds the playhead stood still while playing,
 // sampled every 50 ms), `stalls` (how often), `back` (largest backwards jump of the
 // playhead), `stallsAt` (where: [playhead, seconds, readyState]), and the player's live latency (hls.js `latency`, dash.js `getCurrentLiveLatency`).
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 
 const [url, secondsArg, timeoutArg] = process.argv.slice(2);
 const want = Number(secondsArg || 5);
 const timeoutMs = Number(timeoutArg || 60) * 1000;
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
-
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--autoplay-policy=no-user-gesture-required'],
-});
+const browser = await launchChromium(['--disable-quic']);
 const result = { ok: false, url, start: null, end: null, errors: [], fatal: null, level: null, console: [] };
 try {
   const page = await browser.newPage();

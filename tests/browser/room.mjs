@@ -3,19 +3,12 @@
 //   node room.mjs ROOM_URL Y4M_FILE [TIMEOUT_SECONDS] [PAGE_A_QUERY]
 // PAGE_A_QUERY (e.g. `codecs=h264`) makes page A a weaker client; the report has each side's
 // received codec.
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 
 const [url, y4m, timeoutArg, queryA] = process.argv.slice(2);
 const timeoutMs = Number(timeoutArg || 60) * 1000;
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required',
-    '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
-    `--use-file-for-fake-video-capture=${y4m}`],
-});
+const browser = await launchChromium(['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+  `--use-file-for-fake-video-capture=${y4m}`]);
 const result = { ok: false, steps: {}, errors: [], console: [] };
 const started = Date.now();
 const left = () => Math.max(1000, timeoutMs - (Date.now() - started));
