@@ -1,5 +1,7 @@
 // tidecast room client: signaling over a WebSocket (protocol in docs/signaling.md), calls
-// peer-to-peer between two participants. `?room=NAME` joins a room; in the development default
+// peer-to-peer between two participants and through the SFU from the third on (the server says
+// `mode: sfu`; the page then publishes simulcast to participant `sfu` and receives everyone
+// from it, without a reload). `?room=NAME` joins a room; in the development default
 // (no rooms.api_secret) the page mints its own token, otherwise it needs `&token=`.
 // `window.roomState` exposes what the tests read (participants, per-peer connection state,
 // received frame size, selected candidate pair).
@@ -20,6 +22,7 @@ const onlyCodecs = (params.get('codecs') || '').split(',').filter(Boolean).map((
 const state = {
   room, identity, joined: false, session: null, mode: null, you: null,
   participants: {}, peers: {}, pinned: null, errors: [], iceServers: [], constraints: {},
+  sfu: null,
 };
 window.roomState = state;
 let ws = null;
@@ -55,6 +58,13 @@ const LAYERS = {
   off: { scaleResolutionDownBy: 4, maxBitrate: 100_000, active: false },
 };
 
+// Simulcast towards the SFU: three layers, low → high (the SFU forwards each subscriber one).
+const SIMULCAST = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
+
 // What this client can send and receive, declared at join (the room's weaker side decides).
 function capabilities() {
   const codecs = (RTCRtpReceiver.getCapabilities('video') || { codecs: [] }).codecs
@@ -68,12 +78,16 @@ function capabilities() {
 // Offer only the room's codec (with its retransmission/FEC companions).
 function applyCodec(p) {
   const chosen = state.constraints.video_codec || onlyCodecs[0];
-  const t = p.pc.getTransceivers().find((x) => x.receiver.track && x.receiver.track.kind === 'video');
-  if (!chosen || !t || !t.setCodecPreferences) return;
+  if (!chosen) return;
   const all = RTCRtpReceiver.getCapabilities('video').codecs;
   const main = all.filter((c) => c.mimeType.toUpperCase() === `VIDEO/${chosen}`);
   const extra = all.filter((c) => /\/(rtx|red|ulpfec)$/i.test(c.mimeType));
-  if (main.length) t.setCodecPreferences([...main, ...extra]);
+  for (const t of p.pc.getTransceivers()) {
+    if (t.receiver.track && t.receiver.track.kind === 'video' && t.setCodecPreferences && main.length
+      && t.currentDirection !== 'stopped') {
+      try { t.setCodecPreferences([...main, ...extra]); } catch (e) { /* not for this one */ }
+    }
+  }
 }
 
 async function applyLayer(p, layer) {
@@ -98,8 +112,10 @@ function subscribe(id) {
   const layer = state.pinned === id ? 'high' : 'low';
   const tile = tiles[id];
   const v = tile && tile.video;
+  // device pixels: the layer need not be taller than the tile shows
+  const px = (n) => (n ? Math.round(n * (window.devicePixelRatio || 1)) : undefined);
   send({ type: 'subscribe', participant: id, layer,
-    width: v ? v.clientWidth || undefined : undefined, height: v ? v.clientHeight || undefined : undefined });
+    width: v ? px(v.clientWidth) : undefined, height: v ? px(v.clientHeight) : undefined });
 }
 
 function peer(id) {
@@ -124,7 +140,7 @@ function peer(id) {
 
 function closePeer(id) {
   const p = state.peers[id];
-  if (p) p.pc.close();
+  if (p && p.pc && !p.viaSfu) p.pc.close();
   delete state.peers[id];
   if (tiles[id]) { tiles[id].el.remove(); delete tiles[id]; }
   if (state.pinned === id) state.pinned = null;
@@ -143,6 +159,55 @@ async function remoteDescription(p, desc) {
   for (const c of p.queued.splice(0)) await p.pc.addIceCandidate(c).catch(() => {});
 }
 
+// ---- through the SFU ------------------------------------------------------------------------
+
+// The view of a remote participant received through the SFU (same fields as a P2P peer).
+function sfuView(id) {
+  if (!state.peers[id]) {
+    state.peers[id] = { viaSfu: true, connection: state.sfu ? state.sfu.pc.connectionState : 'new',
+      frameHeight: 0, framesDecoded: 0, pair: null, codec: null };
+  }
+  return state.peers[id];
+}
+
+async function connectSfu() {
+  if (state.sfu) return;
+  for (const [id, p] of Object.entries(state.peers)) {
+    if (!p.viaSfu) { p.pc.close(); delete state.peers[id]; }
+  }
+  const pc = new RTCPeerConnection({ iceServers: state.iceServers, bundlePolicy: 'max-bundle' });
+  const sfu = state.sfu = { pc, queued: [], owners: {}, connection: 'new' };
+  for (const track of local.getTracks()) {
+    if (track.kind === 'video') {
+      sfu.video = pc.addTransceiver(track, { direction: 'sendonly', streams: [local],
+        sendEncodings: SIMULCAST.map((e) => ({ ...e })) });
+    } else {
+      pc.addTransceiver(track, { direction: 'sendonly', streams: [local] });
+    }
+  }
+  pc.onicecandidate = (e) => send({ type: 'candidate', to: 'sfu', candidate: e.candidate ? e.candidate.toJSON() : null });
+  pc.ontrack = (e) => {
+    const stream = e.streams[0];
+    if (!stream) return;
+    const owner = stream.id;
+    sfu.owners[e.track.id] = owner;
+    sfuView(owner);
+    const t = tile(owner);
+    if (t.video.srcObject !== stream) t.video.srcObject = stream;
+    render();
+  };
+  pc.onconnectionstatechange = () => {
+    sfu.connection = pc.connectionState;
+    for (const p of Object.values(state.peers)) if (p.viaSfu) p.connection = pc.connectionState;
+    render();
+  };
+  applyCodec(sfu);
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  send({ type: 'offer', to: 'sfu', sdp: offer.sdp });
+  for (const id of Object.keys(state.participants)) { sfuView(id); subscribe(id); }
+}
+
 // ---- signaling -----------------------------------------------------------------------------
 
 const handlers = {
@@ -156,12 +221,24 @@ const handlers = {
     droppedAt = null;
     status(m.resumed ? 'reconnected' : `joined as ${m.you.name}`);
     for (const p of m.participants) state.participants[p.id] = p;
-    if (!m.resumed) {
+    if (m.mode === 'sfu') {
+      if (!state.sfu) await connectSfu();
+    } else if (!m.resumed) {
       for (const p of m.participants) { await offerTo(p.id); subscribe(p.id); }
     }
     render();
   },
-  participant_joined(m) { state.participants[m.participant.id] = m.participant; subscribe(m.participant.id); render(); },
+  async mode(m) {
+    state.mode = m.mode;
+    if (m.mode === 'sfu') await connectSfu();
+    render();
+  },
+  participant_joined(m) {
+    state.participants[m.participant.id] = m.participant;
+    if (state.sfu) sfuView(m.participant.id);
+    subscribe(m.participant.id);
+    render();
+  },
   constraints(m) {
     // applies at the next negotiation (a newcomer's offer already carries it)
     state.constraints = m.constraints || {};
@@ -170,6 +247,15 @@ const handlers = {
   participant_updated(m) { state.participants[m.participant.id] = m.participant; render(); },
   participant_left(m) { delete state.participants[m.id]; closePeer(m.id); render(); },
   async offer(m) {
+    if (m.from === 'sfu') {
+      if (!state.sfu) return;
+      await remoteDescription(state.sfu, { type: 'offer', sdp: m.sdp });
+      applyCodec(state.sfu);
+      const answer = await state.sfu.pc.createAnswer();
+      await state.sfu.pc.setLocalDescription(answer);
+      send({ type: 'answer', to: 'sfu', sdp: answer.sdp });
+      return;
+    }
     const p = peer(m.from);
     await remoteDescription(p, { type: 'offer', sdp: m.sdp });
     applyCodec(p);
@@ -178,7 +264,7 @@ const handlers = {
     send({ type: 'answer', to: m.from, sdp: answer.sdp });
   },
   async answer(m) {
-    const p = state.peers[m.from];
+    const p = m.from === 'sfu' ? state.sfu : state.peers[m.from];
     if (p) await remoteDescription(p, { type: 'answer', sdp: m.sdp });
   },
   async candidate(m) {
@@ -187,11 +273,27 @@ const handlers = {
     if (p.pc.remoteDescription) await p.pc.addIceCandidate(m.candidate).catch(() => {});
     else p.queued.push(m.candidate);
   },
-  subscription(m) { applyLayer(peer(m.from), m.layer); },
+  subscription(m) { if (!state.sfu) applyLayer(peer(m.from), m.layer); },
+  // the SFU forwards only these layers of our video: pause the others at the encoder
+  async layers(m) {
+    const t = state.sfu && state.sfu.video;
+    if (!t || t.mid !== m.mid) return;
+    const sp = t.sender.getParameters();
+    if (!sp.encodings) return;
+    for (const e of sp.encodings) e.active = m.active.includes(e.rid);
+    try { await t.sender.setParameters(sp); } catch (e) { state.errors.push(`layers: ${e}`); }
+  },
   pong() {},
   room_ended() { leaving = true; status('the room was ended'); },
-  error(m) {
+  async error(m) {
     state.errors.push(`${m.code}: ${m.message}`);
+    if (m.code === 'media_disconnected' && state.sfu) {
+      // the SFU lost our connection: make a new one
+      state.sfu.pc.close();
+      state.sfu = null;
+      await connectSfu();
+      return;
+    }
     status(`error: ${m.code}`);
     if (['room_full', 'kicked', 'replaced'].includes(m.code)) leaving = true;
   },
@@ -240,8 +342,8 @@ function tile(id) {
   if (id !== 'local') {
     el.onclick = () => {
       state.pinned = state.pinned === id ? null : id;
+      render(); // the tiles take their new size first: subscriptions carry it
       for (const other of Object.keys(state.peers)) subscribe(other);
-      render();
     };
   }
   $('grid').append(el);
@@ -264,8 +366,36 @@ function render() {
     .map((p) => Object.assign(document.createElement('li'), { textContent: p.name + (p.id === identity ? ' (you)' : '') })));
 }
 
+async function sfuStats() {
+  const sfu = state.sfu;
+  const report = await sfu.pc.getStats();
+  let pair = null;
+  report.forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') {
+      const owner = sfu.owners[s.trackIdentifier];
+      const p = owner && state.peers[owner];
+      if (!p) return;
+      p.frameHeight = s.frameHeight || 0;
+      p.framesDecoded = s.framesDecoded || 0;
+      const codec = s.codecId && report.get(s.codecId);
+      p.codec = codec ? codec.mimeType : null;
+    }
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
+  });
+  if (pair) {
+    const l = report.get(pair.localCandidateId);
+    const r = report.get(pair.remoteCandidateId);
+    const view = l && r ? { local: { type: l.candidateType, address: l.address, port: l.port, protocol: l.protocol },
+      remote: { type: r.candidateType, address: r.address, port: r.port, protocol: r.protocol } } : null;
+    sfu.pair = view;
+    for (const p of Object.values(state.peers)) if (p.viaSfu) p.pair = view;
+  }
+}
+
 async function stats() {
+  if (state.sfu) await sfuStats();
   for (const p of Object.values(state.peers)) {
+    if (p.viaSfu) continue;
     const report = await p.pc.getStats();
     let pairId = null;
     report.forEach((s) => {
@@ -302,6 +432,7 @@ $('leave').onclick = () => {
   leaving = true;
   send({ type: 'leave' });
   for (const id of Object.keys(state.peers)) closePeer(id);
+  if (state.sfu) { state.sfu.pc.close(); state.sfu = null; }
   if (ws) ws.close();
 };
 

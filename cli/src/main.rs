@@ -340,7 +340,12 @@ async fn main() -> Result<()> {
         let listener = bind(&config.rooms.http_listen, config.listen_backlog)
             .await
             .with_context(|| format!("binding rooms HTTP on {}", config.rooms.http_listen))?;
-        let rooms = tidecast_rooms::Rooms::new(&config.rooms, &registry);
+        let rooms = tidecast_rooms::Rooms::new(&config.rooms, &registry).with_context(|| {
+            format!(
+                "starting the SFU on {} (rooms.media_listen)",
+                config.rooms.media_listen
+            )
+        })?;
         let r = readiness.clone();
         tasks.spawn(async move { rooms.serve(listener, &r).await.context("rooms http") });
     }

@@ -80,6 +80,15 @@ pub struct RoomsConfig {
     pub max_participants: usize,
     /// ICE servers handed to clients (`stun:host:port` URLs).
     pub ice_servers: Vec<String>,
+    /// Group calls: from the third participant on, media goes through the SFU. Off: rooms stay
+    /// peer-to-peer (and `max_participants` should be 2).
+    pub sfu: bool,
+    /// The SFU's one UDP port for every peer (`ip:port`; port 0 = any free one). On 0.0.0.0 it
+    /// binds and announces 127.0.0.1 and the address of the default route; set `media_addresses`
+    /// to announce others (a public IP behind 1:1 NAT, several interfaces).
+    pub media_listen: String,
+    /// Addresses the SFU binds and announces as host candidates (empty: from `media_listen`).
+    pub media_addresses: Vec<String>,
 }
 
 impl Default for RoomsConfig {
@@ -89,8 +98,11 @@ impl Default for RoomsConfig {
             api_secret: String::new(),
             token_ttl_secs: 6 * 3600,
             resume_secs: 15,
-            max_participants: 2,
+            max_participants: 16,
             ice_servers: Vec::new(),
+            sfu: true,
+            media_listen: "0.0.0.0:7882".into(),
+            media_addresses: Vec::new(),
         }
     }
 }

@@ -19,9 +19,10 @@ fuzz_target!(|data: &[u8]| {
     let mut room = Room::new(
         "room",
         RoomSettings {
-            max_participants: 2,
+            max_participants: 3,
             resume_window: Duration::from_secs(15),
             ice_servers: Vec::new(),
+            sfu: true,
         },
         now,
     );
@@ -36,6 +37,10 @@ fuzz_target!(|data: &[u8]| {
     let caps = signal::Capabilities::default;
     room.join(&claims("a"), None, None, caps(), 1, "s1".into());
     room.join(&claims("b"), None, None, caps(), 2, "s2".into());
+    if text.len() % 2 == 0 {
+        // a third participant: the room routes through the SFU
+        room.join(&claims("c"), None, None, caps(), 4, "s4".into());
+    }
     // each line is one message from `a`
     for line in text.lines() {
         if let Ok(message) = signal::parse(line) {

@@ -8,6 +8,7 @@ pub mod client;
 pub mod forwarding;
 pub mod room;
 pub mod server;
+pub mod sfu;
 pub mod signal;
 pub mod token;
 

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::forwarding::Need;
+use crate::sfu::{Command, SFU_ID};
 use crate::signal::{
     self, Capabilities, ClientMessage, IceServer, MediaConstraints, MediaKind, ParticipantInfo,
     ServerMessage, VERSION,
@@ -32,6 +34,27 @@ pub enum Effect {
         /// Last message.
         message: ServerMessage,
     },
+    /// Hand this to the SFU.
+    Sfu(Command),
+}
+
+/// How media flows in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Browser to browser (two participants).
+    P2p,
+    /// Through the SFU (from the third participant on, for the rest of the room's life).
+    Sfu,
+}
+
+impl Mode {
+    /// As in `joined` and `mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::P2p => "p2p",
+            Mode::Sfu => "sfu",
+        }
+    }
 }
 
 /// Settings of every room on a node.
@@ -43,6 +66,8 @@ pub struct RoomSettings {
     pub resume_window: Duration,
     /// ICE servers handed out in `joined`.
     pub ice_servers: Vec<IceServer>,
+    /// Move to the SFU when a third participant joins (else rooms stay peer-to-peer).
+    pub sfu: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +91,7 @@ pub struct Room {
     participants: BTreeMap<String, Participant>,
     joins: u64,
     started_at: Instant,
+    mode: Mode,
 }
 
 impl Room {
@@ -77,12 +103,18 @@ impl Room {
             participants: BTreeMap::new(),
             joins: 0,
             started_at: now,
+            mode: Mode::P2p,
         }
     }
 
     /// The room's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Peer-to-peer or through the SFU.
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// When the room was created.
@@ -234,6 +266,11 @@ impl Room {
             },
         );
         effects.extend(self.constraints_changed(&before, &id));
+        if self.mode == Mode::P2p && self.settings.sfu && self.participants.len() >= 3 {
+            // everyone renegotiates with the SFU; the newcomer learns it from `joined`
+            self.mode = Mode::Sfu;
+            effects.extend(self.others(&id, &ServerMessage::Mode { mode: "sfu" }));
+        }
         effects.push(self.joined(&id, info, new_session, false));
         effects
     }
@@ -252,7 +289,7 @@ impl Room {
                     .into_iter()
                     .filter(|p| p.id != id)
                     .collect(),
-                mode: "p2p",
+                mode: self.mode.as_str(),
                 ice_servers: self.settings.ice_servers.clone(),
                 constraints: self.constraints(),
             },
@@ -288,23 +325,63 @@ impl Room {
                 message,
             }]
         };
+        let unknown = |to: &str| {
+            reply(ServerMessage::error(
+                "unknown_participant",
+                format!(
+                    "no participant {:?}",
+                    to.chars().take(64).collect::<String>()
+                ),
+            ))
+        };
         let relay = |to: String, message: ServerMessage| {
             if to == id || !self.participants.contains_key(&to) {
-                reply(ServerMessage::error(
-                    "unknown_participant",
-                    format!(
-                        "no participant {:?}",
-                        to.chars().take(64).collect::<String>()
-                    ),
-                ))
+                unknown(&to)
             } else {
                 vec![Effect::Send { to, message }]
             }
         };
+        let sfu = |command| vec![Effect::Sfu(command)];
         let from = id.to_string();
         match message {
             ClientMessage::Join { .. } => {
                 reply(ServerMessage::error("already_joined", "already joined"))
+            }
+            ClientMessage::Offer { to, sdp } if self.to_sfu(&to) => sfu(Command::Offer {
+                room: self.name.clone(),
+                participant: from,
+                sdp,
+            }),
+            ClientMessage::Answer { to, sdp } if self.to_sfu(&to) => sfu(Command::Answer {
+                room: self.name.clone(),
+                participant: from,
+                sdp,
+            }),
+            ClientMessage::Candidate { to, candidate } if self.to_sfu(&to) => {
+                sfu(Command::Candidate {
+                    room: self.name.clone(),
+                    participant: from,
+                    candidate,
+                })
+            }
+            ClientMessage::Subscribe {
+                participant,
+                layer,
+                height,
+                ..
+            } if self.mode == Mode::Sfu => {
+                if participant == id || !self.participants.contains_key(&participant) {
+                    return unknown(&participant);
+                }
+                sfu(Command::Subscribe {
+                    room: self.name.clone(),
+                    subscriber: from,
+                    publisher: participant,
+                    need: Need {
+                        layer,
+                        tile_height: height,
+                    },
+                })
             }
             ClientMessage::Offer { to, sdp } => relay(to, ServerMessage::Offer { from, sdp }),
             ClientMessage::Answer { to, sdp } => relay(to, ServerMessage::Answer { from, sdp }),
@@ -391,7 +468,18 @@ impl Room {
             });
         }
         effects.extend(self.constraints_changed(&before, id));
+        if self.mode == Mode::Sfu {
+            effects.push(Effect::Sfu(Command::Leave {
+                room: self.name.clone(),
+                participant: id.to_string(),
+            }));
+        }
         effects
+    }
+
+    /// Whether a message addressed `to` goes to the SFU.
+    fn to_sfu(&self, to: &str) -> bool {
+        self.mode == Mode::Sfu && to == SFU_ID
     }
 
     /// Connection `conn` of `id` dropped without `leave`: it may resume within the window.
@@ -422,7 +510,7 @@ impl Room {
 
     /// The room is ended (API): everyone connected is told and closed.
     pub fn end(&mut self) -> Vec<Effect> {
-        let effects = self
+        let mut effects: Vec<Effect> = self
             .participants
             .values()
             .filter(|p| p.dropped_at.is_none())
@@ -431,6 +519,14 @@ impl Room {
                 message: ServerMessage::RoomEnded,
             })
             .collect();
+        if self.mode == Mode::Sfu {
+            effects.extend(self.participants.keys().map(|id| {
+                Effect::Sfu(Command::Leave {
+                    room: self.name.clone(),
+                    participant: id.clone(),
+                })
+            }));
+        }
         self.participants.clear();
         effects
     }
@@ -464,6 +560,7 @@ mod tests {
                 max_participants: 2,
                 resume_window: Duration::from_secs(15),
                 ice_servers: vec![],
+                sfu: true,
             },
             now,
         )
@@ -706,5 +803,84 @@ mod tests {
             }]
         );
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_third_participant_moves_the_room_to_the_sfu() {
+        let now = Instant::now();
+        let mut r = room(now);
+        r.settings.max_participants = 4;
+        let caps = Capabilities::default;
+        r.join(&claims("a"), None, None, caps(), 1, "s1".into());
+        r.join(&claims("b"), None, None, caps(), 2, "s2".into());
+        assert_eq!(r.mode(), Mode::P2p);
+        let e = r.join(&claims("c"), None, None, caps(), 3, "s3".into());
+        assert_eq!(r.mode(), Mode::Sfu);
+        for who in ["a", "b"] {
+            assert!(sent_to(&e, who).contains(&ServerMessage::Mode { mode: "sfu" }));
+        }
+        assert!(matches!(
+            sent_to(&e, "c").last(),
+            Some(ServerMessage::Joined { mode: "sfu", .. })
+        ));
+        // SDP addressed to the SFU goes to it; subscriptions become forwarding needs
+        let e = r.message(
+            "a",
+            1,
+            ClientMessage::Offer {
+                to: SFU_ID.into(),
+                sdp: "v=0".into(),
+            },
+        );
+        assert_eq!(
+            e,
+            vec![Effect::Sfu(Command::Offer {
+                room: "r".into(),
+                participant: "a".into(),
+                sdp: "v=0".into()
+            })]
+        );
+        let e = r.message(
+            "c",
+            3,
+            ClientMessage::Subscribe {
+                participant: "a".into(),
+                layer: Layer::High,
+                width: Some(640),
+                height: Some(360),
+            },
+        );
+        assert_eq!(
+            e,
+            vec![Effect::Sfu(Command::Subscribe {
+                room: "r".into(),
+                subscriber: "c".into(),
+                publisher: "a".into(),
+                need: Need {
+                    layer: Layer::High,
+                    tile_height: Some(360)
+                }
+            })]
+        );
+        let e = r.message(
+            "c",
+            3,
+            ClientMessage::Subscribe {
+                participant: "nobody".into(),
+                layer: Layer::High,
+                width: None,
+                height: None,
+            },
+        );
+        assert!(
+            matches!(&sent_to(&e, "c")[0], ServerMessage::Error { code, .. } if *code == "unknown_participant")
+        );
+        // leaving frees its SFU state; fewer participants keep the SFU
+        let e = r.message("b", 2, ClientMessage::Leave);
+        assert!(e.contains(&Effect::Sfu(Command::Leave {
+            room: "r".into(),
+            participant: "b".into()
+        })));
+        assert_eq!(r.mode(), Mode::Sfu);
     }
 }

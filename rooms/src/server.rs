@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
 use crate::room::{ConnId, Effect, Room, RoomSettings};
+use crate::sfu::{Sfu, SfuSettings, Signal};
 use crate::signal::{self, ClientMessage, IceServer, ServerMessage};
 use crate::token::{is_valid_name, JoinClaims, JoinTokens, RoomRole};
 
@@ -63,6 +64,35 @@ pub struct Rooms {
     next_conn: AtomicU64,
     registry: Registry,
     pages: Demo,
+    /// Group calls (None when `rooms.sfu` is off).
+    sfu: Option<Sfu>,
+}
+
+/// Where the SFU binds, from `rooms.media_listen` and `rooms.media_addresses`.
+fn sfu_settings(config: &RoomsConfig) -> std::io::Result<SfuSettings> {
+    let bad = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("rooms.{what} is not valid"),
+        )
+    };
+    let listen: SocketAddr = config
+        .media_listen
+        .parse()
+        .map_err(|_| bad("media_listen"))?;
+    let addresses = if config.media_addresses.is_empty() {
+        crate::sfu::addresses_for(listen.ip())
+    } else {
+        config
+            .media_addresses
+            .iter()
+            .map(|a| a.parse().map_err(|_| bad("media_addresses")))
+            .collect::<Result<_, _>>()?
+    };
+    Ok(SfuSettings {
+        port: listen.port(),
+        addresses,
+    })
 }
 
 fn now_secs() -> u64 {
@@ -140,8 +170,9 @@ impl RateLimit {
 }
 
 impl Rooms {
-    /// A rooms node from its config (needs a tokio runtime for the resume ticker).
-    pub fn new(config: &RoomsConfig, registry: &Registry) -> Arc<Rooms> {
+    /// A rooms node from its config (needs a tokio runtime for the resume ticker and the
+    /// SFU); fails when the SFU's media port cannot be bound.
+    pub fn new(config: &RoomsConfig, registry: &Registry) -> std::io::Result<Arc<Rooms>> {
         let dev_mode = config.api_secret.is_empty();
         let secret = if dev_mode {
             warn!(
@@ -151,6 +182,12 @@ impl Rooms {
             random_hex(32)
         } else {
             config.api_secret.clone()
+        };
+        let (sfu, signals) = if config.sfu {
+            let (sfu, signals) = Sfu::start(&sfu_settings(config)?, registry)?;
+            (Some(sfu), Some(signals))
+        } else {
+            (None, None)
         };
         let rooms = Arc::new(Rooms {
             config: config.clone(),
@@ -166,15 +203,43 @@ impl Rooms {
                         urls: config.ice_servers.clone(),
                     }]
                 },
+                sfu: config.sfu,
             },
             rooms: Mutex::default(),
             conns: Mutex::default(),
             next_conn: AtomicU64::new(1),
             registry: registry.clone(),
             pages: crate::client::pages(),
+            sfu,
         });
         tokio::spawn(rooms.clone().ticker());
-        rooms
+        if let Some(signals) = signals {
+            tokio::spawn(rooms.clone().relay_sfu(signals));
+        }
+        Ok(rooms)
+    }
+
+    /// The SFU's media addresses (empty without one).
+    pub fn media_addrs(&self) -> Vec<SocketAddr> {
+        self.sfu
+            .as_ref()
+            .map(|s| s.addrs().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// SDP and errors from the SFU go to the participant's signaling socket.
+    async fn relay_sfu(self: Arc<Self>, mut signals: mpsc::UnboundedReceiver<Signal>) {
+        while let Some(s) = signals.recv().await {
+            let rooms = self.rooms();
+            let Some(entry) = rooms.get(&s.room) else {
+                continue;
+            };
+            let effect = Effect::Send {
+                to: s.to,
+                message: s.message,
+            };
+            self.apply(&entry.room, vec![effect]);
+        }
     }
 
     /// The join-token signer (for `tidecast token room` and tests).
@@ -216,6 +281,12 @@ impl Rooms {
                     None => continue, // between connections: it renegotiates on resume
                 },
                 Effect::Close { conn, message } => (conn, Outgoing::Close(message.to_json())),
+                Effect::Sfu(command) => {
+                    if let Some(sfu) = &self.sfu {
+                        sfu.send(command);
+                    }
+                    continue;
+                }
             };
             if let Some(tx) = conns.get(&conn) {
                 if tx.try_send(out).is_err() {
@@ -425,7 +496,7 @@ impl Rooms {
                 StatusCode::OK,
                 &serde_json::json!({
                     "name": room,
-                    "mode": "p2p",
+                    "mode": e.room.mode().as_str(),
                     "age_secs": e.room.started_at().elapsed().as_secs(),
                     "participants": e.room.participants(),
                 }),
@@ -472,6 +543,11 @@ impl Rooms {
                 Effect::Send { to, message } => {
                     if let Some(tx) = entry.room.conn_of(&to).and_then(|c| conns.get(&c)) {
                         let _ = tx.try_send(Outgoing::Text(message.to_json()));
+                    }
+                }
+                Effect::Sfu(command) => {
+                    if let Some(sfu) = &self.sfu {
+                        sfu.send(command);
                     }
                 }
             }

@@ -190,6 +190,12 @@ pub enum ServerMessage {
         /// Codec and size every participant can handle.
         constraints: MediaConstraints,
     },
+    /// The room moved to the SFU (a third participant joined): close the peer-to-peer
+    /// connections and offer to participant `sfu`.
+    Mode {
+        /// `sfu`.
+        mode: &'static str,
+    },
     /// The room's constraints changed (someone joined or left): apply at the next negotiation.
     Constraints {
         /// As now.

@@ -1,12 +1,15 @@
-// Two room pages in headless Chromium with a fake 1280x720 camera: they join one room, call each
-// other peer-to-peer, and page A pins then unpins B's tile. Prints one JSON line.
-//   node room.mjs ROOM_URL Y4M_FILE [TIMEOUT_SECONDS] [PAGE_A_QUERY]
+// Room pages in headless Chromium with a fake 1280x720 camera. Prints one JSON line.
+//   node room.mjs ROOM_URL Y4M_FILE [TIMEOUT_SECONDS] [PAGE_A_QUERY] [PAGES]
+// With 2 pages (default): A and B call each other peer-to-peer; A pins then unpins B's tile.
+// With 3 pages: A and B connect peer-to-peer, then C joins, all three move to the SFU (no
+// reload) and receive each other; A pins then unpins B's tile.
 // PAGE_A_QUERY (e.g. `codecs=h264`) makes page A a weaker client; the report has each side's
 // received codec.
 import { launchChromium } from './chromium.mjs';
 
-const [url, y4m, timeoutArg, queryA] = process.argv.slice(2);
+const [url, y4m, timeoutArg, queryA, pagesArg] = process.argv.slice(2);
 const timeoutMs = Number(timeoutArg || 60) * 1000;
+const pages = Number(pagesArg || 2);
 const browser = await launchChromium(['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
   `--use-file-for-fake-video-capture=${y4m}`]);
 const result = { ok: false, steps: {}, errors: [], console: [] };
@@ -17,45 +20,67 @@ async function open(name, extra) {
   const page = await browser.newPage();
   page.on('console', (m) => { if (m.type() === 'error') result.console.push(`${name}: ${m.text()}`); });
   page.on('pageerror', (e) => result.console.push(`${name}: ${e}`));
-  await page.goto(`${url}&name=${name}${extra ? `&${extra}` : ''}`);
+  await page.goto(`${url}&name=${name}&identity=${name}${extra && extra !== '-' ? `&${extra}` : ''}`);
   return page;
 }
 
-const state = (page) => page.evaluate(() => JSON.parse(JSON.stringify(window.roomState)));
-// the one remote peer of a page, once it receives video
-const remote = (s) => Object.entries(s.peers)[0] || [null, null];
+const state = (page) => page.evaluate(() => {
+  const s = window.roomState;
+  return JSON.parse(JSON.stringify({ ...s, sfu: s.sfu ? { connection: s.sfu.connection, pair: s.sfu.pair } : null }));
+});
 
 async function until(page, what, test) {
   const deadline = Date.now() + left();
   let s = null;
   while (Date.now() < deadline) {
     s = await state(page);
-    const [id, p] = remote(s);
-    if (test(id, p, s)) return { id, p, s };
+    const r = test(s);
+    if (r) return r === true ? s : r;
     await page.waitForTimeout(250);
   }
   throw new Error(`${what}: timed out; state ${JSON.stringify(s)}`);
 }
 
+const receiving = (p) => p && p.connection === 'connected' && p.framesDecoded > 0;
+// page state → the remote peer `id` (default: the only one) once it passes `test`
+const peerOf = (id, test) => (s) => {
+  const p = id ? s.peers[id] : Object.values(s.peers)[0];
+  return test(p) && p;
+};
+
 try {
   const a = await open('A', queryA);
   const b = await open('B');
-  const connected = (id, p) => p && p.connection === 'connected' && p.framesDecoded > 0;
-  const ra = await until(a, 'A receives B', connected);
-  const rb = await until(b, 'B receives A', connected);
-  result.steps.connected = { a: ra.p.pair, b: rb.p.pair, mode: ra.s.mode, ms: Date.now() - started,
-    codecs: { a: ra.p.codec, b: rb.p.codec }, constraints: ra.s.constraints };
-  // wait for the selected pair to be reported
-  const pa = await until(a, 'A pair', (id, p) => p && p.pair);
-  result.steps.pair = pa.p.pair;
-  const before = await until(a, 'thumbnail', (id, p) => p && p.frameHeight > 0 && p.frameHeight <= 360);
-  result.steps.thumbnail = before.p.frameHeight;
-  await a.click(`.tile[data-id="${before.id}"]`);
-  const pinned = await until(a, 'pinned rises', (id, p) => p && p.frameHeight >= 540);
-  result.steps.pinned = pinned.p.frameHeight;
-  await a.click(`.tile[data-id="${before.id}"]`);
-  const unpinned = await until(a, 'unpinned lowers', (id, p) => p && p.frameHeight > 0 && p.frameHeight <= 360);
-  result.steps.unpinned = unpinned.p.frameHeight;
+  const ra = await until(a, 'A receives B', peerOf('B', receiving));
+  const rb = await until(b, 'B receives A', peerOf('A', receiving));
+  const sa = await state(a);
+  result.steps.connected = { a: ra.pair, b: rb.pair, mode: sa.mode, ms: Date.now() - started,
+    codecs: { a: ra.codec, b: rb.codec }, constraints: sa.constraints };
+  const pa = await until(a, 'A pair', peerOf('B', (p) => p && p.pair));
+  result.steps.pair = pa.pair;
+  if (pages >= 3) {
+    const joinedAt = Date.now();
+    const c = await open('C');
+    const all = { A: a, B: b, C: c };
+    const seen = {};
+    for (const [name, page] of Object.entries(all)) {
+      const others = Object.keys(all).filter((x) => x !== name);
+      const s = await until(page, `${name} receives ${others} through the SFU`, (s) =>
+        s.mode === 'sfu' && others.every((o) => receiving(s.peers[o])) && s);
+      seen[name] = { mode: s.mode, pair: s.sfu && s.sfu.pair,
+        heights: Object.fromEntries(others.map((o) => [o, s.peers[o].frameHeight])),
+        codecs: Object.fromEntries(others.map((o) => [o, s.peers[o].codec])) };
+    }
+    result.steps.sfu = { ms: Date.now() - joinedAt, pages: seen };
+  }
+  const thumb = await until(a, 'thumbnail', peerOf('B', (p) => p && p.frameHeight > 0 && p.frameHeight <= 360));
+  result.steps.thumbnail = thumb.frameHeight;
+  await a.click('.tile[data-id="B"]');
+  const pinned = await until(a, 'pinned rises', peerOf('B', (p) => p && p.frameHeight >= 540));
+  result.steps.pinned = pinned.frameHeight;
+  await a.click('.tile[data-id="B"]');
+  const unpinned = await until(a, 'unpinned lowers', peerOf('B', (p) => p && p.frameHeight > 0 && p.frameHeight <= 360));
+  result.steps.unpinned = unpinned.frameHeight;
   result.errors = [...(await state(a)).errors, ...(await state(b)).errors];
   result.ok = true;
 } catch (e) {

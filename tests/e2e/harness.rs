@@ -111,6 +111,8 @@ impl Tidecast {
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(args)
+            // the SFU's media port: any free one (tests run side by side)
+            .env("TIDECAST_ROOMS__MEDIA_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

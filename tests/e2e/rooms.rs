@@ -137,6 +137,8 @@ fn signaling_tokens_relay_resume_and_bad_input() {
         &[
             ("TIDECAST_ROOMS__API_SECRET", SECRET),
             ("TIDECAST_ROOMS__RESUME_SECS", "3"),
+            // a room that stays peer-to-peer: the third participant is refused
+            ("TIDECAST_ROOMS__MAX_PARTICIPANTS", "2"),
         ],
     );
     let port = t.rooms_port;
@@ -360,18 +362,11 @@ fn camera_clip(dir: &std::path::Path) -> std::path::PathBuf {
     clip
 }
 
-/// The room client in Chromium: two pages in the development default (each mints its own
-/// token) call peer-to-peer — the selected candidate pair is between the browsers, not tidecast —
-/// in the codec the weaker (H.264-only) side supports, and pinning raises the received frame
-/// height, unpinning lowers it.
-#[test]
-fn room_page_calls_peer_to_peer_and_pinning_raises_the_layer() {
-    crate::browser::browser_dir();
-    let _guard = crate::harness::heavy();
-    let t = Tidecast::start(&[], &[]);
+/// Runs tests/browser/room.mjs with `pages` room pages on `t`'s room page; its report.
+fn room_pages(t: &Tidecast, room: &str, page_a_query: &str, pages: usize) -> Value {
     let clip = camera_clip(&t.dir);
     let url = format!(
-        "http://127.0.0.1:{}/demo/room.html?room=p2p-{}",
+        "http://127.0.0.1:{}/demo/room.html?room={room}-{}",
         t.rooms_port,
         std::process::id()
     );
@@ -380,7 +375,8 @@ fn room_page_calls_peer_to_peer_and_pinning_raises_the_layer() {
         .arg(&url)
         .arg(&clip)
         .arg("90")
-        .arg("codecs=h264") // page A is an H.264-only client
+        .arg(page_a_query)
+        .arg(pages.to_string())
         .output()
         .expect("node room.mjs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -392,6 +388,33 @@ fn room_page_calls_peer_to_peer_and_pinning_raises_the_layer() {
     });
     eprintln!("room report: {report}");
     assert_eq!(report["ok"], true, "{report}\n{}", t.log());
+    report
+}
+
+/// Pinning raised the received frame height and unpinning lowered it again.
+fn assert_pinning_switches_layers(steps: &Value) {
+    let (thumb, pinned, unpinned) = (
+        steps["thumbnail"].as_u64().unwrap_or(0),
+        steps["pinned"].as_u64().unwrap_or(0),
+        steps["unpinned"].as_u64().unwrap_or(0),
+    );
+    assert!(
+        pinned >= 540 && pinned > thumb && pinned > unpinned,
+        "{steps}"
+    );
+}
+
+/// The room client in Chromium: two pages in the development default (each mints its own
+/// token) call peer-to-peer — the selected candidate pair is between the browsers, not tidecast —
+/// in the codec the weaker (H.264-only) side supports, and pinning raises the received frame
+/// height, unpinning lowers it.
+#[test]
+fn room_page_calls_peer_to_peer_and_pinning_raises_the_layer() {
+    crate::browser::browser_dir();
+    let _guard = crate::harness::heavy();
+    let t = Tidecast::start(&[], &[]);
+    // the H.264-only page A is the weaker side
+    let report = room_pages(&t, "p2p", "codecs=h264", 2);
     let steps = &report["steps"];
     assert_eq!(steps["connected"]["mode"], "p2p");
     // the weaker side decides: A declares only H.264, so both directions use it
@@ -403,16 +426,44 @@ fn room_page_calls_peer_to_peer_and_pinning_raises_the_layer() {
     assert_eq!(steps["connected"]["codecs"]["b"], "video/H264", "{steps}");
     // media flows browser to browser: no candidate on either side is tidecast's port
     let pair = &steps["pair"];
+    let media = Tidecast::metric(t.rooms_port, "tidecast_sfu_peers", "");
     for side in ["local", "remote"] {
         assert_ne!(pair[side]["type"], "relay", "{pair}");
         assert_ne!(pair[side]["port"], t.rooms_port, "{pair}");
     }
-    let (thumb, pinned, unpinned) = (
-        steps["thumbnail"].as_u64().unwrap_or(0),
-        steps["pinned"].as_u64().unwrap_or(0),
-        steps["unpinned"].as_u64().unwrap_or(0),
-    );
-    assert!(pinned > thumb && pinned > unpinned, "{steps}");
-    // the server saw two participants in that room
+    assert_eq!(media, 0, "no peer connection to the SFU in a 1:1 call");
+    assert_pinning_switches_layers(steps);
     assert!(t.log().contains("joined"), "{}", t.log());
+}
+
+/// Group calls: two pages call peer-to-peer, a third joins and all three move to the SFU by
+/// renegotiation (no reload) — every page receives the two others from tidecast's one UDP
+/// port — and the simulcast layer A receives of B follows A's layout: pinned → 720p,
+/// thumbnail → 180p.
+#[test]
+fn third_page_moves_the_call_to_the_sfu_and_pinning_switches_the_simulcast_layer() {
+    crate::browser::browser_dir();
+    let _guard = crate::harness::heavy();
+    let t = Tidecast::start(&[], &[]);
+    let report = room_pages(&t, "sfu", "-", 3);
+    let steps = &report["steps"];
+    assert_eq!(steps["connected"]["mode"], "p2p", "{steps}");
+    let media_port = t
+        .log()
+        .lines()
+        .find(|l| l.contains("SFU media listening"))
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.trim_end_matches(']').trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no SFU address in the log:\n{}", t.log()));
+    for page in ["A", "B", "C"] {
+        let seen = &steps["sfu"]["pages"][page];
+        assert_eq!(seen["mode"], "sfu", "{steps}");
+        // the media comes from the SFU's port, not from another browser
+        assert_eq!(seen["pair"]["remote"]["port"], media_port, "{steps}");
+    }
+    assert_pinning_switches_layers(steps);
+    let forwarded = Tidecast::metric(t.rooms_port, "tidecast_sfu_forwarded_packets_total", "");
+    let switches = Tidecast::metric(t.rooms_port, "tidecast_sfu_layer_switches_total", "");
+    assert!(forwarded > 1000, "forwarded {forwarded} packets");
+    assert!(switches >= 4, "{switches} layer switches");
 }

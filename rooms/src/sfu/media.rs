@@ -1,0 +1,494 @@
+//! One room's media in the SFU: its peers, the tracks they publish (with per-layer bitrate and
+//! size), and the forwarding table that decides which layer each subscriber gets. Packets come
+//! in as `str0m` RTP events and go out through the subscribers' send streams; what is decided
+//! (layers, switches) is in [`crate::forwarding`], which this drives.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use str0m::format::Codec;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use tracing::{debug, info};
+
+use super::codec::{starts_keyframe, vp8_keyframe_size, VideoCodec};
+use super::peer::{OutState, Peer};
+use crate::forwarding::{select_layers, Action, ForwardingTable, LayerInfo, Need, TrackKey};
+use crate::signal::Layer;
+
+/// A layer with no packet for this long is treated as paused by the publisher.
+const LAYER_IDLE: Duration = Duration::from_millis(1500);
+/// Keyframe requests for one layer are at most this frequent.
+const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+/// Share of the bandwidth estimate the layers may use (headroom for audio, RTCP, retransmits).
+const BUDGET_SHARE: f64 = 0.85;
+
+/// Nominal bitrates and heights of layers not measured yet, low → high (the room client's
+/// simulcast encodings).
+fn nominal(index: usize, count: usize) -> LayerInfo {
+    let from_top = count.saturating_sub(index + 1) as u32;
+    LayerInfo {
+        height: 720 >> from_top.min(4),
+        bitrate_bps: [1_500_000u64, 500_000, 150_000, 100_000][from_top.min(3) as usize],
+    }
+}
+
+/// Order of simulcast RIDs, low → high: `q`/`h`/`f` (LiveKit's and the room client's names),
+/// `l`/`m`/`h`, else the order the offer listed them in.
+pub fn order_rids(rids: &[Rid]) -> Vec<Rid> {
+    let names: Vec<&str> = rids.iter().map(|r| &**r).collect();
+    let scheme: &[&str] = if names.iter().any(|n| *n == "q" || *n == "f") {
+        &["q", "h", "f"]
+    } else {
+        &["l", "m", "h"]
+    };
+    let mut v = rids.to_vec();
+    if names.iter().all(|n| scheme.contains(n)) {
+        v.sort_by_key(|r| scheme.iter().position(|s| *s == &**r));
+    }
+    v
+}
+
+#[derive(Debug, Default, Clone)]
+struct LayerStat {
+    bytes: u64,
+    bitrate_bps: u64,
+    height: Option<u32>,
+    last_packet: Option<Instant>,
+    last_keyframe_request: Option<Instant>,
+}
+
+/// A track a participant publishes.
+#[derive(Debug)]
+pub struct Published {
+    /// Audio or video.
+    pub kind: MediaKind,
+    mid: Mid,
+    /// Simulcast RIDs low → high (empty: one layer).
+    rids: Vec<Rid>,
+    layers: Vec<LayerStat>,
+}
+
+impl Published {
+    fn layer_of(&self, rid: Option<Rid>) -> usize {
+        rid.and_then(|r| self.rids.iter().position(|x| *x == r))
+            .unwrap_or(0)
+    }
+
+    fn infos(&self, now: Instant) -> Vec<LayerInfo> {
+        let n = self.layers.len();
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let active = l
+                    .last_packet
+                    .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE);
+                let nominal = nominal(i, n);
+                LayerInfo {
+                    height: l.height.unwrap_or(nominal.height),
+                    bitrate_bps: if !active {
+                        u64::MAX / 16 // never chosen
+                    } else if l.bitrate_bps > 0 {
+                        l.bitrate_bps
+                    } else {
+                        nominal.bitrate_bps
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+/// Counters the shell turns into metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    /// RTP packets written towards subscribers.
+    pub forwarded_packets: u64,
+    /// Their payload bytes.
+    pub forwarded_bytes: u64,
+    /// Packets received from publishers.
+    pub received_packets: u64,
+}
+
+/// See the module docs.
+#[derive(Default)]
+pub struct RoomMedia {
+    /// The room's name (for logs).
+    pub name: String,
+    /// Peers by participant id.
+    pub peers: BTreeMap<String, Peer>,
+    /// Published tracks.
+    pub published: BTreeMap<TrackKey, Published>,
+    /// (subscriber, track) → layer.
+    pub table: ForwardingTable,
+    /// Since the last report.
+    pub counts: Counts,
+    receivers: Vec<String>,
+}
+
+fn video_codec(codec: Codec) -> Option<VideoCodec> {
+    match codec {
+        Codec::Vp8 => Some(VideoCodec::Vp8),
+        Codec::H264 => Some(VideoCodec::H264),
+        _ => None,
+    }
+}
+
+impl RoomMedia {
+    /// The media of room `name`, empty.
+    pub fn new(name: &str) -> RoomMedia {
+        RoomMedia {
+            name: name.to_string(),
+            ..RoomMedia::default()
+        }
+    }
+
+    /// Participant `publisher` started sending `mid`.
+    pub fn track_added(&mut self, publisher: &str, mid: Mid, kind: MediaKind, rids: &[Rid]) {
+        let key = TrackKey {
+            publisher: publisher.to_string(),
+            track: mid.to_string(),
+        };
+        let rids = order_rids(rids);
+        let layers = vec![LayerStat::default(); rids.len().max(1)];
+        info!(room = %self.name, publisher, %mid, ?kind, layers = layers.len(), "track published");
+        self.published.insert(
+            key.clone(),
+            Published {
+                kind,
+                mid,
+                rids,
+                layers,
+            },
+        );
+        for (id, peer) in self.peers.iter_mut() {
+            if id != publisher {
+                peer.add_output(&key, kind);
+                peer.reselect = true;
+            }
+        }
+    }
+
+    /// Tracks of others to send to a newly connected `peer`.
+    pub fn outputs_for(&self, peer: &mut Peer) {
+        for (key, p) in &self.published {
+            if key.publisher != peer.id {
+                peer.add_output(key, p.kind);
+            }
+        }
+    }
+
+    /// Participant `id` is gone: its peer, tracks and table entries go; others stop receiving it.
+    pub fn remove(&mut self, id: &str) -> Option<Peer> {
+        let peer = self.peers.remove(id);
+        self.published.retain(|k, _| k.publisher != id);
+        self.table.remove_participant(id);
+        for p in self.peers.values_mut() {
+            p.remove_outputs_of(id);
+            p.reselect = true;
+        }
+        peer
+    }
+
+    /// A subscriber's layout need for `publisher`.
+    pub fn set_need(&mut self, subscriber: &str, publisher: &str, need: Need) {
+        if let Some(p) = self.peers.get_mut(subscriber) {
+            p.needs.insert(publisher.to_string(), need);
+            p.reselect = true;
+        }
+    }
+
+    /// Recompute the layers of every subscriber marked for it; returns keyframe requests made.
+    pub fn reselect(&mut self, now: Instant) {
+        let ids: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.reselect)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in ids {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            peer.reselect = false;
+            let mut needs = BTreeMap::new();
+            let mut layers = BTreeMap::new();
+            for (key, p) in &self.published {
+                if p.kind != MediaKind::Video || key.publisher == id {
+                    continue;
+                }
+                let open = peer
+                    .outputs
+                    .get(key)
+                    .is_some_and(|o| matches!(o.state, OutState::Open(_)));
+                let need = peer.needs.get(&key.publisher).copied().unwrap_or(Need {
+                    layer: Layer::Low,
+                    tile_height: None,
+                });
+                needs.insert(
+                    key.clone(),
+                    if open {
+                        need
+                    } else {
+                        Need {
+                            layer: Layer::Off,
+                            tile_height: None,
+                        }
+                    },
+                );
+                layers.insert(key.clone(), p.infos(now));
+            }
+            let budget = (peer.estimate_bps as f64 * BUDGET_SHARE) as u64;
+            let chosen = select_layers(&needs, &layers, budget);
+            // ask the estimator to find room for the layers the layout wants
+            let desired: u64 = needs
+                .iter()
+                .filter(|(_, n)| n.layer != Layer::Off)
+                .filter_map(|(k, n)| {
+                    let ls = layers.get(k)?;
+                    let i = if n.layer == Layer::High {
+                        ls.len() - 1
+                    } else {
+                        0
+                    };
+                    ls.get(i).map(|l| l.bitrate_bps.min(3_000_000))
+                })
+                .sum::<u64>()
+                + 100_000;
+            peer.rtc.bwe().set_bitrate(
+                str0m::bwe::Bitrate::bps(desired.min(peer.estimate_bps)),
+                str0m::bwe::Bitrate::bps(desired * 5 / 4),
+            );
+            let actions = self.table.set(&id, &chosen);
+            for action in actions {
+                match action {
+                    Action::RequestKeyframe { track, layer } => {
+                        self.request_keyframe(&track, layer, now)
+                    }
+                    Action::Switched {
+                        subscriber, track, ..
+                    } => debug!(%subscriber, ?track, "forwarding stopped"),
+                }
+            }
+        }
+    }
+
+    /// Ask `track`'s publisher for a keyframe of `layer` (throttled).
+    pub fn request_keyframe(&mut self, track: &TrackKey, layer: usize, now: Instant) {
+        let Some(p) = self.published.get_mut(track) else {
+            return;
+        };
+        let Some(stat) = p.layers.get_mut(layer) else {
+            return;
+        };
+        if stat
+            .last_keyframe_request
+            .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_INTERVAL)
+        {
+            return;
+        }
+        stat.last_keyframe_request = Some(now);
+        let rid = p.rids.get(layer).copied();
+        let mid = p.mid;
+        if let Some(peer) = self.peers.get_mut(&track.publisher) {
+            if let Some(s) = peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+                s.request_keyframe(KeyframeRequestKind::Pli);
+            }
+        }
+    }
+
+    /// A subscriber asked for a keyframe on `mid`: pass it to the publisher of what it gets.
+    pub fn keyframe_wanted(&mut self, subscriber: &str, mid: Mid, now: Instant) {
+        let Some(key) = self
+            .peers
+            .get(subscriber)
+            .and_then(|p| p.output_on(mid))
+            .cloned()
+        else {
+            return;
+        };
+        let layer = self.table.current(subscriber, &key).unwrap_or(0);
+        self.request_keyframe(&key, layer, now);
+    }
+
+    /// An RTP packet from `publisher`: account it, switch layers on keyframes, forward it.
+    pub fn forward(&mut self, publisher: &str, packet: &RtpPacket, now: Instant) {
+        self.counts.received_packets += 1;
+        let Some(peer) = self.peers.get_mut(publisher) else {
+            return;
+        };
+        let Some((mid, rid)) = peer.source_of(packet.header.ssrc) else {
+            return;
+        };
+        let params = peer
+            .rtc
+            .codec_config()
+            .find(|p| p.pt() == packet.header.payload_type)
+            .copied();
+        let Some(params) = params else {
+            return;
+        };
+        let key = TrackKey {
+            publisher: publisher.to_string(),
+            track: mid.to_string(),
+        };
+        let Some(published) = self.published.get_mut(&key) else {
+            return;
+        };
+        let layer = published.layer_of(rid);
+        let kind = published.kind;
+        let mut newly_active = false;
+        if let Some(stat) = published.layers.get_mut(layer) {
+            newly_active = stat
+                .last_packet
+                .is_none_or(|t| now.saturating_duration_since(t) >= LAYER_IDLE);
+            stat.bytes += packet.payload.len() as u64 + 12;
+            stat.last_packet = Some(now);
+        }
+        if kind == MediaKind::Video {
+            let codec = video_codec(params.spec().codec);
+            if codec.is_some_and(|c| starts_keyframe(c, &packet.payload)) {
+                if let Some((_, h)) = vp8_keyframe_size(&packet.payload) {
+                    if let Some(stat) = published.layers.get_mut(layer) {
+                        stat.height = Some(u32::from(h));
+                    }
+                }
+                for action in self.table.keyframe(&key, layer) {
+                    if let Action::Switched {
+                        subscriber,
+                        layer: Some(l),
+                        ..
+                    } = action
+                    {
+                        debug!(%subscriber, publisher, layer = l, "layer switched");
+                    }
+                }
+            }
+            if newly_active {
+                for p in self.peers.values_mut() {
+                    p.reselect = true;
+                }
+            }
+        }
+        // who gets it
+        self.receivers.clear();
+        match kind {
+            MediaKind::Video => self
+                .receivers
+                .extend(self.table.receivers(&key, layer).map(str::to_string)),
+            _ => self.receivers.extend(
+                self.peers
+                    .keys()
+                    .filter(|k| k.as_str() != publisher)
+                    .cloned(),
+            ),
+        }
+        let ext = ExtensionValues {
+            audio_level: packet.header.ext_vals.audio_level,
+            voice_activity: packet.header.ext_vals.voice_activity,
+            video_orientation: packet.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        for sub in &self.receivers {
+            let Some(peer) = self.peers.get_mut(sub) else {
+                continue;
+            };
+            let Some(out_pt) = peer.rtc.codec_config().match_params(params).map(|p| p.pt()) else {
+                continue;
+            };
+            let Some(out) = peer.outputs.get_mut(&key) else {
+                continue;
+            };
+            let OutState::Open(out_mid) = out.state else {
+                continue;
+            };
+            let (seq, ts) = out.rewriter.rewrite(
+                layer,
+                packet.header.sequence_number,
+                packet.header.timestamp,
+                now,
+            );
+            let seq = out.seq.extend(seq);
+            let mut api = peer.rtc.direct_api();
+            let Some(stream) = api.stream_tx_by_mid(out_mid, None) else {
+                continue;
+            };
+            stream.write_rtp(
+                RtpWrite::new(
+                    out_pt,
+                    seq.into(),
+                    ts,
+                    packet.timestamp,
+                    packet.payload.clone(),
+                )
+                .marker(packet.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(kind == MediaKind::Video),
+            );
+            self.counts.forwarded_packets += 1;
+            self.counts.forwarded_bytes += packet.payload.len() as u64;
+        }
+    }
+
+    /// Once a second: layer bitrates from the bytes counted.
+    pub fn second(&mut self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64().max(0.001);
+        for p in self.published.values_mut() {
+            for l in &mut p.layers {
+                let rate = (l.bytes as f64 * 8.0 / secs) as u64;
+                // smooth: layers vary frame to frame
+                l.bitrate_bps = if l.bitrate_bps == 0 {
+                    rate
+                } else {
+                    (l.bitrate_bps * 3 + rate) / 4
+                };
+                l.bytes = 0;
+            }
+        }
+        for p in self.peers.values_mut() {
+            p.reselect = true;
+        }
+    }
+
+    /// Layers each publisher's video is forwarded in, for the client to pause the others:
+    /// (publisher, mid) → RIDs in use.
+    pub fn rids_in_use(&self) -> HashMap<(String, Mid), Vec<Rid>> {
+        self.published
+            .iter()
+            .filter(|(_, p)| p.kind == MediaKind::Video && !p.rids.is_empty())
+            .map(|(k, p)| {
+                let used = self.table.layers_in_use(k);
+                let rids = p
+                    .rids
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| used.contains(i))
+                    .map(|(_, r)| *r)
+                    .collect();
+                ((k.publisher.clone(), p.mid), rids)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rids_order_low_to_high() {
+        let r = |s: &[&str]| s.iter().map(|x| Rid::from(*x)).collect::<Vec<_>>();
+        assert_eq!(order_rids(&r(&["f", "q", "h"])), r(&["q", "h", "f"]));
+        assert_eq!(order_rids(&r(&["h", "l", "m"])), r(&["l", "m", "h"]));
+        assert_eq!(order_rids(&r(&["a", "b"])), r(&["a", "b"]));
+    }
+
+    #[test]
+    fn unmeasured_layers_get_nominal_figures() {
+        assert_eq!(nominal(2, 3).height, 720);
+        assert_eq!(nominal(0, 3).height, 180);
+        assert_eq!(nominal(0, 1).height, 720);
+        assert!(nominal(0, 3).bitrate_bps < nominal(1, 3).bitrate_bps);
+    }
+}

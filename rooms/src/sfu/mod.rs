@@ -1,0 +1,622 @@
+//! The selective forwarding unit: group calls (three participants and more) send their media
+//! to tidecast, which forwards each subscriber the simulcast layer its layout and bandwidth
+//! allow. One UDP port serves every peer (packets are demultiplexed by ICE credentials and
+//! then by source address, like LiveKit's single-port mode); each peer is a `str0m::Rtc` in
+//! RTP mode, so packets are forwarded as they are, with sequence numbers and timestamps
+//! rewritten per subscriber ([`crate::forwarding::RtpRewriter`]).
+//!
+//! * [`peer`]: one participant's `Rtc` and its SDP negotiation.
+//! * [`media`]: one room's peers, published tracks and forwarding table.
+//! * [`codec`]: keyframe detection on payloads.
+//! * this module: the handle signaling talks to and the loop that owns the sockets.
+//!
+//! The loop is a single task: commands from signaling, datagrams and timers in; datagrams and
+//! [`Signal`]s (SDP for a participant) out.
+
+pub mod codec;
+pub mod media;
+pub mod peer;
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use str0m::bwe::BweKind;
+use str0m::media::Direction;
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output};
+use tidecast_common::metrics::Registry;
+use tokio::io::ReadBuf;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::forwarding::Need;
+use crate::signal::ServerMessage;
+use media::RoomMedia;
+use peer::Peer;
+
+/// The participant id the SFU signals as (`to`/`from` of its SDP messages).
+pub const SFU_ID: &str = "sfu";
+
+/// Errors of the SFU's inputs.
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    /// An SDP or candidate that does not parse or negotiate.
+    #[error("SDP: {0}")]
+    Sdp(String),
+}
+
+/// Where the SFU listens.
+#[derive(Debug, Clone)]
+pub struct SfuSettings {
+    /// UDP port (0: any free one).
+    pub port: u16,
+    /// Addresses to bind and announce as host candidates.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// From signaling to the SFU.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// The participant's SDP offer (its first, or a renegotiation).
+    Offer {
+        /// Room.
+        room: String,
+        /// Participant.
+        participant: String,
+        /// SDP.
+        sdp: String,
+    },
+    /// The participant's answer to the SFU's offer.
+    Answer {
+        /// Room.
+        room: String,
+        /// Participant.
+        participant: String,
+        /// SDP.
+        sdp: String,
+    },
+    /// A trickled candidate of the participant.
+    Candidate {
+        /// Room.
+        room: String,
+        /// Participant.
+        participant: String,
+        /// `RTCIceCandidateInit` (or null).
+        candidate: Value,
+    },
+    /// What `subscriber`'s layout needs of `publisher`'s video.
+    Subscribe {
+        /// Room.
+        room: String,
+        /// Who receives.
+        subscriber: String,
+        /// Whose video.
+        publisher: String,
+        /// The need.
+        need: Need,
+    },
+    /// The participant left the room.
+    Leave {
+        /// Room.
+        room: String,
+        /// Participant.
+        participant: String,
+    },
+}
+
+/// From the SFU to one participant (through its signaling socket).
+#[derive(Debug)]
+pub struct Signal {
+    /// Room.
+    pub room: String,
+    /// Participant.
+    pub to: String,
+    /// The message.
+    pub message: ServerMessage,
+}
+
+/// The handle signaling holds.
+#[derive(Debug, Clone)]
+pub struct Sfu {
+    commands: mpsc::UnboundedSender<Command>,
+    addrs: Arc<Vec<SocketAddr>>,
+}
+
+impl Sfu {
+    /// Bind the media sockets and start the loop (inside a tokio runtime). Signals for
+    /// participants come out of the returned receiver.
+    pub fn start(
+        settings: &SfuSettings,
+        registry: &Registry,
+    ) -> std::io::Result<(Sfu, mpsc::UnboundedReceiver<Signal>)> {
+        let mut sockets = Vec::new();
+        let mut port = settings.port;
+        for ip in &settings.addresses {
+            let std = std::net::UdpSocket::bind(SocketAddr::new(*ip, port))?;
+            std.set_nonblocking(true)?;
+            let socket = UdpSocket::from_std(std)?;
+            port = socket.local_addr()?.port();
+            sockets.push(socket);
+        }
+        if sockets.is_empty() {
+            return Err(std::io::Error::other("the SFU has no address to listen on"));
+        }
+        let addrs: Vec<SocketAddr> = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
+        info!(?addrs, "SFU media listening (UDP)");
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (signals, signal_rx) = mpsc::unbounded_channel();
+        let router = Router {
+            local: addrs.clone(),
+            rooms: HashMap::new(),
+            demux: HashMap::new(),
+            signals,
+            registry: registry.clone(),
+            last_second: Instant::now(),
+            switches: HashMap::new(),
+        };
+        tokio::spawn(router.run(Arc::from(sockets), rx));
+        Ok((
+            Sfu {
+                commands,
+                addrs: Arc::new(addrs),
+            },
+            signal_rx,
+        ))
+    }
+
+    /// Hand a command to the loop.
+    pub fn send(&self, command: Command) {
+        let _ = self.commands.send(command);
+    }
+
+    /// The media sockets' addresses.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+}
+
+/// The addresses to bind for a `media_listen` of `ip`: itself, or for an unspecified one the
+/// loopback and the address of the default route (found without sending anything).
+pub fn addresses_for(ip: IpAddr) -> Vec<IpAddr> {
+    if !ip.is_unspecified() {
+        return vec![ip];
+    }
+    let mut v = vec![IpAddr::from([127, 0, 0, 1])];
+    let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
+        .and_then(|s| s.local_addr());
+    if let Ok(a) = routed {
+        if !a.ip().is_loopback() && !a.ip().is_unspecified() {
+            v.push(a.ip());
+        }
+    }
+    v
+}
+
+struct Router {
+    local: Vec<SocketAddr>,
+    rooms: HashMap<String, RoomMedia>,
+    /// remote address → (room, participant)
+    demux: HashMap<SocketAddr, (String, String)>,
+    signals: mpsc::UnboundedSender<Signal>,
+    registry: Registry,
+    last_second: Instant,
+    /// layer switches reported so far, per room
+    switches: HashMap<String, u64>,
+}
+
+async fn recv_any(
+    sockets: &[UdpSocket],
+    buf: &mut [u8],
+) -> std::io::Result<(usize, usize, SocketAddr)> {
+    poll_fn(|cx| {
+        for (i, s) in sockets.iter().enumerate() {
+            let mut rb = ReadBuf::new(&mut *buf);
+            if let Poll::Ready(r) = s.poll_recv_from(cx, &mut rb) {
+                let n = rb.filled().len();
+                return Poll::Ready(r.map(|a| (i, n, a)));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+fn far_future(now: Instant) -> Instant {
+    now + Duration::from_secs(3600)
+}
+
+impl Router {
+    async fn run(
+        mut self,
+        sockets: Arc<[UdpSocket]>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
+        let mut buf = vec![0u8; 2048];
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let deadline = self.drive(&sockets, Instant::now());
+            tokio::select! {
+                c = commands.recv() => match c {
+                    Some(c) => self.command(c, Instant::now()),
+                    None => return,
+                },
+                r = recv_any(&sockets, &mut buf) => match r {
+                    Ok((i, n, source)) => {
+                        let destination = self.local[i];
+                        self.receive(source, destination, &buf[..n], Instant::now());
+                    }
+                    Err(e) => debug!("SFU socket: {e}"),
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = tick.tick() => self.second(Instant::now()),
+            }
+        }
+    }
+
+    fn signal(&self, room: &str, to: &str, message: ServerMessage) {
+        let _ = self.signals.send(Signal {
+            room: room.to_string(),
+            to: to.to_string(),
+            message,
+        });
+    }
+
+    fn command(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Offer {
+                room,
+                participant,
+                sdp,
+            } => {
+                let media = self
+                    .rooms
+                    .entry(room.clone())
+                    .or_insert_with(|| RoomMedia::new(&room));
+                let answer = match media.peers.get_mut(&participant) {
+                    Some(peer) if peer.same_connection(&sdp) => peer.accept_offer(&sdp),
+                    _ => {
+                        if let Some(old) = media.remove(&participant) {
+                            for a in &old.addrs {
+                                self.demux.remove(a);
+                            }
+                            info!(%room, %participant, "new peer connection replaces the old one");
+                        }
+                        match Peer::accept(&participant, &sdp, &self.local, now) {
+                            Ok((mut peer, answer)) => {
+                                media.outputs_for(&mut peer);
+                                media.peers.insert(participant.clone(), peer);
+                                info!(%room, %participant, "peer connecting to the SFU");
+                                Ok(answer)
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                };
+                match answer {
+                    Ok(sdp) => self.signal(
+                        &room,
+                        &participant,
+                        ServerMessage::Answer {
+                            from: SFU_ID.into(),
+                            sdp,
+                        },
+                    ),
+                    Err(e) => {
+                        warn!(%room, %participant, "offer refused: {e}");
+                        self.signal(
+                            &room,
+                            &participant,
+                            ServerMessage::error("bad_sdp", e.to_string()),
+                        );
+                    }
+                }
+            }
+            Command::Answer {
+                room,
+                participant,
+                sdp,
+            } => {
+                let result = self
+                    .rooms
+                    .get_mut(&room)
+                    .and_then(|m| m.peers.get_mut(&participant))
+                    .map(|p| p.accept_answer(&sdp));
+                if let Some(Err(e)) = result {
+                    warn!(%room, %participant, "answer refused: {e}");
+                    self.signal(
+                        &room,
+                        &participant,
+                        ServerMessage::error("bad_sdp", e.to_string()),
+                    );
+                }
+            }
+            Command::Candidate {
+                room,
+                participant,
+                candidate,
+            } => {
+                let Some(line) = candidate.get("candidate").and_then(Value::as_str) else {
+                    return; // end of candidates
+                };
+                let line = line.trim().trim_start_matches("a=");
+                match Candidate::from_sdp_string(line) {
+                    Ok(c) => {
+                        if let Some(p) = self
+                            .rooms
+                            .get_mut(&room)
+                            .and_then(|m| m.peers.get_mut(&participant))
+                        {
+                            p.rtc.add_remote_candidate(c);
+                        }
+                    }
+                    // mDNS (.local) host candidates and the like: ICE finds the address from
+                    // the client's own checks (peer-reflexive)
+                    Err(e) => debug!(%room, %participant, "candidate ignored: {e}"),
+                }
+            }
+            Command::Subscribe {
+                room,
+                subscriber,
+                publisher,
+                need,
+            } => {
+                if let Some(m) = self.rooms.get_mut(&room) {
+                    m.set_need(&subscriber, &publisher, need);
+                }
+            }
+            Command::Leave { room, participant } => self.leave(&room, &participant),
+        }
+    }
+
+    fn leave(&mut self, room: &str, participant: &str) {
+        let Some(media) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if let Some(peer) = media.remove(participant) {
+            for a in &peer.addrs {
+                self.demux.remove(a);
+            }
+            info!(%room, %participant, "peer left the SFU");
+        }
+        self.registry.remove_labelled("participant", participant);
+        if media.peers.is_empty() {
+            self.rooms.remove(room);
+            self.switches.remove(room);
+        }
+    }
+
+    fn receive(&mut self, source: SocketAddr, destination: SocketAddr, data: &[u8], now: Instant) {
+        let Ok(contents) = data.try_into() else {
+            return; // not STUN, DTLS or (S)RTP
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        if let Some((room, id)) = self.demux.get(&source) {
+            if let Some(peer) = self.rooms.get_mut(room).and_then(|m| m.peers.get_mut(id)) {
+                if peer.rtc.accepts(&input) {
+                    if let Err(e) = peer.rtc.handle_input(input) {
+                        debug!(%room, participant = %id, "input refused: {e}");
+                    }
+                    return;
+                }
+            }
+        }
+        for (room, media) in self.rooms.iter_mut() {
+            for (id, peer) in media.peers.iter_mut() {
+                if peer.rtc.accepts(&input) {
+                    self.demux.insert(source, (room.clone(), id.clone()));
+                    peer.addrs.push(source);
+                    if let Err(e) = peer.rtc.handle_input(input) {
+                        debug!(%room, participant = %id, "input refused: {e}");
+                    }
+                    return;
+                }
+            }
+        }
+        debug!(%source, "datagram for no peer");
+    }
+
+    /// Feed time, offers and selections in; carry outputs out until every peer waits.
+    fn drive(&mut self, sockets: &[UdpSocket], now: Instant) -> Instant {
+        let mut next = far_future(now);
+        let mut dead: Vec<(String, String)> = Vec::new();
+        for (name, media) in self.rooms.iter_mut() {
+            media.reselect(now);
+            let ids: Vec<String> = media.peers.keys().cloned().collect();
+            for id in &ids {
+                let Some(peer) = media.peers.get_mut(id) else {
+                    continue;
+                };
+                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                    debug!(room = %name, participant = %id, "timeout: {e}");
+                }
+                if let Some(sdp) = peer.negotiate() {
+                    let _ = self.signals.send(Signal {
+                        room: name.clone(),
+                        to: id.clone(),
+                        message: ServerMessage::Offer {
+                            from: SFU_ID.into(),
+                            sdp,
+                        },
+                    });
+                }
+            }
+            let mut again = true;
+            let mut rounds = 0;
+            while again && rounds < 64 {
+                again = false;
+                rounds += 1;
+                for id in &ids {
+                    while let Some(peer) = media.peers.get_mut(id) {
+                        if !peer.rtc.is_alive() {
+                            dead.push((name.clone(), id.clone()));
+                            break;
+                        }
+                        let out = match peer.rtc.poll_output() {
+                            Ok(o) => o,
+                            Err(e) => {
+                                warn!(room = %name, participant = %id, "peer failed: {e}");
+                                dead.push((name.clone(), id.clone()));
+                                break;
+                            }
+                        };
+                        match out {
+                            Output::Timeout(t) => {
+                                next = next.min(t);
+                                break;
+                            }
+                            Output::Transmit(t) => {
+                                if let Some(i) = self.local.iter().position(|a| *a == t.source) {
+                                    let _ = sockets[i].try_send_to(&t.contents, t.destination);
+                                }
+                            }
+                            Output::Event(e) => {
+                                if handle_event(name, media, id, e, now, &mut dead) {
+                                    again = true;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (room, id) in dead {
+            self.signal(
+                &room,
+                &id,
+                ServerMessage::error("media_disconnected", "the SFU lost this peer connection"),
+            );
+            self.leave_peer_only(&room, &id);
+        }
+        next
+    }
+
+    /// A peer connection ended but the participant is still in the room (it may offer again).
+    fn leave_peer_only(&mut self, room: &str, id: &str) {
+        if let Some(media) = self.rooms.get_mut(room) {
+            if let Some(peer) = media.remove(id) {
+                for a in &peer.addrs {
+                    self.demux.remove(a);
+                }
+                info!(%room, participant = %id, "peer connection closed");
+            }
+        }
+    }
+
+    fn second(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last_second);
+        self.last_second = now;
+        let mut peers = 0;
+        for (name, media) in self.rooms.iter_mut() {
+            media.second(elapsed);
+            peers += media.peers.len();
+            let c = std::mem::take(&mut media.counts);
+            let r = &self.registry;
+            r.counter(
+                "tidecast_sfu_forwarded_packets_total",
+                "RTP packets the SFU forwarded to subscribers.",
+                &[],
+            )
+            .add(c.forwarded_packets as i64);
+            r.counter(
+                "tidecast_sfu_forwarded_bytes_total",
+                "RTP payload bytes the SFU forwarded to subscribers.",
+                &[],
+            )
+            .add(c.forwarded_bytes as i64);
+            r.counter(
+                "tidecast_sfu_received_packets_total",
+                "RTP packets the SFU received from publishers.",
+                &[],
+            )
+            .add(c.received_packets as i64);
+            let total = media.table.switches();
+            let before = self.switches.insert(name.clone(), total).unwrap_or(0);
+            r.counter(
+                "tidecast_sfu_layer_switches_total",
+                "Simulcast layer switches (start, change or stop of a forwarded layer).",
+                &[],
+            )
+            .add(total.saturating_sub(before) as i64);
+            for (id, peer) in &media.peers {
+                r.gauge(
+                    "tidecast_sfu_estimated_bandwidth_bps",
+                    "Bandwidth estimate towards a subscriber (TWCC + GCC).",
+                    &[("room", name), ("participant", id)],
+                )
+                .set(peer.estimate_bps as i64);
+            }
+        }
+        self.registry
+            .gauge("tidecast_sfu_peers", "Peer connections to the SFU.", &[])
+            .set(peers as i64);
+    }
+}
+
+/// One event of peer `id`; true when it wrote to other peers (which must be polled again).
+fn handle_event(
+    room: &str,
+    media: &mut RoomMedia,
+    id: &str,
+    event: Event,
+    now: Instant,
+    dead: &mut Vec<(String, String)>,
+) -> bool {
+    match event {
+        Event::RtpPacket(p) => {
+            media.forward(id, &p, now);
+            true
+        }
+        Event::MediaAdded(m) => {
+            if m.direction == Direction::RecvOnly || m.direction == Direction::SendRecv {
+                let rids: Vec<_> = m
+                    .simulcast
+                    .map(|s| {
+                        let layers = if s.send.is_empty() { s.recv } else { s.send };
+                        layers.into_iter().map(|l| l.rid).collect()
+                    })
+                    .unwrap_or_default();
+                media.track_added(id, m.mid, m.kind, &rids);
+            }
+            false
+        }
+        Event::KeyframeRequest(r) => {
+            media.keyframe_wanted(id, r.mid, now);
+            true
+        }
+        Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+            if let Some(peer) = media.peers.get_mut(id) {
+                let new = estimate.as_u64();
+                let old = peer.estimate_bps.max(1);
+                peer.estimate_bps = new;
+                if new.abs_diff(old) * 10 > old {
+                    peer.reselect = true;
+                }
+            }
+            false
+        }
+        Event::Connected => {
+            info!(%room, participant = %id, "peer connected to the SFU");
+            false
+        }
+        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+            dead.push((room.to_string(), id.to_string()));
+            false
+        }
+        _ => false,
+    }
+}

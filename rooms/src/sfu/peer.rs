@@ -1,0 +1,256 @@
+//! One participant's connection to the SFU: its `str0m::Rtc` (RTP mode: packets are forwarded,
+//! never depacketised), what it publishes, the other participants' tracks it receives, and
+//! the SDP negotiation that adds and removes those. The client offers once (its own tracks);
+//! after that only the SFU offers, so the two never collide.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::bwe::Bitrate;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::media::{Direction, MediaKind, Mid, Rid};
+use str0m::rtp::Ssrc;
+use str0m::{Candidate, Rtc};
+
+use super::codec::SeqExtender;
+use super::SfuError;
+use crate::forwarding::{Need, RtpRewriter, TrackKey};
+
+/// Starting bandwidth estimate towards a subscriber, before TWCC feedback refines it.
+pub const INITIAL_ESTIMATE_BPS: u64 = 1_500_000;
+
+/// Where an outgoing track is in its negotiation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutState {
+    /// To be added at the next offer.
+    ToOpen,
+    /// In an offer not yet answered.
+    Negotiating(Mid),
+    /// Negotiated: packets may be written.
+    Open(Mid),
+    /// To be removed at the next offer.
+    ToStop(Mid),
+    /// Removal offered, not yet answered.
+    NegotiatingStop(Mid),
+}
+
+/// Another participant's track as sent to this one.
+#[derive(Debug)]
+pub struct OutTrack {
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Negotiation state.
+    pub state: OutState,
+    /// Keeps sequence numbers and timestamps continuous across layer switches.
+    pub rewriter: RtpRewriter,
+    /// Extended sequence numbers for SRTP.
+    pub seq: SeqExtender,
+}
+
+/// See the module docs.
+pub struct Peer {
+    /// Participant identity.
+    pub id: String,
+    /// The WebRTC session.
+    pub rtc: Rtc,
+    /// `a=ice-ufrag` of the client's offer: a new one means a new `RTCPeerConnection`.
+    pub remote_ufrag: String,
+    /// The client's first offer was answered: the SFU may offer now.
+    ready: bool,
+    pending: Option<SdpPendingOffer>,
+    /// Other participants' tracks sent to this one.
+    pub outputs: BTreeMap<TrackKey, OutTrack>,
+    /// (mid, rid) of incoming SSRCs.
+    ssrcs: HashMap<Ssrc, (Mid, Option<Rid>)>,
+    /// What this subscriber's layout needs of each publisher's video.
+    pub needs: BTreeMap<String, Need>,
+    /// Bandwidth estimate towards this subscriber (TWCC + GCC).
+    pub estimate_bps: u64,
+    /// The forwarding choice must be recomputed.
+    pub reselect: bool,
+    /// Remote addresses seen (for the demultiplexing cache).
+    pub addrs: Vec<SocketAddr>,
+}
+
+fn ufrag(sdp: &str) -> String {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+impl Peer {
+    /// A peer for `id`'s offer, with host candidates on the SFU's sockets. Returns the peer and
+    /// the SDP answer.
+    pub fn accept(
+        id: &str,
+        sdp: &str,
+        candidates: &[SocketAddr],
+        now: Instant,
+    ) -> Result<(Peer, String), SfuError> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .enable_bwe(Some(Bitrate::bps(INITIAL_ESTIMATE_BPS)))
+            .build(now);
+        for addr in candidates {
+            let c = Candidate::host(*addr, "udp").map_err(|e| SfuError::Sdp(e.to_string()))?;
+            rtc.add_local_candidate(c);
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let peer = Peer {
+            id: id.to_string(),
+            rtc,
+            remote_ufrag: ufrag(sdp),
+            ready: true,
+            pending: None,
+            outputs: BTreeMap::new(),
+            ssrcs: HashMap::new(),
+            needs: BTreeMap::new(),
+            estimate_bps: INITIAL_ESTIMATE_BPS,
+            reselect: true,
+            addrs: Vec::new(),
+        };
+        Ok((peer, answer.to_sdp_string()))
+    }
+
+    /// Whether `sdp` comes from the same `RTCPeerConnection` as the first offer.
+    pub fn same_connection(&self, sdp: &str) -> bool {
+        ufrag(sdp) == self.remote_ufrag
+    }
+
+    /// A renegotiation offer from the client.
+    pub fn accept_offer(&mut self, sdp: &str) -> Result<String, SfuError> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SfuError::Sdp(e.to_string()))?;
+        if self.pending.take().is_some() {
+            // our own offer is void now: offer its changes again
+            for out in self.outputs.values_mut() {
+                out.state = match out.state {
+                    OutState::Negotiating(_) => OutState::ToOpen,
+                    OutState::NegotiatingStop(m) => OutState::ToStop(m),
+                    s => s,
+                };
+            }
+        }
+        Ok(answer.to_sdp_string())
+    }
+
+    /// The client's answer to the SFU's offer.
+    pub fn accept_answer(&mut self, sdp: &str) -> Result<(), SfuError> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let Some(pending) = self.pending.take() else {
+            return Err(SfuError::Sdp("an answer without an offer".into()));
+        };
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| SfuError::Sdp(e.to_string()))?;
+        for out in self.outputs.values_mut() {
+            if let OutState::Negotiating(m) = out.state {
+                out.state = OutState::Open(m);
+            }
+        }
+        self.outputs
+            .retain(|_, o| !matches!(o.state, OutState::NegotiatingStop(_)));
+        Ok(())
+    }
+
+    /// Start sending `track` (negotiated at the next offer).
+    pub fn add_output(&mut self, track: &TrackKey, kind: MediaKind) {
+        let clock = if kind == MediaKind::Audio {
+            48_000
+        } else {
+            90_000
+        };
+        self.outputs.entry(track.clone()).or_insert(OutTrack {
+            kind,
+            state: OutState::ToOpen,
+            rewriter: RtpRewriter::new(clock),
+            seq: SeqExtender::default(),
+        });
+    }
+
+    /// Stop sending every track of `publisher`.
+    pub fn remove_outputs_of(&mut self, publisher: &str) {
+        self.outputs.retain(|k, o| {
+            if k.publisher != publisher {
+                return true;
+            }
+            match o.state {
+                OutState::ToOpen => false,
+                OutState::Negotiating(m) | OutState::Open(m) => {
+                    o.state = OutState::ToStop(m);
+                    true
+                }
+                OutState::ToStop(_) | OutState::NegotiatingStop(_) => true,
+            }
+        });
+        self.needs.remove(publisher);
+    }
+
+    /// An SDP offer carrying the pending changes, if any and if the SFU may offer now.
+    pub fn negotiate(&mut self) -> Option<String> {
+        if !self.ready || self.pending.is_some() {
+            return None;
+        }
+        let mut change = self.rtc.sdp_api();
+        for (key, out) in self.outputs.iter_mut() {
+            match out.state {
+                OutState::ToOpen => {
+                    let mid = change.add_media(
+                        out.kind,
+                        Direction::SendOnly,
+                        Some(key.publisher.clone()),
+                        Some(format!("{}-{}", key.publisher, key.track)),
+                        None,
+                    );
+                    out.state = OutState::Negotiating(mid);
+                }
+                OutState::ToStop(mid) => {
+                    change.stop_media(mid);
+                    out.state = OutState::NegotiatingStop(mid);
+                }
+                _ => {}
+            }
+        }
+        if !change.has_changes() {
+            return None;
+        }
+        let (offer, pending) = change.apply()?;
+        self.pending = Some(pending);
+        Some(offer.to_sdp_string())
+    }
+
+    /// The (mid, rid) an incoming SSRC belongs to.
+    pub fn source_of(&mut self, ssrc: Ssrc) -> Option<(Mid, Option<Rid>)> {
+        if let Some(v) = self.ssrcs.get(&ssrc) {
+            return Some(*v);
+        }
+        let mut api = self.rtc.direct_api();
+        let s = api.stream_rx(&ssrc)?;
+        let v = (s.mid(), s.rid());
+        self.ssrcs.insert(ssrc, v);
+        Some(v)
+    }
+
+    /// The outgoing track negotiated on `mid`.
+    pub fn output_on(&self, mid: Mid) -> Option<&TrackKey> {
+        self.outputs
+            .iter()
+            .find(|(_, o)| o.state == OutState::Open(mid))
+            .map(|(k, _)| k)
+    }
+}
