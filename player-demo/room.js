@@ -283,6 +283,10 @@ const handlers = {
     for (const e of sp.encodings) e.active = m.active.includes(e.rid);
     try { await t.sender.setParameters(sp); } catch (e) { state.errors.push(`layers: ${e}`); }
   },
+  active_speaker(m) {
+    state.activeSpeaker = m.participant;
+    for (const [id, t] of Object.entries(tiles)) t.el.classList.toggle('speaking', id === m.participant);
+  },
   pong() {},
   room_ended() { leaving = true; status('the room was ended'); },
   async error(m) {

@@ -196,6 +196,19 @@ pub enum ServerMessage {
         /// `sfu`.
         mode: &'static str,
     },
+    /// The SFU forwards only these simulcast layers (RIDs) of your video on `mid`: pause the
+    /// others at the encoder (`RTCRtpEncodingParameters.active`).
+    Layers {
+        /// The video's `mid` in your connection to the SFU.
+        mid: String,
+        /// RIDs someone receives.
+        active: Vec<String>,
+    },
+    /// The loudest participant (through the SFU), for the layout to enlarge.
+    ActiveSpeaker {
+        /// Who.
+        participant: String,
+    },
     /// The room's constraints changed (someone joined or left): apply at the next negotiation.
     Constraints {
         /// As now.

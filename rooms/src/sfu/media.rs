@@ -3,7 +3,7 @@
 //! in as `str0m` RTP events and go out through the subscribers' send streams; what is decided
 //! (layers, switches) is in [`crate::forwarding`], which this drives.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use str0m::format::Codec;
@@ -13,6 +13,7 @@ use tracing::{debug, info};
 
 use super::codec::{starts_keyframe, vp8_keyframe_size, VideoCodec};
 use super::peer::{OutState, Peer};
+use super::speaker::SpeakerDetector;
 use crate::forwarding::{select_layers, Action, ForwardingTable, LayerInfo, Need, TrackKey};
 use crate::signal::Layer;
 
@@ -67,6 +68,9 @@ pub struct Published {
     /// Simulcast RIDs low → high (empty: one layer).
     rids: Vec<Rid>,
     layers: Vec<LayerStat>,
+    /// Layers the SFU asked the publisher to pause (nobody receives them): available on
+    /// request, though no packet comes.
+    paused: Vec<bool>,
 }
 
 impl Published {
@@ -81,9 +85,9 @@ impl Published {
             .iter()
             .enumerate()
             .map(|(i, l)| {
-                let active = l
-                    .last_packet
-                    .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE);
+                let active = self.paused.get(i).copied().unwrap_or(false)
+                    || l.last_packet
+                        .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE);
                 let nominal = nominal(i, n);
                 LayerInfo {
                     height: l.height.unwrap_or(nominal.height),
@@ -125,6 +129,10 @@ pub struct RoomMedia {
     /// Since the last report.
     pub counts: Counts,
     receivers: Vec<String>,
+    /// Who speaks.
+    pub speakers: SpeakerDetector,
+    /// The forwarding table changed: layers to pause or resume may have changed.
+    pub layers_changed: bool,
 }
 
 fn video_codec(codec: Codec) -> Option<VideoCodec> {
@@ -152,6 +160,7 @@ impl RoomMedia {
         };
         let rids = order_rids(rids);
         let layers = vec![LayerStat::default(); rids.len().max(1)];
+        let paused = vec![false; layers.len()];
         info!(room = %self.name, publisher, %mid, ?kind, layers = layers.len(), "track published");
         self.published.insert(
             key.clone(),
@@ -160,6 +169,7 @@ impl RoomMedia {
                 mid,
                 rids,
                 layers,
+                paused,
             },
         );
         for (id, peer) in self.peers.iter_mut() {
@@ -183,6 +193,8 @@ impl RoomMedia {
     pub fn remove(&mut self, id: &str) -> Option<Peer> {
         let peer = self.peers.remove(id);
         self.published.retain(|k, _| k.publisher != id);
+        self.speakers.remove(id);
+        self.layers_changed = true;
         self.table.remove_participant(id);
         for p in self.peers.values_mut() {
             p.remove_outputs_of(id);
@@ -261,6 +273,9 @@ impl RoomMedia {
                 str0m::bwe::Bitrate::bps(desired * 5 / 4),
             );
             let actions = self.table.set(&id, &chosen);
+            if !actions.is_empty() {
+                self.layers_changed = true;
+            }
             for action in actions {
                 match action {
                     Action::RequestKeyframe { track, layer } => {
@@ -338,6 +353,9 @@ impl RoomMedia {
         };
         let layer = published.layer_of(rid);
         let kind = published.kind;
+        if let Some(level) = packet.header.ext_vals.audio_level {
+            self.speakers.observe(publisher, level, now);
+        }
         let mut newly_active = false;
         if let Some(stat) = published.layers.get_mut(layer) {
             newly_active = stat
@@ -354,7 +372,11 @@ impl RoomMedia {
                         stat.height = Some(u32::from(h));
                     }
                 }
-                for action in self.table.keyframe(&key, layer) {
+                let switched = self.table.keyframe(&key, layer);
+                if !switched.is_empty() {
+                    self.layers_changed = true;
+                }
+                for action in switched {
                     if let Action::Switched {
                         subscriber,
                         layer: Some(l),
@@ -451,24 +473,35 @@ impl RoomMedia {
         }
     }
 
-    /// Layers each publisher's video is forwarded in, for the client to pause the others:
-    /// (publisher, mid) → RIDs in use.
-    pub fn rids_in_use(&self) -> HashMap<(String, Mid), Vec<Rid>> {
-        self.published
-            .iter()
-            .filter(|(_, p)| p.kind == MediaKind::Video && !p.rids.is_empty())
-            .map(|(k, p)| {
-                let used = self.table.layers_in_use(k);
-                let rids = p
+    /// Layers to pause or resume at the publishers: (publisher, mid, RIDs to keep sending)
+    /// for every simulcast video whose set changed. The lowest layer always stays on, so a
+    /// newcomer gets a picture at once.
+    pub fn layer_updates(&mut self) -> Vec<(String, Mid, Vec<Rid>)> {
+        if !std::mem::take(&mut self.layers_changed) {
+            return Vec::new();
+        }
+        let mut updates = Vec::new();
+        for (k, p) in self.published.iter_mut() {
+            if p.kind != MediaKind::Video || p.rids.len() < 2 {
+                continue;
+            }
+            let used = self.table.layers_in_use(k);
+            let paused: Vec<bool> = (0..p.rids.len())
+                .map(|i| i > 0 && !used.contains(&i))
+                .collect();
+            if paused != p.paused {
+                p.paused = paused;
+                let keep = p
                     .rids
                     .iter()
-                    .enumerate()
-                    .filter(|(i, _)| used.contains(i))
-                    .map(|(_, r)| *r)
+                    .zip(&p.paused)
+                    .filter(|(_, off)| !**off)
+                    .map(|(r, _)| *r)
                     .collect();
-                ((k.publisher.clone(), p.mid), rids)
-            })
-            .collect()
+                updates.push((k.publisher.clone(), p.mid, keep));
+            }
+        }
+        updates
     }
 }
 

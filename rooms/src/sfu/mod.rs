@@ -8,6 +8,7 @@
 //! * [`peer`]: one participant's `Rtc` and its SDP negotiation.
 //! * [`media`]: one room's peers, published tracks and forwarding table.
 //! * [`codec`]: keyframe detection on payloads.
+//! * [`speaker`]: the active speaker from audio levels.
 //! * this module: the handle signaling talks to and the loop that owns the sockets.
 //!
 //! The loop is a single task: commands from signaling, datagrams and timers in; datagrams and
@@ -16,6 +17,7 @@
 pub mod codec;
 pub mod media;
 pub mod peer;
+pub mod speaker;
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -436,6 +438,17 @@ impl Router {
         let mut dead: Vec<(String, String)> = Vec::new();
         for (name, media) in self.rooms.iter_mut() {
             media.reselect(now);
+            for (publisher, mid, keep) in media.layer_updates() {
+                debug!(room = %name, %publisher, %mid, ?keep, "simulcast layers to send");
+                let _ = self.signals.send(Signal {
+                    room: name.clone(),
+                    to: publisher,
+                    message: ServerMessage::Layers {
+                        mid: mid.to_string(),
+                        active: keep.iter().map(|r| r.to_string()).collect(),
+                    },
+                });
+            }
             let ids: Vec<String> = media.peers.keys().cloned().collect();
             for id in &ids {
                 let Some(peer) = media.peers.get_mut(id) else {
@@ -523,6 +536,18 @@ impl Router {
         let mut peers = 0;
         for (name, media) in self.rooms.iter_mut() {
             media.second(elapsed);
+            if let Some(speaker) = media.speakers.decide(now) {
+                debug!(room = %name, %speaker, "active speaker");
+                for id in media.peers.keys() {
+                    let _ = self.signals.send(Signal {
+                        room: name.clone(),
+                        to: id.clone(),
+                        message: ServerMessage::ActiveSpeaker {
+                            participant: speaker.clone(),
+                        },
+                    });
+                }
+            }
             peers += media.peers.len();
             let c = std::mem::take(&mut media.counts);
             let r = &self.registry;
