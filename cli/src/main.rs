@@ -75,6 +75,45 @@ enum Command {
         #[command(subcommand)]
         action: TokenCommand,
     },
+    /// Synthetic participants (webrtc-rs) that join a room, publish simulcast and subscribe,
+    /// then print what each received: bitrate, layer (frame height), switches, loss, freezes,
+    /// RTT. The load generator for a rooms deployment.
+    Bot {
+        /// The rooms node's HTTP/WebSocket address, `host:port`.
+        #[arg(long, default_value = "127.0.0.1:7880")]
+        server: String,
+        /// Room to join.
+        #[arg(long)]
+        room: String,
+        /// How many participants.
+        #[arg(long, default_value_t = 3)]
+        participants: usize,
+        /// Identities are this prefix and a number.
+        #[arg(long, default_value = "bot-")]
+        prefix: String,
+        /// Seconds to stay.
+        #[arg(long, default_value_t = 30.0)]
+        duration: f64,
+        /// Seconds between joins.
+        #[arg(long, default_value_t = 0.5)]
+        join_interval: f64,
+        /// The rooms node's `rooms.api_secret` (none: its development default mints for anyone).
+        #[arg(long, env = "TIDECAST_ROOMS__API_SECRET", default_value = "")]
+        secret: String,
+        /// Only subscribe (publish nothing).
+        #[arg(long)]
+        no_publish: bool,
+        /// Layer asked of every other participant over time: `SECONDS=high|low|off,…`.
+        #[arg(long, default_value = "0=low")]
+        schedule: String,
+        /// `high` is for one participant (the first of the others, like a pinned tile); the
+        /// others get `low`.
+        #[arg(long)]
+        pin: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the effective configuration as TOML-like debug output and exit.
     Config,
 }
@@ -253,6 +292,52 @@ async fn main() -> Result<()> {
                 exp: now + ttl.unwrap_or(config.rooms.token_ttl_secs),
             });
             println!("{token}");
+            return Ok(());
+        }
+        Command::Bot {
+            server,
+            room,
+            participants,
+            prefix,
+            duration,
+            join_interval,
+            secret,
+            no_publish,
+            schedule,
+            pin,
+            json,
+        } => {
+            anyhow::ensure!(
+                duration.is_finite() && *duration > 0.0 && *duration < 86_400.0,
+                "--duration is seconds, above 0"
+            );
+            anyhow::ensure!(
+                join_interval.is_finite() && (0.0..3600.0).contains(join_interval),
+                "--join-interval is seconds"
+            );
+            let options = tidecast_bot::BotOptions {
+                server: server.clone(),
+                room: room.clone(),
+                participants: *participants,
+                prefix: prefix.clone(),
+                duration: std::time::Duration::from_secs_f64(*duration),
+                join_interval: std::time::Duration::from_secs_f64(*join_interval),
+                secret: secret.clone(),
+                publish: !no_publish,
+                schedule: tidecast_bot::parse_schedule(schedule)?,
+                pin: *pin,
+            };
+            let report = tidecast_bot::run(options).await?;
+            if *json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", tidecast_bot::render(&report));
+            }
+            anyhow::ensure!(
+                report.failures.is_empty(),
+                "bots failed: {:?}",
+                report.failures
+            );
             return Ok(());
         }
         _ => {}

@@ -42,6 +42,20 @@ pub struct Need {
     pub tile_height: Option<u32>,
 }
 
+/// The layer a need asks for among `layers` (low → high), before any bandwidth limit: `off`
+/// none, `low` the lowest, `high` the smallest at least as tall as the tile (else the top).
+pub fn target_layer(need: &Need, layers: &[LayerInfo]) -> Option<usize> {
+    let top = layers.len().checked_sub(1)?;
+    match need.layer {
+        Layer::Off => None,
+        Layer::Low => Some(0),
+        Layer::High => Some(match need.tile_height {
+            Some(h) => layers.iter().position(|l| l.height >= h).unwrap_or(top),
+            None => top,
+        }),
+    }
+}
+
 /// The layer each track should get (`None`: paused), for one subscriber. `layers` are a track's
 /// layers ordered low → high; `budget_bps` is the subscriber's bandwidth estimate. Every wanted
 /// track first gets its lowest layer (pinned tracks first; what the budget cannot carry is
@@ -60,15 +74,8 @@ pub fn select_layers(
         let Some(ls) = layers.get(key).filter(|l| !l.is_empty()) else {
             continue;
         };
-        let top = ls.len() - 1;
-        let target = match need.layer {
-            Layer::Off => continue,
-            Layer::Low => 0,
-            Layer::High => match need.tile_height {
-                // the smallest layer at least as tall as the tile
-                Some(h) => ls.iter().position(|l| l.height >= h).unwrap_or(top),
-                None => top,
-            },
+        let Some(target) = target_layer(need, ls) else {
+            continue;
         };
         wanted.push((key, target, need.layer == Layer::High));
     }
@@ -103,6 +110,56 @@ pub fn select_layers(
         if !raised {
             return chosen;
         }
+    }
+}
+
+/// The bandwidth a subscriber's layers may use, from its estimates: down at once (congestion
+/// must be relieved now), up only once the estimate has stayed higher for [`Budget::HOLD`]
+/// (an estimate that swings with every probe would otherwise switch layers back and forth).
+#[derive(Debug, Clone)]
+pub struct Budget {
+    bps: u64,
+    /// since when the estimate has been above the budget
+    higher_since: Option<Instant>,
+}
+
+impl Budget {
+    /// How long a higher estimate must last before the budget follows.
+    pub const HOLD: std::time::Duration = std::time::Duration::from_secs(2);
+    /// Share of the estimate the layers may use (audio, RTCP and retransmissions need room).
+    pub const SHARE: f64 = 0.85;
+
+    /// A budget from a starting estimate.
+    pub fn new(estimate_bps: u64) -> Budget {
+        Budget {
+            bps: (estimate_bps as f64 * Self::SHARE) as u64,
+            higher_since: None,
+        }
+    }
+
+    /// The budget now.
+    pub fn bps(&self) -> u64 {
+        self.bps
+    }
+
+    /// A new estimate at `now`; true when the budget changed.
+    pub fn estimate(&mut self, estimate_bps: u64, now: Instant) -> bool {
+        let wanted = (estimate_bps as f64 * Self::SHARE) as u64;
+        if wanted < self.bps {
+            self.bps = wanted;
+            self.higher_since = None;
+            return true;
+        }
+        if wanted == self.bps {
+            return false;
+        }
+        let since = *self.higher_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= Self::HOLD {
+            self.bps = wanted;
+            self.higher_since = None;
+            return true;
+        }
+        false
     }
 }
 
@@ -480,5 +537,24 @@ mod tests {
         // a reordered packet of the current layer keeps its relative place
         let late = r.rewrite(2, 65535, 4_000_003_000, at + Duration::from_millis(70));
         assert_eq!(late, out[4]);
+    }
+
+    #[test]
+    fn budget_falls_at_once_and_rises_after_holding() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut b = Budget::new(1_000_000);
+        assert_eq!(b.bps(), 850_000);
+        assert!(b.estimate(500_000, at(0)));
+        assert_eq!(b.bps(), 425_000);
+        assert!(!b.estimate(2_000_000, at(100)));
+        assert!(!b.estimate(1_800_000, at(1500)));
+        assert!(b.estimate(1_800_000, at(2200)));
+        assert_eq!(b.bps(), 1_530_000);
+        // a dip resets the wait
+        assert!(b.estimate(1_000_000, at(2300)));
+        assert!(!b.estimate(3_000_000, at(2400)));
+        assert!(!b.estimate(3_000_000, at(4000)));
+        assert!(b.estimate(3_000_000, at(4500)));
     }
 }

@@ -467,3 +467,126 @@ fn third_page_moves_the_call_to_the_sfu_and_pinning_switches_the_simulcast_layer
     assert!(forwarded > 1000, "forwarded {forwarded} packets");
     assert!(switches >= 4, "{switches} layer switches");
 }
+
+/// webrtc-rs peers (`tidecast bot`) against the SFU: three participants publish simulcast VP8
+/// and Opus; each receives the two others' audio and video; the layer each asks for moves
+/// low → high → off → low, and what arrives follows — 180p, then 720p with sequence numbers
+/// continuous across the switch, nothing while off, 180p again; leaving frees the SFU's state.
+#[test]
+fn bots_publish_simulcast_and_subscriber_preferences_switch_the_forwarded_layer() {
+    let _guard = crate::harness::heavy();
+    let t = Tidecast::start(&[], &[]);
+    let room = format!("bots-{}", std::process::id());
+    let out = std::process::Command::new(binary())
+        .args(["bot", "--server"])
+        .arg(format!("127.0.0.1:{}", t.rooms_port))
+        .args(["--room", &room, "--participants", "3", "--duration", "22"])
+        .args([
+            "--schedule",
+            "0=low,6=high,14=off,17=low",
+            "--pin",
+            "--json",
+        ])
+        .env("RUST_LOG", "warn,tidecast_bot=debug,webrtc=warn")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("tidecast bot");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no bot report ({e}): {stdout} {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            t.log()
+        )
+    });
+    eprintln!("bot log:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{report}");
+    let participants = report["participants"].as_array().expect("participants");
+    assert_eq!(participants.len(), 3, "{report}");
+    for p in participants {
+        let me = p["identity"].as_str().unwrap_or_default();
+        let tracks = p["tracks"].as_array().expect("tracks");
+        assert_eq!(
+            tracks.len(),
+            4,
+            "{me} receives audio and video of two others: {p}"
+        );
+        for track in tracks {
+            let from = track["publisher"].as_str().unwrap_or_default();
+            assert_ne!(from, me);
+            let key = format!("{from}/{}", track["kind"].as_str().unwrap_or_default());
+            let steps: Vec<u64> = p["packets_by_step"][&key]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            assert_eq!(steps.len(), 4, "{me} {key}: {steps:?}");
+            assert_eq!(track["discontinuities"], 0, "{me} {key}: {track}");
+            if track["kind"] == "audio" {
+                assert!(steps.iter().all(|n| *n > 50), "{me} {key}: {steps:?}");
+                continue;
+            }
+            // off stops forwarding; low resumes it
+            assert!(
+                steps[0] > 50 && steps[1] > 50 && steps[3] > 30,
+                "{me} {key}: {steps:?}"
+            );
+            assert!(steps[2] < steps[1] / 10, "{me} {key} while off: {steps:?}");
+            let heights: Vec<(u64, bool)> = track["heights"]
+                .as_array()
+                .expect("heights")
+                .iter()
+                .map(|h| (h["height"].as_u64().unwrap_or(0), h["continuous"] == true))
+                .collect();
+            assert_eq!(
+                heights.first().map(|h| h.0),
+                Some(180),
+                "{me} {key}: {heights:?}"
+            );
+            assert_eq!(
+                heights.last().map(|h| h.0),
+                Some(180),
+                "{me} {key}: {heights:?}"
+            );
+            // the pinned one (the first of the others) rises to 720p, the other stays small
+            let others: Vec<&str> = participants
+                .iter()
+                .filter_map(|q| q["identity"].as_str())
+                .filter(|id| *id != me)
+                .collect();
+            let pinned = others.iter().min().copied() == Some(from);
+            let first_high = heights.iter().position(|(h, _)| *h >= 720);
+            if !pinned {
+                assert!(first_high.is_none(), "{me} {key} not pinned: {heights:?}");
+                continue;
+            }
+            assert!(
+                first_high.is_some(),
+                "{me} {key} never got 720p: {heights:?}"
+            );
+            // the switch up happened without a gap in sequence numbers
+            for (h, continuous) in &heights[1..=first_high.unwrap_or(0)] {
+                assert!(
+                    continuous,
+                    "{me} {key}: switch to {h} not continuous: {heights:?}"
+                );
+            }
+        }
+    }
+    // leaving frees the SFU's state and the room
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let peers = Tidecast::metric(t.rooms_port, "tidecast_sfu_peers", "");
+        let rooms = http::request(t.rooms_port, "GET", "/api/rooms", &[], b"")
+            .map(|r| r.text())
+            .unwrap_or_default();
+        if peers == 0 && !rooms.contains(&room) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after leaving: {peers} SFU peers, rooms {rooms}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(Tidecast::metric(t.rooms_port, "tidecast_sfu_layer_switches_total", "") >= 9);
+}

@@ -12,17 +12,17 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use tracing::{debug, info};
 
 use super::codec::{starts_keyframe, vp8_keyframe_size, VideoCodec};
-use super::peer::{OutState, Peer};
+use super::peer::{OutState, Peer, INITIAL_ESTIMATE_BPS};
 use super::speaker::SpeakerDetector;
-use crate::forwarding::{select_layers, Action, ForwardingTable, LayerInfo, Need, TrackKey};
+use crate::forwarding::{
+    select_layers, target_layer, Action, ForwardingTable, LayerInfo, Need, TrackKey,
+};
 use crate::signal::Layer;
 
 /// A layer with no packet for this long is treated as paused by the publisher.
 const LAYER_IDLE: Duration = Duration::from_millis(1500);
 /// Keyframe requests for one layer are at most this frequent.
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
-/// Share of the bandwidth estimate the layers may use (headroom for audio, RTCP, retransmits).
-const BUDGET_SHARE: f64 = 0.85;
 
 /// Nominal bitrates and heights of layers not measured yet, low → high (the room client's
 /// simulcast encodings).
@@ -251,26 +251,29 @@ impl RoomMedia {
                 );
                 layers.insert(key.clone(), p.infos(now));
             }
-            let budget = (peer.estimate_bps as f64 * BUDGET_SHARE) as u64;
+            let budget = peer.budget.bps();
             let chosen = select_layers(&needs, &layers, budget);
-            // ask the estimator to find room for the layers the layout wants
-            let desired: u64 = needs
-                .iter()
-                .filter(|(_, n)| n.layer != Layer::Off)
-                .filter_map(|(k, n)| {
-                    let ls = layers.get(k)?;
-                    let i = if n.layer == Layer::High {
-                        ls.len() - 1
-                    } else {
-                        0
-                    };
-                    ls.get(i).map(|l| l.bitrate_bps.min(3_000_000))
-                })
-                .sum::<u64>()
-                + 100_000;
+            // ask the estimator to find room for the layers the layout wants: probe towards
+            // them and, while some track is held below its target, pad up to them so the
+            // estimate can grow (GCC never trusts more than it saw acknowledged)
+            let mut desired = 100_000u64; // audio, RTCP
+            let mut capped = false;
+            for (k, n) in &needs {
+                let Some(ls) = layers.get(k) else {
+                    continue;
+                };
+                let Some(target) = target_layer(n, ls) else {
+                    continue;
+                };
+                desired += ls[target].bitrate_bps.min(4_000_000);
+                if chosen.get(k).copied().flatten().is_none_or(|c| c < target) {
+                    capped = true;
+                }
+            }
+            let minimum = if capped { desired } else { 0 };
             peer.rtc.bwe().set_bitrate(
-                str0m::bwe::Bitrate::bps(desired.min(peer.estimate_bps)),
-                str0m::bwe::Bitrate::bps(desired * 5 / 4),
+                str0m::bwe::Bitrate::bps(minimum),
+                str0m::bwe::Bitrate::bps(desired.max(INITIAL_ESTIMATE_BPS)),
             );
             let actions = self.table.set(&id, &chosen);
             if !actions.is_empty() {
@@ -454,7 +457,7 @@ impl RoomMedia {
     }
 
     /// Once a second: layer bitrates from the bytes counted.
-    pub fn second(&mut self, elapsed: Duration) {
+    pub fn second(&mut self, elapsed: Duration, now: Instant) {
         let secs = elapsed.as_secs_f64().max(0.001);
         for p in self.published.values_mut() {
             for l in &mut p.layers {
@@ -469,6 +472,8 @@ impl RoomMedia {
             }
         }
         for p in self.peers.values_mut() {
+            // a steady estimate sends no events: the budget's hold ends here
+            p.budget.estimate(p.estimate_bps, now);
             p.reselect = true;
         }
     }

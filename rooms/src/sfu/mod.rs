@@ -535,7 +535,7 @@ impl Router {
         self.last_second = now;
         let mut peers = 0;
         for (name, media) in self.rooms.iter_mut() {
-            media.second(elapsed);
+            media.second(elapsed, now);
             if let Some(speaker) = media.speakers.decide(now) {
                 debug!(room = %name, %speaker, "active speaker");
                 for id in media.peers.keys() {
@@ -625,10 +625,8 @@ fn handle_event(
         }
         Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
             if let Some(peer) = media.peers.get_mut(id) {
-                let new = estimate.as_u64();
-                let old = peer.estimate_bps.max(1);
-                peer.estimate_bps = new;
-                if new.abs_diff(old) * 10 > old {
+                peer.estimate_bps = estimate.as_u64();
+                if peer.budget.estimate(peer.estimate_bps, now) {
                     peer.reselect = true;
                 }
             }

@@ -15,7 +15,7 @@ use str0m::{Candidate, Rtc};
 
 use super::codec::SeqExtender;
 use super::SfuError;
-use crate::forwarding::{Need, RtpRewriter, TrackKey};
+use crate::forwarding::{Budget, Need, RtpRewriter, TrackKey};
 
 /// Starting bandwidth estimate towards a subscriber, before TWCC feedback refines it.
 pub const INITIAL_ESTIMATE_BPS: u64 = 1_500_000;
@@ -67,6 +67,8 @@ pub struct Peer {
     pub needs: BTreeMap<String, Need>,
     /// Bandwidth estimate towards this subscriber (TWCC + GCC).
     pub estimate_bps: u64,
+    /// What its layers may use, from the estimates.
+    pub budget: Budget,
     /// The forwarding choice must be recomputed.
     pub reselect: bool,
     /// Remote addresses seen (for the demultiplexing cache).
@@ -116,6 +118,7 @@ impl Peer {
             ssrcs: HashMap::new(),
             needs: BTreeMap::new(),
             estimate_bps: INITIAL_ESTIMATE_BPS,
+            budget: Budget::new(INITIAL_ESTIMATE_BPS),
             reselect: true,
             addrs: Vec::new(),
         };

@@ -1,0 +1,618 @@
+//! One synthetic participant: joins over the room's WebSocket signaling like the room page
+//! does, and once the room is in SFU mode publishes simulcast VP8 (three layers, paused and
+//! resumed as the SFU asks) and Opus through a webrtc-rs peer connection, subscribes to the
+//! others with the layer the schedule says, and measures what it receives.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{debug, info, warn};
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::APIBuilder;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::interceptor::registry::Registry;
+use webrtc::media::Sample;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
+};
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
+use webrtc::track::track_local::TrackLocal;
+
+use crate::media::{MediaLoop, LAYERS};
+use crate::report::{TrackReport, TrackStats};
+use crate::{BotError, BotOptions};
+
+/// What one participant saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParticipantReport {
+    /// Its identity.
+    pub identity: String,
+    /// Milliseconds from start to the SFU connection being up.
+    pub connected_ms: Option<u64>,
+    /// Received tracks.
+    pub tracks: Vec<TrackReport>,
+    /// Packets received per schedule step (from 1.5 s after it began to its end), per
+    /// `publisher/kind`.
+    pub packets_by_step: BTreeMap<String, Vec<u64>>,
+    /// Signaling errors received.
+    pub errors: Vec<String>,
+}
+
+/// The media every bot sends.
+#[derive(Debug, Clone)]
+pub struct Media {
+    /// One loop per simulcast layer, low → high.
+    pub video: Vec<MediaLoop>,
+    /// Opus.
+    pub audio: MediaLoop,
+}
+
+type Stats = Arc<Mutex<BTreeMap<(String, String), TrackStats>>>;
+type Counts = BTreeMap<(String, String), u64>;
+
+/// Packets counted per schedule step start this long after the step began.
+const SETTLE: Duration = Duration::from_millis(1500);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Ask the rooms node for a join token (`POST /api/rooms/{room}/tokens`).
+async fn mint(opts: &BotOptions, identity: &str) -> Result<String, BotError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = json!({ "identity": identity, "name": identity }).to_string();
+    let auth = if opts.secret.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {}\r\n", opts.secret)
+    };
+    let request = format!(
+        "POST /api/rooms/{room}/tokens HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {len}\r\n{auth}Connection: close\r\n\r\n{body}",
+        room = opts.room,
+        host = opts.server,
+        len = body.len(),
+    );
+    let mut s = TcpStream::connect(&opts.server).await?;
+    s.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(BotError::Signaling(format!(
+            "minting a token: {}",
+            head.lines().next().unwrap_or_default()
+        )));
+    }
+    let v: Value =
+        serde_json::from_str(body).map_err(|e| BotError::Signaling(format!("token: {e}")))?;
+    v["token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| BotError::Signaling("no token in the answer".into()))
+}
+
+/// Everything about the connection to the SFU.
+struct SfuConnection {
+    pc: Arc<RTCPeerConnection>,
+    /// per layer: the SFU wants it sent
+    active: Arc<[AtomicBool; 3]>,
+    video_mid: Arc<Mutex<Option<String>>>,
+}
+
+async fn peer_connection() -> Result<Arc<RTCPeerConnection>, BotError> {
+    let mut m = MediaEngine::default();
+    m.register_default_codecs()?;
+    for uri in [
+        webrtc::sdp::extmap::SDES_MID_URI,
+        webrtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,
+    ] {
+        m.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: uri.to_string(),
+            },
+            RTPCodecType::Video,
+            None,
+        )?;
+    }
+    m.register_header_extension(
+        RTCRtpHeaderExtensionCapability {
+            uri: webrtc::sdp::extmap::SDES_MID_URI.to_string(),
+        },
+        RTPCodecType::Audio,
+        None,
+    )?;
+    let registry = register_default_interceptors(Registry::new(), &mut m)?;
+    let mut settings = SettingEngine::default();
+    settings.set_include_loopback_candidate(true);
+    settings.set_network_types(vec![NetworkType::Udp4]);
+    let api = APIBuilder::new()
+        .with_media_engine(m)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(settings)
+        .build();
+    Ok(Arc::new(
+        api.new_peer_connection(RTCConfiguration::default()).await?,
+    ))
+}
+
+impl SfuConnection {
+    /// Connect: tracks, offer (candidates gathered into it).
+    async fn open(
+        identity: &str,
+        media: &Media,
+        stats: Stats,
+        started: Instant,
+        publish: bool,
+    ) -> Result<(SfuConnection, String), BotError> {
+        let pc = peer_connection().await?;
+        let active = Arc::new([
+            AtomicBool::new(true),
+            AtomicBool::new(true),
+            AtomicBool::new(true),
+        ]);
+        let want_key = Arc::new(AtomicBool::new(false));
+        let video_mid = Arc::new(Mutex::new(None));
+        let vp8 = RTCRtpCodecCapability {
+            mime_type: MIME_TYPE_VP8.to_string(),
+            clock_rate: 90_000,
+            ..Default::default()
+        };
+        let opus = RTCRtpCodecCapability {
+            mime_type: MIME_TYPE_OPUS.to_string(),
+            clock_rate: 48_000,
+            channels: 1,
+            ..Default::default()
+        };
+        let send_only = || {
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Sendonly,
+                send_encodings: vec![],
+            })
+        };
+        if publish {
+            let audio = Arc::new(TrackLocalStaticSample::new(
+                opus,
+                "audio".into(),
+                identity.to_string(),
+            ));
+            pc.add_transceiver_from_track(
+                audio.clone() as Arc<dyn TrackLocal + Send + Sync>,
+                send_only(),
+            )
+            .await?;
+            let layers: Vec<Arc<TrackLocalStaticSample>> = LAYERS
+                .iter()
+                .map(|l| {
+                    Arc::new(TrackLocalStaticSample::new_with_rid(
+                        vp8.clone(),
+                        "video".into(),
+                        l.rid.to_string(),
+                        identity.to_string(),
+                    ))
+                })
+                .collect();
+            let t = pc
+                .add_transceiver_from_track(
+                    layers[0].clone() as Arc<dyn TrackLocal + Send + Sync>,
+                    send_only(),
+                )
+                .await?;
+            let sender = t.sender().await;
+            for l in &layers[1..] {
+                sender
+                    .add_encoding(l.clone() as Arc<dyn TrackLocal + Send + Sync>)
+                    .await?;
+            }
+            // keyframe requests from the SFU
+            let wk = want_key.clone();
+            tokio::spawn(async move {
+                while let Ok((packets, _)) = sender.read_rtcp().await {
+                    for p in packets {
+                        let any = p.as_any();
+                        if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                            wk.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+            let tm = t.clone();
+            let vm = video_mid.clone();
+            tokio::spawn(async move {
+                // the mid is known once the offer is made
+                for _ in 0..100 {
+                    if let Some(mid) = tm.mid() {
+                        *lock(&vm) = Some(mid.to_string());
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+            spawn_video(
+                layers,
+                media.video.clone(),
+                active.clone(),
+                want_key.clone(),
+                pc.clone(),
+            );
+            spawn_audio(audio, media.audio.clone(), pc.clone());
+        }
+        if !publish {
+            // an offer needs an m-line: one that only receives (the SFU adds the others' tracks
+            // with its own offers)
+            pc.add_transceiver_from_kind(
+                RTPCodecType::Audio,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    send_encodings: vec![],
+                }),
+            )
+            .await?;
+        }
+        // receive what the SFU offers later
+        pc.on_track(Box::new(move |track, _receiver, _transceiver| {
+            let stats = stats.clone();
+            Box::pin(async move {
+                let publisher = track.stream_id();
+                let kind = match track.kind() {
+                    RTPCodecType::Audio => "audio",
+                    _ => "video",
+                };
+                debug!(%publisher, kind, "track received");
+                let key = (publisher.clone(), kind.to_string());
+                let again = lock(&stats)
+                    .insert(
+                        key.clone(),
+                        TrackStats::new(&publisher, kind, started, Instant::now()),
+                    )
+                    .is_some();
+                if again {
+                    warn!(%publisher, kind, ssrc = track.ssrc(), "track received again");
+                }
+                tokio::spawn(async move {
+                    let ended = loop {
+                        match track.read_rtp().await {
+                            Ok((packet, _)) => {
+                                if let Some(s) = lock(&stats).get_mut(&key) {
+                                    s.packet(
+                                        packet.header.sequence_number,
+                                        packet.header.marker,
+                                        &packet.payload,
+                                        Instant::now(),
+                                    );
+                                }
+                            }
+                            Err(e) => break e,
+                        }
+                    };
+                    debug!(%publisher, kind, "track ended: {ended}");
+                });
+            })
+        }));
+        let offer = pc.create_offer(None).await?;
+        let mut gathered = pc.gathering_complete_promise().await;
+        pc.set_local_description(offer).await?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
+        let sdp = pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or_else(|| BotError::Signaling("no local description".into()))?;
+        Ok((
+            SfuConnection {
+                pc,
+                active,
+                video_mid,
+            },
+            sdp,
+        ))
+    }
+}
+
+fn spawn_video(
+    layers: Vec<Arc<TrackLocalStaticSample>>,
+    loops: Vec<MediaLoop>,
+    active: Arc<[AtomicBool; 3]>,
+    want_key: Arc<AtomicBool>,
+    pc: Arc<RTCPeerConnection>,
+) {
+    tokio::spawn(async move {
+        let Some(first) = loops.first() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(first.frame_duration);
+        let mut i = 0usize;
+        let mut was_active = [true; 3];
+        loop {
+            tick.tick().await;
+            if pc.connection_state()
+                == webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState::Closed
+            {
+                return;
+            }
+            if want_key.swap(false, Ordering::Relaxed) {
+                i = first.next_key(i);
+            }
+            for (n, (track, lp)) in layers.iter().zip(&loops).enumerate() {
+                let on = active[n].load(Ordering::Relaxed);
+                if !on {
+                    was_active[n] = false;
+                    continue;
+                }
+                // a resumed layer starts on a keyframe: the whole call jumps to the next one
+                if !was_active[n] {
+                    was_active[n] = true;
+                    want_key.store(true, Ordering::Relaxed);
+                }
+                let frame = &lp.frames[i % lp.frames.len()];
+                let _ = track
+                    .write_sample(&Sample {
+                        data: frame.data.clone(),
+                        duration: lp.frame_duration,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+            i += 1;
+        }
+    });
+}
+
+fn spawn_audio(track: Arc<TrackLocalStaticSample>, lp: MediaLoop, pc: Arc<RTCPeerConnection>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(lp.frame_duration);
+        let mut i = 0usize;
+        loop {
+            tick.tick().await;
+            if pc.connection_state()
+                == webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState::Closed
+            {
+                return;
+            }
+            let frame = &lp.frames[i % lp.frames.len()];
+            let _ = track
+                .write_sample(&Sample {
+                    data: frame.data.clone(),
+                    duration: lp.frame_duration,
+                    ..Default::default()
+                })
+                .await;
+            i += 1;
+        }
+    });
+}
+
+/// Run participant `identity` until `deadline`.
+pub async fn run(
+    opts: Arc<BotOptions>,
+    identity: String,
+    media: Arc<Media>,
+    started: Instant,
+    deadline: Instant,
+) -> Result<ParticipantReport, BotError> {
+    let token = mint(&opts, &identity).await?;
+    let url = format!(
+        "ws://{}/rooms/{}/ws?token={}",
+        opts.server, opts.room, token
+    );
+    let tcp = TcpStream::connect(&opts.server).await?;
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+        .await
+        .map_err(|e| BotError::Signaling(e.to_string()))?;
+    let (mut sink, mut stream) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        while let Some(v) = out_rx.recv().await {
+            if sink.send(Message::text(v.to_string())).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let send = |v: Value| {
+        let _ = out_tx.send(v);
+    };
+    send(json!({ "type": "join", "name": identity, "caps": { "video_codecs": ["VP8"] } }));
+    let stats: Stats = Arc::default();
+    let mut report = ParticipantReport {
+        identity: identity.clone(),
+        connected_ms: None,
+        tracks: Vec::new(),
+        packets_by_step: BTreeMap::new(),
+        errors: Vec::new(),
+    };
+    let mut others: Vec<String> = Vec::new();
+    let mut sfu: Option<SfuConnection> = None;
+    let mut step = 0usize;
+    // packet counts when each step settled (SETTLE after it began: a switch takes a keyframe
+    // and a queue to drain) and when it ended
+    let mut settled: Vec<Option<Counts>> = vec![None];
+    let mut ended: Vec<Counts> = Vec::new();
+    let counts = |stats: &Stats| -> Counts {
+        lock(stats)
+            .iter()
+            .map(|(k, s)| (k.clone(), s.report(Instant::now()).packets))
+            .collect()
+    };
+    let layer_now = |step: usize| {
+        opts.schedule
+            .iter()
+            .rev()
+            .find(|(at, _)| started + *at <= Instant::now() || step == 0 && at.is_zero())
+            .map(|(_, l)| l.clone())
+            .unwrap_or_else(|| "low".into())
+    };
+    // with --pin, `high` is for the first of the others only (a pinned tile), the rest low
+    let subscribe_all = |others: &[String], layer: &str| {
+        let pinned = others.iter().min();
+        for o in others {
+            let layer = if opts.pin && layer == "high" && Some(o) != pinned {
+                "low"
+            } else {
+                layer
+            };
+            send(json!({ "type": "subscribe", "participant": o, "layer": layer }));
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // round-trip time to the rooms node, from signaling pings (webrtc-rs reports none)
+    let mut ping_sent: Option<Instant> = None;
+    let mut rtts: Vec<f64> = Vec::new();
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => break,
+            _ = tick.tick() => {
+                ticks += 1;
+                let began = opts.schedule.get(step).map(|(at, _)| started + *at);
+                if let (Some(slot), Some(began)) = (settled.last_mut(), began) {
+                    if slot.is_none() && Instant::now() >= began + SETTLE {
+                        *slot = Some(counts(&stats));
+                    }
+                }
+                if ticks.is_multiple_of(4) && ping_sent.is_none() {
+                    ping_sent = Some(Instant::now());
+                    send(json!({ "type": "ping" }));
+                }
+                // the next schedule step
+                if let Some((at, layer)) = opts.schedule.get(step + 1) {
+                    if started + *at <= Instant::now() {
+                        step += 1;
+                        ended.push(counts(&stats));
+                        settled.push(None);
+                        subscribe_all(&others, layer);
+                    }
+                }
+                if let Some(c) = &sfu {
+                    if report.connected_ms.is_none()
+                        && c.pc.connection_state()
+                            == webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState::Connected
+                    {
+                        report.connected_ms = Some(started.elapsed().as_millis() as u64);
+                        info!(%identity, "connected to the SFU");
+                    }
+                }
+            }
+            m = stream.next() => {
+                let text = match m {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => { report.errors.push(format!("socket: {e}")); break; }
+                    None => { report.errors.push("signaling closed".into()); break; }
+                };
+                let Ok(m) = serde_json::from_str::<Value>(&text) else { continue };
+                let from_sfu = m["from"] == "sfu";
+                match m["type"].as_str().unwrap_or_default() {
+                    "joined" => {
+                        others = m["participants"].as_array().into_iter().flatten()
+                            .filter_map(|p| p["id"].as_str().map(str::to_string)).collect();
+                        subscribe_all(&others, &layer_now(step));
+                        if m["mode"] == "sfu" && sfu.is_none() {
+                            let (c, sdp) = SfuConnection::open(&identity, &media, stats.clone(), started, opts.publish).await?;
+                            send(json!({ "type": "offer", "to": "sfu", "sdp": sdp }));
+                            sfu = Some(c);
+                        }
+                    }
+                    "mode" if m["mode"] == "sfu" && sfu.is_none() => {
+                        let (c, sdp) = SfuConnection::open(&identity, &media, stats.clone(), started, opts.publish).await?;
+                        send(json!({ "type": "offer", "to": "sfu", "sdp": sdp }));
+                        sfu = Some(c);
+                        subscribe_all(&others, &layer_now(step));
+                    }
+                    "participant_joined" => {
+                        if let Some(id) = m["participant"]["id"].as_str() {
+                            others.push(id.to_string());
+                            subscribe_all(&others, &layer_now(step));
+                        }
+                    }
+                    "participant_left" => {
+                        others.retain(|o| m["id"].as_str() != Some(o.as_str()));
+                    }
+                    "offer" if from_sfu => {
+                        if let (Some(c), Some(sdp)) = (&sfu, m["sdp"].as_str()) {
+                            c.pc.set_remote_description(RTCSessionDescription::offer(sdp.to_string())?).await?;
+                            let answer = c.pc.create_answer(None).await?;
+                            c.pc.set_local_description(answer.clone()).await?;
+                            send(json!({ "type": "answer", "to": "sfu", "sdp": answer.sdp }));
+                        }
+                    }
+                    "answer" if from_sfu => {
+                        if let (Some(c), Some(sdp)) = (&sfu, m["sdp"].as_str()) {
+                            c.pc.set_remote_description(RTCSessionDescription::answer(sdp.to_string())?).await?;
+                        }
+                    }
+                    "layers" => {
+                        if let Some(c) = &sfu {
+                            let ours = lock(&c.video_mid).clone();
+                            if ours.as_deref() == m["mid"].as_str() {
+                                let keep: Vec<&str> = m["active"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                                for (n, l) in LAYERS.iter().enumerate() {
+                                    c.active[n].store(keep.contains(&l.rid), Ordering::Relaxed);
+                                }
+                                debug!(%identity, ?keep, "layers to send");
+                            }
+                        }
+                    }
+                    "pong" => {
+                        if let Some(t) = ping_sent.take() {
+                            rtts.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                    }
+                    "error" => report.errors.push(format!("{}: {}", m["code"], m["message"])),
+                    _ => {}
+                }
+            }
+        }
+    }
+    send(json!({ "type": "leave" }));
+    let now = Instant::now();
+    rtts.sort_by(f64::total_cmp);
+    let rtt = rtts.get(rtts.len() / 2).copied();
+    ended.push(counts(&stats));
+    for (key, s) in lock(&stats).iter_mut() {
+        if let Some(ms) = rtt {
+            s.rtt(ms);
+        }
+        report.tracks.push(s.report(now));
+        let at = |c: &Counts| c.get(key).copied().unwrap_or(0);
+        let per_step = settled
+            .iter()
+            .zip(&ended)
+            .enumerate()
+            .map(|(i, (from, to))| {
+                // a step too short to settle counts from its start
+                let from = match from {
+                    Some(c) => at(c),
+                    None => i.checked_sub(1).map(|p| at(&ended[p])).unwrap_or(0),
+                };
+                at(to).saturating_sub(from)
+            })
+            .collect();
+        report
+            .packets_by_step
+            .insert(format!("{}/{}", key.0, key.1), per_step);
+    }
+    if let Some(c) = sfu {
+        let _ = c.pc.close().await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(report)
+}
