@@ -18,6 +18,10 @@ const displayName = params.get('name') || identity;
 // `&codecs=h264` makes this client declare (and use) only those codecs, as an H.264-only device
 // would; `&max_height=360` asks everyone to send it at most that tall
 const onlyCodecs = (params.get('codecs') || '').split(',').filter(Boolean).map((c) => c.toUpperCase());
+// `&transport=tcp` behaves as behind a firewall that blocks UDP: towards the SFU only TCP
+// candidates are used (ICE-TCP to its media port)
+const tcpOnly = params.get('transport') === 'tcp';
+const onlyTcp = (sdp) => (tcpOnly ? sdp.split('\r\n').filter((l) => !/^a=candidate:\S+ \d+ udp /i.test(l)).join('\r\n') : sdp);
 
 const state = {
   room, identity, joined: false, session: null, mode: null, you: null,
@@ -185,7 +189,10 @@ async function connectSfu() {
       pc.addTransceiver(track, { direction: 'sendonly', streams: [local] });
     }
   }
-  pc.onicecandidate = (e) => send({ type: 'candidate', to: 'sfu', candidate: e.candidate ? e.candidate.toJSON() : null });
+  pc.onicecandidate = (e) => {
+    if (e.candidate && tcpOnly && / udp /i.test(e.candidate.candidate)) return;
+    send({ type: 'candidate', to: 'sfu', candidate: e.candidate ? e.candidate.toJSON() : null });
+  };
   pc.ontrack = (e) => {
     const stream = e.streams[0];
     if (!stream) return;
@@ -204,7 +211,7 @@ async function connectSfu() {
   applyCodec(sfu);
   const offer = await pc.createOffer();
   await pc.setLocalDescription(offer);
-  send({ type: 'offer', to: 'sfu', sdp: offer.sdp });
+  send({ type: 'offer', to: 'sfu', sdp: onlyTcp(offer.sdp) });
   for (const id of Object.keys(state.participants)) { sfuView(id); subscribe(id); }
 }
 
@@ -249,11 +256,11 @@ const handlers = {
   async offer(m) {
     if (m.from === 'sfu') {
       if (!state.sfu) return;
-      await remoteDescription(state.sfu, { type: 'offer', sdp: m.sdp });
+      await remoteDescription(state.sfu, { type: 'offer', sdp: onlyTcp(m.sdp) });
       applyCodec(state.sfu);
       const answer = await state.sfu.pc.createAnswer();
       await state.sfu.pc.setLocalDescription(answer);
-      send({ type: 'answer', to: 'sfu', sdp: answer.sdp });
+      send({ type: 'answer', to: 'sfu', sdp: onlyTcp(answer.sdp) });
       return;
     }
     const p = peer(m.from);
@@ -265,7 +272,8 @@ const handlers = {
   },
   async answer(m) {
     const p = m.from === 'sfu' ? state.sfu : state.peers[m.from];
-    if (p) await remoteDescription(p, { type: 'answer', sdp: m.sdp });
+    const sdp = m.from === 'sfu' ? onlyTcp(m.sdp) : m.sdp;
+    if (p) await remoteDescription(p, { type: 'answer', sdp });
   },
   async candidate(m) {
     const p = peer(m.from);

@@ -104,6 +104,8 @@ pub fn parse_schedule(text: &str) -> Result<Vec<(Duration, String)>, BotError> {
 pub struct BotReport {
     /// Room.
     pub room: String,
+    /// When the bots started (Unix ms): the origin of every `at_ms` and `*_ms` in the report.
+    pub started_unix_ms: u64,
     /// One entry per synthetic participant.
     pub participants: Vec<ParticipantReport>,
     /// Participants that failed, with why.
@@ -123,6 +125,10 @@ pub async fn run(options: BotOptions) -> Result<BotReport, BotError> {
     let media = Arc::new(media);
     let options = Arc::new(options);
     let started = Instant::now();
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let mut tasks = Vec::new();
     for i in 0..options.participants {
         let join_at = started + options.join_interval * i as u32;
@@ -138,6 +144,7 @@ pub async fn run(options: BotOptions) -> Result<BotReport, BotError> {
     }
     let mut report = BotReport {
         room: options.room.clone(),
+        started_unix_ms,
         participants: Vec::new(),
         failures: Vec::new(),
     };

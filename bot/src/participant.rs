@@ -28,7 +28,7 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp_transceiver::rtp_codec::{
-    RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
@@ -121,6 +121,22 @@ struct SfuConnection {
 async fn peer_connection() -> Result<Arc<RTCPeerConnection>, BotError> {
     let mut m = MediaEngine::default();
     m.register_default_codecs()?;
+    // retransmissions for VP8 (96): the SFU also probes the bandwidth with RTX padding, so
+    // without it a subscriber's estimate could never grow past what media alone carries
+    m.register_codec(
+        RTCRtpCodecParameters {
+            capability: RTCRtpCodecCapability {
+                mime_type: "video/rtx".to_string(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: "apt=96".to_string(),
+                rtcp_feedback: vec![],
+            },
+            payload_type: 97,
+            ..Default::default()
+        },
+        RTPCodecType::Video,
+    )?;
     for uri in [
         webrtc::sdp::extmap::SDES_MID_URI,
         webrtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,

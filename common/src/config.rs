@@ -89,6 +89,8 @@ pub struct RoomsConfig {
     pub media_listen: String,
     /// Addresses the SFU binds and announces as host candidates (empty: from `media_listen`).
     pub media_addresses: Vec<String>,
+    /// Also accept ICE-TCP on the media port (for clients behind UDP-blocking firewalls).
+    pub media_tcp: bool,
 }
 
 impl Default for RoomsConfig {
@@ -101,8 +103,9 @@ impl Default for RoomsConfig {
             max_participants: 16,
             ice_servers: Vec::new(),
             sfu: true,
-            media_listen: "0.0.0.0:7882".into(),
+            media_listen: "0.0.0.0:50000".into(),
             media_addresses: Vec::new(),
+            media_tcp: true,
         }
     }
 }

@@ -56,6 +56,29 @@ pub fn target_layer(need: &Need, layers: &[LayerInfo]) -> Option<usize> {
     }
 }
 
+/// Share of its cost a layer being forwarded counts for when choosing again: staying costs less
+/// than switching (a keyframe, a visible change), so a rate that wobbles around a threshold does
+/// not flip the layer back and forth.
+pub const STAY_DISCOUNT: f64 = 0.8;
+
+/// `layers` with the layer each track is forwarded in now counted at [`STAY_DISCOUNT`] of its
+/// bitrate, for [`select_layers`].
+pub fn sticky(
+    layers: &BTreeMap<TrackKey, Vec<LayerInfo>>,
+    current: impl Fn(&TrackKey) -> Option<usize>,
+) -> BTreeMap<TrackKey, Vec<LayerInfo>> {
+    layers
+        .iter()
+        .map(|(k, ls)| {
+            let mut ls = ls.clone();
+            if let Some(l) = current(k).and_then(|i| ls.get_mut(i)) {
+                l.bitrate_bps = (l.bitrate_bps as f64 * STAY_DISCOUNT) as u64;
+            }
+            (k.clone(), ls)
+        })
+        .collect()
+}
+
 /// The layer each track should get (`None`: paused), for one subscriber. `layers` are a track's
 /// layers ordered low → high; `budget_bps` is the subscriber's bandwidth estimate. Every wanted
 /// track first gets its lowest layer (pinned tracks first; what the budget cannot carry is
@@ -125,7 +148,7 @@ pub struct Budget {
 
 impl Budget {
     /// How long a higher estimate must last before the budget follows.
-    pub const HOLD: std::time::Duration = std::time::Duration::from_secs(2);
+    pub const HOLD: std::time::Duration = std::time::Duration::from_secs(1);
     /// Share of the estimate the layers may use (audio, RTCP and retransmissions need room).
     pub const SHARE: f64 = 0.85;
 
@@ -160,6 +183,44 @@ impl Budget {
             return true;
         }
         false
+    }
+}
+
+/// When to probe the bandwidth for a layer held back by it: every second while probes pay off
+/// (the estimate rose since the last), backing off to every [`ProbePacer::MAX`] while they do
+/// not (a capped link: each probe only fills its queue).
+#[derive(Debug, Clone, Default)]
+pub struct ProbePacer {
+    last: Option<(Instant, u64)>,
+    interval_ms: u64,
+}
+
+impl ProbePacer {
+    /// Shortest interval between probes.
+    pub const MIN: std::time::Duration = std::time::Duration::from_secs(1);
+    /// Longest.
+    pub const MAX: std::time::Duration = std::time::Duration::from_secs(4);
+
+    /// Whether to probe now, given the estimate now; records the probe when it says yes.
+    pub fn due(&mut self, estimate_bps: u64, now: Instant) -> bool {
+        let min = Self::MIN.as_millis() as u64;
+        let max = Self::MAX.as_millis() as u64;
+        let interval = self.interval_ms.clamp(min, max);
+        if let Some((at, before)) = self.last {
+            if (now.saturating_duration_since(at).as_millis() as u64) < interval {
+                return false;
+            }
+            // did the last probe find room?
+            self.interval_ms = if estimate_bps > before + before / 20 {
+                min
+            } else {
+                (interval * 2).min(max)
+            };
+        } else {
+            self.interval_ms = min;
+        }
+        self.last = Some((now, estimate_bps));
+        true
     }
 }
 
@@ -273,6 +334,18 @@ impl ForwardingTable {
             .iter()
             .filter(move |((_, t), e)| t == track && e.current == Some(layer))
             .map(|((s, _), _)| s.as_str())
+    }
+
+    /// Switches still waiting for a keyframe: (track, layer), each once. The shell asks again
+    /// (a request can be lost, or made before the layer's first packet).
+    pub fn waiting(&self) -> BTreeSet<(TrackKey, usize)> {
+        self.entries
+            .iter()
+            .filter_map(|((_, t), e)| match e.target {
+                Some(l) if e.current != Some(l) => Some((t.clone(), l)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Layers of `track` anyone receives or waits for (the others can be paused at the
@@ -463,6 +536,11 @@ mod tests {
             }]
         );
         assert_eq!(t.current("s", &a), None);
+        assert_eq!(
+            t.waiting(),
+            [(a.clone(), 2)].into(),
+            "asked again until it comes"
+        );
         assert!(t.keyframe(&a, 0).is_empty(), "another layer's keyframe");
         assert_eq!(
             t.keyframe(&a, 2),
@@ -473,6 +551,7 @@ mod tests {
             }]
         );
         assert_eq!(t.receivers(&a, 2).collect::<Vec<_>>(), vec!["s"]);
+        assert!(t.waiting().is_empty());
         // down to low: high keeps flowing until low's keyframe
         let low: BTreeMap<_, _> = [(a.clone(), Some(0))].into();
         assert_eq!(
@@ -548,13 +627,48 @@ mod tests {
         assert!(b.estimate(500_000, at(0)));
         assert_eq!(b.bps(), 425_000);
         assert!(!b.estimate(2_000_000, at(100)));
-        assert!(!b.estimate(1_800_000, at(1500)));
+        assert!(!b.estimate(1_800_000, at(1000)));
         assert!(b.estimate(1_800_000, at(2200)));
         assert_eq!(b.bps(), 1_530_000);
         // a dip resets the wait
         assert!(b.estimate(1_000_000, at(2300)));
         assert!(!b.estimate(3_000_000, at(2400)));
-        assert!(!b.estimate(3_000_000, at(4000)));
-        assert!(b.estimate(3_000_000, at(4500)));
+        assert!(!b.estimate(3_000_000, at(3300)));
+        assert!(b.estimate(3_000_000, at(3500)));
+    }
+
+    #[test]
+    fn probes_back_off_while_they_find_nothing() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut p = ProbePacer::default();
+        assert!(p.due(300_000, at(0)));
+        assert!(!p.due(300_000, at(500)));
+        assert!(p.due(300_000, at(1000))); // found nothing: next in 2 s
+        assert!(!p.due(300_000, at(2500)));
+        assert!(p.due(300_000, at(3000))); // next in 4 s
+        assert!(!p.due(300_000, at(6000)));
+        assert!(p.due(600_000, at(7000))); // it grew: every second again
+        assert!(p.due(900_000, at(8000)));
+    }
+
+    #[test]
+    fn the_current_layer_is_kept_near_the_threshold() {
+        let a = key("a");
+        let layers: BTreeMap<_, _> = [(a.clone(), simulcast())].into();
+        let pinned: BTreeMap<_, _> = [(
+            a.clone(),
+            Need {
+                layer: Layer::High,
+                tile_height: None,
+            },
+        )]
+        .into();
+        // 1.4 Mbit/s does not fit the top layer (1.5)...
+        assert_eq!(select_layers(&pinned, &layers, 1_400_000)[&a], Some(1));
+        // ...but a subscriber already on it keeps it until the budget falls clearly below
+        let kept = sticky(&layers, |_| Some(2));
+        assert_eq!(select_layers(&pinned, &kept, 1_400_000)[&a], Some(2));
+        assert_eq!(select_layers(&pinned, &kept, 1_000_000)[&a], Some(1));
     }
 }

@@ -92,6 +92,7 @@ fn sfu_settings(config: &RoomsConfig) -> std::io::Result<SfuSettings> {
     Ok(SfuSettings {
         port: listen.port(),
         addresses,
+        tcp: config.media_tcp,
     })
 }
 

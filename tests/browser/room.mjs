@@ -1,17 +1,19 @@
 // Room pages in headless Chromium with a fake 1280x720 camera. Prints one JSON line.
-//   node room.mjs ROOM_URL Y4M_FILE [TIMEOUT_SECONDS] [PAGE_A_QUERY] [PAGES]
+//   node room.mjs ROOM_URL Y4M_FILE [TIMEOUT_SECONDS] [PAGE_A_QUERY] [PAGES] [C_TRANSPORT]
 // With 2 pages (default): A and B call each other peer-to-peer; A pins then unpins B's tile.
 // With 3 pages: A and B connect peer-to-peer, then C joins, all three move to the SFU (no
 // reload) and receive each other; A pins then unpins B's tile.
 // PAGE_A_QUERY (e.g. `codecs=h264`) makes page A a weaker client; the report has each side's
-// received codec.
+// received codec. C_TRANSPORT `tcp` makes page C behave as behind a UDP-blocking firewall
+// (`&transport=tcp`: no UDP candidates towards the SFU): it must reach the SFU over ICE-TCP.
 import { launchChromium } from './chromium.mjs';
 
-const [url, y4m, timeoutArg, queryA, pagesArg] = process.argv.slice(2);
+const [url, y4m, timeoutArg, queryA, pagesArg, transportC] = process.argv.slice(2);
 const timeoutMs = Number(timeoutArg || 60) * 1000;
 const pages = Number(pagesArg || 2);
-const browser = await launchChromium(['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
-  `--use-file-for-fake-video-capture=${y4m}`]);
+const camera = ['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+  `--use-file-for-fake-video-capture=${y4m}`];
+const browser = await launchChromium(camera);
 const result = { ok: false, steps: {}, errors: [], console: [] };
 const started = Date.now();
 const left = () => Math.max(1000, timeoutMs - (Date.now() - started));
@@ -60,7 +62,7 @@ try {
   result.steps.pair = pa.pair;
   if (pages >= 3) {
     const joinedAt = Date.now();
-    const c = await open('C');
+    const c = await open('C', transportC === 'tcp' ? 'transport=tcp' : null);
     const all = { A: a, B: b, C: c };
     const seen = {};
     for (const [name, page] of Object.entries(all)) {
@@ -76,7 +78,8 @@ try {
   const thumb = await until(a, 'thumbnail', peerOf('B', (p) => p && p.frameHeight > 0 && p.frameHeight <= 360));
   result.steps.thumbnail = thumb.frameHeight;
   await a.click('.tile[data-id="B"]');
-  const pinned = await until(a, 'pinned rises', peerOf('B', (p) => p && p.frameHeight >= 540));
+  // a higher layer: at least twice as tall (720p, or 360p when the sender's CPU adapts)
+  const pinned = await until(a, 'pinned rises', peerOf('B', (p) => p && p.frameHeight >= 2 * thumb.frameHeight));
   result.steps.pinned = pinned.frameHeight;
   await a.click('.tile[data-id="B"]');
   const unpinned = await until(a, 'unpinned lowers', peerOf('B', (p) => p && p.frameHeight > 0 && p.frameHeight <= 360));

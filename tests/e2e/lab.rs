@@ -12,7 +12,9 @@ use crate::harness::{binary, heavy, require_tool};
 
 struct Lab {
     prefix: String,
-    script: PathBuf,
+    /// regions.sh (torn down with `down`), or None: the namespaces in `namespaces` are deleted
+    script: Option<PathBuf>,
+    namespaces: Vec<String>,
     procs: Vec<Child>,
     dir: PathBuf,
 }
@@ -84,12 +86,42 @@ impl Drop for Lab {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
-        let _ = Command::new(&self.script)
-            .arg("down")
-            .env("LAB_PREFIX", &self.prefix)
-            .output();
+        if let Some(script) = &self.script {
+            let _ = Command::new(script)
+                .arg("down")
+                .env("LAB_PREFIX", &self.prefix)
+                .output();
+        }
+        for ns in &self.namespaces {
+            // the link's relay ends when its devices go with the namespace
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether network namespaces can be made here (root, iproute2); says why not otherwise.
+fn netns_available(what: &str) -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let probe = format!("tc-probe-{}", std::process::id());
+    let netns = root
+        && Command::new("ip")
+            .args(["netns", "add", &probe])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+    let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+    if !netns {
+        eprintln!(
+            "SKIPPED {what}: network namespaces unavailable here (needs root and iproute2: \
+             `ip netns add` failed)"
+        );
+    }
+    netns
 }
 
 fn wait_until(what: &str, lab: &Lab, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -106,25 +138,7 @@ fn wait_until(what: &str, lab: &Lab, timeout: Duration, mut f: impl FnMut() -> b
 
 #[test]
 fn regions_lab_steers_players_and_crosses_the_long_link_once() {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
-    let netns = root
-        && Command::new("ip")
-            .args(["netns", "add", "tc-probe-lab"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-    let _ = Command::new("ip")
-        .args(["netns", "del", "tc-probe-lab"])
-        .status();
-    if !netns {
-        eprintln!(
-            "SKIPPED regions lab: network namespaces unavailable here (needs root and iproute2: \
-             `ip netns add` failed)"
-        );
+    if !netns_available("regions lab") {
         return;
     }
     require_tool("curl", "apt-get install curl");
@@ -148,7 +162,8 @@ fn regions_lab_steers_players_and_crosses_the_long_link_once() {
     std::fs::create_dir_all(&dir).expect("lab dir");
     let mut lab = Lab {
         prefix,
-        script,
+        script: Some(script),
+        namespaces: Vec::new(),
         procs: Vec::new(),
         dir: dir.clone(),
     };
@@ -373,5 +388,234 @@ fn regions_lab_steers_players_and_crosses_the_long_link_once() {
     assert!(
         crossed < size * 3 / 2,
         "crossed {crossed} bytes for one {size}-byte segment: more than once"
+    );
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Network-aware layer selection, for real: the SFU and two publishing bots in one namespace, a
+/// subscribing bot in another behind the lab's user-space link capped at 400 kbit/s. The pinned
+/// publisher reaches it in the low layer while the cap holds (the SFU's TWCC/GCC estimate sees the
+/// link); lifting the cap brings a higher layer back within 10 s and 720p within 15 s.
+#[test]
+fn sfu_serves_a_capped_subscriber_the_low_layer_and_raises_it_when_the_cap_lifts() {
+    if !netns_available("SFU bandwidth lab") {
+        return;
+    }
+    require_tool("python3", "apt-get install python3");
+    let _guard = heavy();
+    let prefix = format!("s{}-", std::process::id() % 100_000);
+    let dir = std::env::temp_dir().join(format!("tidecast-sfulab-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("lab dir");
+    let (sfu, sub) = (format!("{prefix}sfu"), format!("{prefix}sub"));
+    let mut lab = Lab {
+        prefix: prefix.clone(),
+        script: None,
+        namespaces: vec![sfu.clone(), sub.clone()],
+        procs: Vec::new(),
+        dir: dir.clone(),
+    };
+    for ns in [&sfu, &sub] {
+        ip(&["netns", "add", ns]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    // the subscriber's link: 5 ms each way, 400 kbit/s until the rate file says otherwise
+    let rate_file = dir.join("rate");
+    std::fs::write(&rate_file, "400").expect("rate file");
+    let link = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../infra/lab/delay_link.py");
+    let (tap_a, tap_b) = (format!("{prefix}a"), format!("{prefix}b"));
+    let out = Command::new("python3")
+        .arg(&link)
+        .args([&tap_a, &sfu, &tap_b, &sub, "5"])
+        .arg(&rate_file)
+        .output()
+        .expect("delay_link.py");
+    assert!(
+        out.status.success(),
+        "delay_link.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ip(&["-n", &sfu, "addr", "add", "10.79.0.1/24", "dev", &tap_a]);
+    ip(&["-n", &sfu, "link", "set", &tap_a, "up"]);
+    ip(&["-n", &sub, "addr", "add", "10.79.0.2/24", "dev", &tap_b]);
+    ip(&["-n", &sub, "link", "set", &tap_b, "up"]);
+
+    let bin = binary().display().to_string();
+    let data = dir.join("data").display().to_string();
+    let mut tidecast = Command::new("ip");
+    tidecast
+        .args([
+            "netns",
+            "exec",
+            &sfu,
+            &bin,
+            "rooms",
+            "--rooms-listen",
+            "0.0.0.0:7880",
+        ])
+        .args(["--data-dir", &data])
+        .env("TIDECAST_ROOMS__MEDIA_LISTEN", "0.0.0.0:50000")
+        .env(
+            "TIDECAST_ROOMS__MEDIA_ADDRESSES",
+            "[\"10.79.0.1\", \"127.0.0.1\"]",
+        )
+        .env("RUST_LOG", "info,tidecast_rooms=debug")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("tidecast.log")).expect("log"));
+    lab.procs.push(tidecast.spawn().expect("tidecast rooms"));
+    wait_until("the rooms node", &lab, Duration::from_secs(20), || {
+        lab.curl("sfu", &["http://127.0.0.1:7880/healthz"])
+            .contains("ok")
+    });
+    lab.spawn(
+        "sfu",
+        &[
+            &bin,
+            "bot",
+            "--server",
+            "127.0.0.1:7880",
+            "--room",
+            "net",
+            "--participants",
+            "2",
+            "--prefix",
+            "pub-",
+            "--duration",
+            "45",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // the subscriber: pins pub-1 (high), pub-2 a thumbnail; the cap lifts 16 s after it starts
+    let subscriber = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &sub,
+            &bin,
+            "bot",
+            "--server",
+            "10.79.0.1:7880",
+        ])
+        .args([
+            "--room",
+            "net",
+            "--participants",
+            "1",
+            "--prefix",
+            "sub-",
+            "--no-publish",
+        ])
+        .args([
+            "--schedule",
+            "0=high",
+            "--pin",
+            "--duration",
+            "30",
+            "--json",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("subscriber.log")).expect("log"))
+        .spawn()
+        .expect("subscriber bot");
+    let estimate = |lab: &Lab| {
+        lab.curl("sfu", &["http://127.0.0.1:7880/metrics"])
+            .lines()
+            .find(|l| l.starts_with("tidecast_sfu_estimated_bandwidth_bps") && l.contains("sub-1"))
+            .and_then(|l| l.rsplit(' ').next().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let mut estimates = Vec::new();
+    for _ in 0..16 {
+        std::thread::sleep(Duration::from_secs(1));
+        estimates.push(estimate(&lab));
+    }
+    std::fs::write(&rate_file, "0").expect("lifting the cap");
+    let lifted_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut last_tx = lab.tx_bytes("sfu", &tap_a);
+    for _ in 0..16 {
+        std::thread::sleep(Duration::from_secs(1));
+        let tx = lab.tx_bytes("sfu", &tap_a);
+        estimates.push(format!(
+            "{} (link {} kbit/s)",
+            estimate(&lab),
+            (tx - last_tx) * 8 / 1000
+        ));
+        last_tx = tx;
+    }
+    eprintln!("subscriber's bandwidth estimate each second (cap lifted after 16): {estimates:?}");
+    let out = subscriber.wait_with_output().expect("subscriber report");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("no subscriber report ({e}): {stdout}\n{}", lab.logs()));
+    eprintln!("subscriber report: {report}");
+    let p = &report["participants"][0];
+    let video = p["tracks"]
+        .as_array()
+        .and_then(|t| {
+            t.iter()
+                .find(|t| t["publisher"] == "pub-1" && t["kind"] == "video")
+        })
+        .unwrap_or_else(|| panic!("no video from pub-1: {report}\n{}", lab.logs()));
+    let heights: Vec<(u64, u64)> = video["heights"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|x| {
+                    (
+                        x["at_ms"].as_u64().unwrap_or(0),
+                        x["height"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // the bot's times count from its start; the capped state settles within 10 s (the first
+    // estimate is optimistic): for the 6 s before the lift the pinned video is the low layer
+    let lifted_ms = lifted_unix_ms.saturating_sub(report["started_unix_ms"].as_u64().unwrap_or(0));
+    let in_effect = |t: u64| {
+        heights
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= t)
+            .map(|(_, h)| *h)
+    };
+    let window = lifted_ms.saturating_sub(6000);
+    let capped_ok = in_effect(window).is_some_and(|h| h <= 180)
+        && heights
+            .iter()
+            .filter(|(t, _)| *t > window && *t < lifted_ms)
+            .all(|(_, h)| *h <= 180);
+    assert!(
+        capped_ok,
+        "the pinned video over a 400 kbit/s link must be the low layer: {heights:?} (lifted at {lifted_ms} ms)\n{}",
+        lab.logs()
+    );
+    let after = |min: u64| {
+        heights
+            .iter()
+            .find(|(t, h)| *t >= lifted_ms && *h >= min)
+            .map(|(t, _)| t - lifted_ms)
+    };
+    let (higher, full) = (after(360), after(720));
+    eprintln!("after the cap lifted: 360p+ in {higher:?} ms, 720p in {full:?} ms");
+    // GCC's estimate climbs from ~300 kbit/s about 10-20 %/s (with str0m's probes): a higher
+    // layer comes within 10 s, the full 720p (which needs ~1.5 Mbit/s) within 15
+    assert!(
+        higher.is_some_and(|ms| ms <= 10_000) && full.is_some_and(|ms| ms <= 15_000),
+        "a higher layer within 10 s and 720p within 15 s of lifting the cap: {heights:?} \
+         (lifted at {lifted_ms} ms)\n{}",
+        lab.logs()
     );
 }

@@ -363,7 +363,13 @@ fn camera_clip(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// Runs tests/browser/room.mjs with `pages` room pages on `t`'s room page; its report.
-fn room_pages(t: &Tidecast, room: &str, page_a_query: &str, pages: usize) -> Value {
+fn room_pages(
+    t: &Tidecast,
+    room: &str,
+    page_a_query: &str,
+    pages: usize,
+    c_transport: &str,
+) -> Value {
     let clip = camera_clip(&t.dir);
     let url = format!(
         "http://127.0.0.1:{}/demo/room.html?room={room}-{}",
@@ -377,6 +383,7 @@ fn room_pages(t: &Tidecast, room: &str, page_a_query: &str, pages: usize) -> Val
         .arg("90")
         .arg(page_a_query)
         .arg(pages.to_string())
+        .arg(c_transport)
         .output()
         .expect("node room.mjs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -398,10 +405,7 @@ fn assert_pinning_switches_layers(steps: &Value) {
         steps["pinned"].as_u64().unwrap_or(0),
         steps["unpinned"].as_u64().unwrap_or(0),
     );
-    assert!(
-        pinned >= 540 && pinned > thumb && pinned > unpinned,
-        "{steps}"
-    );
+    assert!(pinned >= 2 * thumb && pinned > unpinned, "{steps}");
 }
 
 /// The room client in Chromium: two pages in the development default (each mints its own
@@ -414,7 +418,7 @@ fn room_page_calls_peer_to_peer_and_pinning_raises_the_layer() {
     let _guard = crate::harness::heavy();
     let t = Tidecast::start(&[], &[]);
     // the H.264-only page A is the weaker side
-    let report = room_pages(&t, "p2p", "codecs=h264", 2);
+    let report = room_pages(&t, "p2p", "codecs=h264", 2, "udp");
     let steps = &report["steps"];
     assert_eq!(steps["connected"]["mode"], "p2p");
     // the weaker side decides: A declares only H.264, so both directions use it
@@ -437,29 +441,37 @@ fn room_page_calls_peer_to_peer_and_pinning_raises_the_layer() {
 }
 
 /// Group calls: two pages call peer-to-peer, a third joins and all three move to the SFU by
-/// renegotiation (no reload) — every page receives the two others from tidecast's one UDP
-/// port — and the simulcast layer A receives of B follows A's layout: pinned → 720p,
-/// thumbnail → 180p.
+/// renegotiation (no reload) — every page receives the two others from tidecast's one media
+/// port, A and B over UDP, C (whose browser may not use UDP) over ICE-TCP — and the simulcast
+/// layer A receives of B follows A's layout: pinned → 720p, thumbnail → 180p.
 #[test]
 fn third_page_moves_the_call_to_the_sfu_and_pinning_switches_the_simulcast_layer() {
     crate::browser::browser_dir();
     let _guard = crate::harness::heavy();
     let t = Tidecast::start(&[], &[]);
-    let report = room_pages(&t, "sfu", "-", 3);
+    // C's browser may not use UDP (as behind a corporate firewall): it comes in over ICE-TCP
+    let report = room_pages(&t, "sfu", "-", 3, "tcp");
     let steps = &report["steps"];
     assert_eq!(steps["connected"]["mode"], "p2p", "{steps}");
     let media_port = t
         .log()
         .lines()
         .find(|l| l.contains("SFU media listening"))
-        .and_then(|l| l.rsplit(':').next())
-        .and_then(|p| p.trim_end_matches(']').trim().parse::<u64>().ok())
+        .and_then(|l| l.split("addrs=[").nth(1))
+        .and_then(|a| a.split(']').next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.trim().parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no SFU address in the log:\n{}", t.log()));
     for page in ["A", "B", "C"] {
         let seen = &steps["sfu"]["pages"][page];
         assert_eq!(seen["mode"], "sfu", "{steps}");
         // the media comes from the SFU's port, not from another browser
         assert_eq!(seen["pair"]["remote"]["port"], media_port, "{steps}");
+        let transport = if page == "C" { "tcp" } else { "udp" };
+        assert_eq!(
+            seen["pair"]["remote"]["protocol"], transport,
+            "{page}: {steps}"
+        );
     }
     assert_pinning_switches_layers(steps);
     let forwarded = Tidecast::metric(t.rooms_port, "tidecast_sfu_forwarded_packets_total", "");

@@ -15,7 +15,7 @@ use super::codec::{starts_keyframe, vp8_keyframe_size, VideoCodec};
 use super::peer::{OutState, Peer, INITIAL_ESTIMATE_BPS};
 use super::speaker::SpeakerDetector;
 use crate::forwarding::{
-    select_layers, target_layer, Action, ForwardingTable, LayerInfo, Need, TrackKey,
+    select_layers, sticky, target_layer, Action, ForwardingTable, LayerInfo, Need, TrackKey,
 };
 use crate::signal::Layer;
 
@@ -53,6 +53,8 @@ pub fn order_rids(rids: &[Rid]) -> Vec<Rid> {
 #[derive(Debug, Default, Clone)]
 struct LayerStat {
     bytes: u64,
+    /// first packet counted in `bytes`
+    first_in_window: Option<Instant>,
     bitrate_bps: u64,
     height: Option<u32>,
     last_packet: Option<Instant>,
@@ -133,6 +135,8 @@ pub struct RoomMedia {
     pub speakers: SpeakerDetector,
     /// The forwarding table changed: layers to pause or resume may have changed.
     pub layers_changed: bool,
+    /// subscriber → publisher → what its layout needs
+    needs: BTreeMap<String, BTreeMap<String, Need>>,
 }
 
 fn video_codec(codec: Codec) -> Option<VideoCodec> {
@@ -191,6 +195,16 @@ impl RoomMedia {
 
     /// Participant `id` is gone: its peer, tracks and table entries go; others stop receiving it.
     pub fn remove(&mut self, id: &str) -> Option<Peer> {
+        self.needs.remove(id);
+        for n in self.needs.values_mut() {
+            n.remove(id);
+        }
+        self.disconnect(id)
+    }
+
+    /// Participant `id`'s peer connection is gone (it stays in the room and may connect again,
+    /// keeping what its layout asked for): its tracks and table entries go.
+    pub fn disconnect(&mut self, id: &str) -> Option<Peer> {
         let peer = self.peers.remove(id);
         self.published.retain(|k, _| k.publisher != id);
         self.speakers.remove(id);
@@ -203,10 +217,14 @@ impl RoomMedia {
         peer
     }
 
-    /// A subscriber's layout need for `publisher`.
+    /// A subscriber's layout need for `publisher` (kept until the subscriber leaves: it may say
+    /// so before its peer connection exists).
     pub fn set_need(&mut self, subscriber: &str, publisher: &str, need: Need) {
+        self.needs
+            .entry(subscriber.to_string())
+            .or_default()
+            .insert(publisher.to_string(), need);
         if let Some(p) = self.peers.get_mut(subscriber) {
-            p.needs.insert(publisher.to_string(), need);
             p.reselect = true;
         }
     }
@@ -234,10 +252,15 @@ impl RoomMedia {
                     .outputs
                     .get(key)
                     .is_some_and(|o| matches!(o.state, OutState::Open(_)));
-                let need = peer.needs.get(&key.publisher).copied().unwrap_or(Need {
-                    layer: Layer::Low,
-                    tile_height: None,
-                });
+                let need = self
+                    .needs
+                    .get(&id)
+                    .and_then(|n| n.get(&key.publisher))
+                    .copied()
+                    .unwrap_or(Need {
+                        layer: Layer::Low,
+                        tile_height: None,
+                    });
                 needs.insert(
                     key.clone(),
                     if open {
@@ -252,7 +275,8 @@ impl RoomMedia {
                 layers.insert(key.clone(), p.infos(now));
             }
             let budget = peer.budget.bps();
-            let chosen = select_layers(&needs, &layers, budget);
+            let table = &self.table;
+            let chosen = select_layers(&needs, &sticky(&layers, |k| table.current(&id, k)), budget);
             // ask the estimator to find room for the layers the layout wants: probe towards
             // them and, while some track is held below its target, pad up to them so the
             // estimate can grow (GCC never trusts more than it saw acknowledged)
@@ -270,11 +294,21 @@ impl RoomMedia {
                     capped = true;
                 }
             }
+            tracing::trace!(subscriber = %id, budget, capped, ?needs, ?chosen, ?layers, "layers selected");
             let minimum = if capped { desired } else { 0 };
-            peer.rtc.bwe().set_bitrate(
+            let desired = desired.max(INITIAL_ESTIMATE_BPS);
+            let (min, want) = (
                 str0m::bwe::Bitrate::bps(minimum),
-                str0m::bwe::Bitrate::bps(desired.max(INITIAL_ESTIMATE_BPS)),
+                str0m::bwe::Bitrate::bps(desired),
             );
+            if capped && peer.probe.due(peer.estimate_bps, now) {
+                // a held-back layer: ask GCC to probe for it now (a probe is requested when the
+                // desired rate rises, so dip it first) rather than wait for the estimate to creep
+                peer.rtc
+                    .bwe()
+                    .set_bitrate(min, str0m::bwe::Bitrate::bps(desired / 2));
+            }
+            peer.rtc.bwe().set_bitrate(min, want);
             let actions = self.table.set(&id, &chosen);
             if !actions.is_empty() {
                 self.layers_changed = true;
@@ -306,12 +340,13 @@ impl RoomMedia {
         {
             return;
         }
-        stat.last_keyframe_request = Some(now);
         let rid = p.rids.get(layer).copied();
         let mid = p.mid;
         if let Some(peer) = self.peers.get_mut(&track.publisher) {
+            // before the layer's first packet there is no stream to ask on: the next try will
             if let Some(s) = peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
                 s.request_keyframe(KeyframeRequestKind::Pli);
+                stat.last_keyframe_request = Some(now);
             }
         }
     }
@@ -365,6 +400,7 @@ impl RoomMedia {
                 .last_packet
                 .is_none_or(|t| now.saturating_duration_since(t) >= LAYER_IDLE);
             stat.bytes += packet.payload.len() as u64 + 12;
+            stat.first_in_window.get_or_insert(now);
             stat.last_packet = Some(now);
         }
         if kind == MediaKind::Video {
@@ -458,10 +494,28 @@ impl RoomMedia {
 
     /// Once a second: layer bitrates from the bytes counted.
     pub fn second(&mut self, elapsed: Duration, now: Instant) {
-        let secs = elapsed.as_secs_f64().max(0.001);
+        let secs = elapsed.as_secs_f64().max(0.1);
         for p in self.published.values_mut() {
-            for l in &mut p.layers {
-                let rate = (l.bytes as f64 * 8.0 / secs) as u64;
+            for (i, l) in p.layers.iter_mut().enumerate() {
+                if p.paused.get(i).copied().unwrap_or(false) && l.bytes == 0 {
+                    // paused by us: its last rate is what resuming it will cost
+                    continue;
+                }
+                // over the time it actually sent: a layer paused or resumed within the window
+                // is not cheaper for it
+                let span = match (l.first_in_window, l.last_packet) {
+                    (Some(a), Some(b)) if l.bytes > 0 => {
+                        (b.saturating_duration_since(a).as_secs_f64() + 0.033).min(secs)
+                    }
+                    _ => secs,
+                };
+                l.first_in_window = None;
+                if span < 0.5 {
+                    // a few packets around a pause or a resume say nothing about its rate
+                    l.bytes = 0;
+                    continue;
+                }
+                let rate = (l.bytes as f64 * 8.0 / span) as u64;
                 // smooth: layers vary frame to frame
                 l.bitrate_bps = if l.bitrate_bps == 0 {
                     rate
@@ -470,6 +524,10 @@ impl RoomMedia {
                 };
                 l.bytes = 0;
             }
+        }
+        // a switch still waiting for its keyframe asks again
+        for (track, layer) in self.table.waiting() {
+            self.request_keyframe(&track, layer, now);
         }
         for p in self.peers.values_mut() {
             // a steady estimate sends no events: the budget's hold ends here

@@ -9,6 +9,7 @@
 //! * [`media`]: one room's peers, published tracks and forwarding table.
 //! * [`codec`]: keyframe detection on payloads.
 //! * [`speaker`]: the active speaker from audio levels.
+//! * [`tcp`]: ICE-TCP connections (passive candidates on the same port) for UDP-blocked clients.
 //! * this module: the handle signaling talks to and the loop that owns the sockets.
 //!
 //! The loop is a single task: commands from signaling, datagrams and timers in; datagrams and
@@ -18,6 +19,7 @@ pub mod codec;
 pub mod media;
 pub mod peer;
 pub mod speaker;
+pub mod tcp;
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -60,6 +62,8 @@ pub struct SfuSettings {
     pub port: u16,
     /// Addresses to bind and announce as host candidates.
     pub addresses: Vec<IpAddr>,
+    /// Also accept ICE-TCP on the same port (passive TCP candidates).
+    pub tcp: bool,
 }
 
 /// From signaling to the SFU.
@@ -138,23 +142,39 @@ impl Sfu {
         registry: &Registry,
     ) -> std::io::Result<(Sfu, mpsc::UnboundedReceiver<Signal>)> {
         let mut sockets = Vec::new();
+        let mut tcp_listeners = Vec::new();
         let mut port = settings.port;
         for ip in &settings.addresses {
             let std = std::net::UdpSocket::bind(SocketAddr::new(*ip, port))?;
             std.set_nonblocking(true)?;
             let socket = UdpSocket::from_std(std)?;
             port = socket.local_addr()?.port();
+            if settings.tcp {
+                let std = std::net::TcpListener::bind(SocketAddr::new(*ip, port))?;
+                std.set_nonblocking(true)?;
+                tcp_listeners.push(tokio::net::TcpListener::from_std(std)?);
+            }
             sockets.push(socket);
         }
         if sockets.is_empty() {
             return Err(std::io::Error::other("the SFU has no address to listen on"));
         }
         let addrs: Vec<SocketAddr> = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
-        info!(?addrs, "SFU media listening (UDP)");
+        info!(
+            ?addrs,
+            tcp = settings.tcp,
+            "SFU media listening (UDP, ICE-TCP)"
+        );
+        let (tcp_tx, tcp_rx) = mpsc::channel(4096);
+        for l in tcp_listeners {
+            tokio::spawn(tcp::accept(l, tcp_tx.clone()));
+        }
         let (commands, rx) = mpsc::unbounded_channel();
         let (signals, signal_rx) = mpsc::unbounded_channel();
         let router = Router {
             local: addrs.clone(),
+            tcp: settings.tcp,
+            tcp_conns: HashMap::new(),
             rooms: HashMap::new(),
             demux: HashMap::new(),
             signals,
@@ -162,7 +182,7 @@ impl Sfu {
             last_second: Instant::now(),
             switches: HashMap::new(),
         };
-        tokio::spawn(router.run(Arc::from(sockets), rx));
+        tokio::spawn(router.run(Arc::from(sockets), rx, tcp_rx));
         Ok((
             Sfu {
                 commands,
@@ -203,6 +223,10 @@ pub fn addresses_for(ip: IpAddr) -> Vec<IpAddr> {
 
 struct Router {
     local: Vec<SocketAddr>,
+    /// ICE-TCP on
+    tcp: bool,
+    /// (local, remote) → the connection's writer
+    tcp_conns: HashMap<(SocketAddr, SocketAddr), mpsc::Sender<bytes::Bytes>>,
     rooms: HashMap<String, RoomMedia>,
     /// remote address → (room, participant)
     demux: HashMap<SocketAddr, (String, String)>,
@@ -239,6 +263,7 @@ impl Router {
         mut self,
         sockets: Arc<[UdpSocket]>,
         mut commands: mpsc::UnboundedReceiver<Command>,
+        mut tcp_events: mpsc::Receiver<tcp::TcpEvent>,
     ) {
         let mut buf = vec![0u8; 2048];
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -252,9 +277,20 @@ impl Router {
                 r = recv_any(&sockets, &mut buf) => match r {
                     Ok((i, n, source)) => {
                         let destination = self.local[i];
-                        self.receive(source, destination, &buf[..n], Instant::now());
+                        self.receive(Protocol::Udp, source, destination, &buf[..n], Instant::now());
                     }
                     Err(e) => debug!("SFU socket: {e}"),
+                },
+                Some(e) = tcp_events.recv() => match e {
+                    tcp::TcpEvent::Opened { local, remote, writer } => {
+                        self.tcp_conns.insert((local, remote), writer);
+                    }
+                    tcp::TcpEvent::Frame { local, remote, data } => {
+                        self.receive(Protocol::Tcp, remote, local, &data, Instant::now());
+                    }
+                    tcp::TcpEvent::Closed { local, remote } => {
+                        self.tcp_conns.remove(&(local, remote));
+                    }
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {}
                 _ = tick.tick() => self.second(Instant::now()),
@@ -284,13 +320,13 @@ impl Router {
                 let answer = match media.peers.get_mut(&participant) {
                     Some(peer) if peer.same_connection(&sdp) => peer.accept_offer(&sdp),
                     _ => {
-                        if let Some(old) = media.remove(&participant) {
+                        if let Some(old) = media.disconnect(&participant) {
                             for a in &old.addrs {
                                 self.demux.remove(a);
                             }
                             info!(%room, %participant, "new peer connection replaces the old one");
                         }
-                        match Peer::accept(&participant, &sdp, &self.local, now) {
+                        match Peer::accept(&participant, &sdp, &self.local, self.tcp, now) {
                             Ok((mut peer, answer)) => {
                                 media.outputs_for(&mut peer);
                                 media.peers.insert(participant.clone(), peer);
@@ -369,9 +405,10 @@ impl Router {
                 publisher,
                 need,
             } => {
-                if let Some(m) = self.rooms.get_mut(&room) {
-                    m.set_need(&subscriber, &publisher, need);
-                }
+                self.rooms
+                    .entry(room.clone())
+                    .or_insert_with(|| RoomMedia::new(&room))
+                    .set_need(&subscriber, &publisher, need);
             }
             Command::Leave { room, participant } => self.leave(&room, &participant),
         }
@@ -394,14 +431,21 @@ impl Router {
         }
     }
 
-    fn receive(&mut self, source: SocketAddr, destination: SocketAddr, data: &[u8], now: Instant) {
+    fn receive(
+        &mut self,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) {
         let Ok(contents) = data.try_into() else {
             return; // not STUN, DTLS or (S)RTP
         };
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
                 destination,
                 contents,
@@ -493,7 +537,16 @@ impl Router {
                                 break;
                             }
                             Output::Transmit(t) => {
-                                if let Some(i) = self.local.iter().position(|a| *a == t.source) {
+                                if t.proto == Protocol::Tcp {
+                                    if let Some(w) = self.tcp_conns.get(&(t.source, t.destination))
+                                    {
+                                        // a full queue drops the packet, as UDP would
+                                        let _ =
+                                            w.try_send(bytes::Bytes::copy_from_slice(&t.contents));
+                                    }
+                                } else if let Some(i) =
+                                    self.local.iter().position(|a| *a == t.source)
+                                {
                                     let _ = sockets[i].try_send_to(&t.contents, t.destination);
                                 }
                             }
@@ -521,7 +574,7 @@ impl Router {
     /// A peer connection ended but the participant is still in the room (it may offer again).
     fn leave_peer_only(&mut self, room: &str, id: &str) {
         if let Some(media) = self.rooms.get_mut(room) {
-            if let Some(peer) = media.remove(id) {
+            if let Some(peer) = media.disconnect(id) {
                 for a in &peer.addrs {
                     self.demux.remove(a);
                 }

@@ -10,12 +10,13 @@ use std::time::Instant;
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid, Rid};
+use str0m::net::TcpType;
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, Rtc};
 
 use super::codec::SeqExtender;
 use super::SfuError;
-use crate::forwarding::{Budget, Need, RtpRewriter, TrackKey};
+use crate::forwarding::{Budget, ProbePacer, RtpRewriter, TrackKey};
 
 /// Starting bandwidth estimate towards a subscriber, before TWCC feedback refines it.
 pub const INITIAL_ESTIMATE_BPS: u64 = 1_500_000;
@@ -63,12 +64,12 @@ pub struct Peer {
     pub outputs: BTreeMap<TrackKey, OutTrack>,
     /// (mid, rid) of incoming SSRCs.
     ssrcs: HashMap<Ssrc, (Mid, Option<Rid>)>,
-    /// What this subscriber's layout needs of each publisher's video.
-    pub needs: BTreeMap<String, Need>,
     /// Bandwidth estimate towards this subscriber (TWCC + GCC).
     pub estimate_bps: u64,
     /// What its layers may use, from the estimates.
     pub budget: Budget,
+    /// When to ask the estimator to probe for a held-back layer.
+    pub probe: ProbePacer,
     /// The forwarding choice must be recomputed.
     pub reselect: bool,
     /// Remote addresses seen (for the demultiplexing cache).
@@ -89,6 +90,7 @@ impl Peer {
         id: &str,
         sdp: &str,
         candidates: &[SocketAddr],
+        tcp: bool,
         now: Instant,
     ) -> Result<(Peer, String), SfuError> {
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
@@ -103,6 +105,16 @@ impl Peer {
         for addr in candidates {
             let c = Candidate::host(*addr, "udp").map_err(|e| SfuError::Sdp(e.to_string()))?;
             rtc.add_local_candidate(c);
+            if tcp {
+                // ICE-TCP: the client connects to us (RFC 6544 passive)
+                let c = Candidate::builder()
+                    .tcp()
+                    .host(*addr)
+                    .tcptype(TcpType::Passive)
+                    .build()
+                    .map_err(|e| SfuError::Sdp(e.to_string()))?;
+                rtc.add_local_candidate(c);
+            }
         }
         let answer = rtc
             .sdp_api()
@@ -116,9 +128,9 @@ impl Peer {
             pending: None,
             outputs: BTreeMap::new(),
             ssrcs: HashMap::new(),
-            needs: BTreeMap::new(),
             estimate_bps: INITIAL_ESTIMATE_BPS,
             budget: Budget::new(INITIAL_ESTIMATE_BPS),
+            probe: ProbePacer::default(),
             reselect: true,
             addrs: Vec::new(),
         };
@@ -201,7 +213,6 @@ impl Peer {
                 OutState::ToStop(_) | OutState::NegotiatingStop(_) => true,
             }
         });
-        self.needs.remove(publisher);
     }
 
     /// An SDP offer carrying the pending changes, if any and if the SFU may offer now.
