@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 FUZZ_SECONDS ?= 30
 
-.PHONY: fuzz run test bootstrap test-tools build build-release unit e2e bench-ladder bench-blocking bench-g2g bench-edge fmt clippy
+.PHONY: fuzz run test bootstrap test-tools build build-release unit e2e bench-ladder bench-blocking bench-g2g bench-edge bench-sfu fmt clippy
 
 bootstrap:
 	infra/bootstrap.sh
@@ -53,6 +53,9 @@ bench-g2g: build-release
 bench-edge: build-release
 	infra/bootstrap.sh --bench
 	bench/edge.sh
+
+bench-sfu: build-release
+	bench/sfu.sh
 
 fmt:
 	$(CARGO) fmt --all

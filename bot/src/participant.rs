@@ -46,6 +46,8 @@ pub struct ParticipantReport {
     pub identity: String,
     /// Milliseconds from start to the SFU connection being up.
     pub connected_ms: Option<u64>,
+    /// Join time: from the signaling WebSocket opening to the first remote video frame, ms.
+    pub join_ms: Option<u64>,
     /// Received tracks.
     pub tracks: Vec<TrackReport>,
     /// Packets received per schedule step (from 1.5 s after it began to its end), per
@@ -433,6 +435,7 @@ pub async fn run(
     let (ws, _) = tokio_tungstenite::client_async(url, tcp)
         .await
         .map_err(|e| BotError::Signaling(e.to_string()))?;
+    let ws_open_ms = started.elapsed().as_millis() as u64;
     let (mut sink, mut stream) = ws.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Value>();
     tokio::spawn(async move {
@@ -451,6 +454,7 @@ pub async fn run(
     let mut report = ParticipantReport {
         identity: identity.clone(),
         connected_ms: None,
+        join_ms: None,
         tracks: Vec::new(),
         packets_by_step: BTreeMap::new(),
         errors: Vec::new(),
@@ -603,6 +607,14 @@ pub async fn run(
     rtts.sort_by(f64::total_cmp);
     let rtt = rtts.get(rtts.len() / 2).copied();
     ended.push(counts(&stats));
+    report.join_ms = lock(&stats)
+        .values()
+        .filter_map(|s| {
+            let r = s.report(now);
+            (r.kind == "video").then_some(r.first_frame_ms).flatten()
+        })
+        .min()
+        .map(|first| first.saturating_sub(ws_open_ms));
     for (key, s) in lock(&stats).iter_mut() {
         if let Some(ms) = rtt {
             s.rtt(ms);
