@@ -6,9 +6,10 @@
 #      process, from /proc), and the bots' loss.
 #   2. Join time: 10 times, a subscriber joins a room with two publishers; WebSocket open → first
 #      remote video frame. Prints p50 and the spread.
+#   3. Glass-to-glass through the SFU in Chromium (bench/g2g_room.mjs): a canvas clock published by
+#      one page, read back from presented frames on another. Prints p50/p95 (goal p50 <= 150 ms).
 #   bench/sfu.sh [participants]          (make bench-sfu)
-# Not in this script yet: the Janus VideoRoom anchor (the ratio) and glass-to-glass through the
-# SFU — see the rooms issue notes.
+# Not in this script yet: the Janus VideoRoom anchor (the ratio) — see the rooms issue notes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-6}"
@@ -66,4 +67,13 @@ v = sorted(float(x) for x in open(sys.argv[1]) if x.strip() not in ("", "None"))
 if not v:
     sys.exit("  no join produced a frame")
 print(f"  join time p50 {statistics.median(v):.0f} ms (min {v[0]:.0f}, max {v[-1]:.0f}, n={len(v)})")
+PY
+
+echo "== glass-to-glass through the SFU (Chromium, canvas clock, 20 s)"
+node bench/g2g_room.mjs "http://127.0.0.1:$port/demo/room.html?room=g2g" 20 >"$work/g2g.json"
+python3 - "$work/g2g.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"  p50 {r['p50']} ms, p95 {r['p95']} ms over {r['n']} frames at {r.get('height')}p "
+      f"(goal p50 <= 150 ms); errors {r['errors']}")
 PY

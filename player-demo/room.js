@@ -335,6 +335,29 @@ async function connect() {
   };
 }
 
+// `&source=clock` publishes a 1280x720 canvas instead of the camera: four horizontal bars show a
+// 4-bit counter that advances every 100 ms (bar b white = bit 3-b), and `window.clockFlips` lists
+// [value, wall-clock ms] of each advance — bench/g2g_room.mjs reads it back on another page.
+function clockSource() {
+  const c = document.createElement('canvas');
+  c.width = 1280; c.height = 720;
+  const ctx = c.getContext('2d');
+  window.clockFlips = [];
+  let value = 0;
+  const paint = () => {
+    value = (value + 1) % 16;
+    for (let b = 0; b < 4; b++) {
+      ctx.fillStyle = (value >> (3 - b)) & 1 ? '#fff' : '#000';
+      ctx.fillRect(0, b * 180, 1280, 180);
+    }
+    window.clockFlips.push([value, performance.timeOrigin + performance.now()]);
+    if (window.clockFlips.length > 2000) window.clockFlips.splice(0, 1000);
+  };
+  paint();
+  setInterval(paint, 100);
+  return c.captureStream(30);
+}
+
 // ---- page ----------------------------------------------------------------------------------
 
 const tiles = {};
@@ -450,7 +473,8 @@ $('leave').onclick = () => {
 
 (async () => {
   try {
-    local = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 1280, height: 720 } });
+    local = params.get('source') === 'clock' ? clockSource()
+      : await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 1280, height: 720 } });
     tile('local').video.srcObject = local;
     await connect();
     setInterval(() => stats().catch(() => {}), 1000);
