@@ -180,6 +180,8 @@ impl Peer {
         }
         self.outputs
             .retain(|_, o| !matches!(o.state, OutState::NegotiatingStop(_)));
+        // tracks just opened can be forwarded: choose their layers now, not at the next tick
+        self.reselect = true;
         Ok(())
     }
 
@@ -217,7 +219,10 @@ impl Peer {
 
     /// An SDP offer carrying the pending changes, if any and if the SFU may offer now.
     pub fn negotiate(&mut self) -> Option<String> {
-        if !self.ready || self.pending.is_some() {
+        // not before the connection is up: a client still starting ICE from our answer can take
+        // an offer arriving now for an ICE restart (webrtc-rs does), and answers with new
+        // credentials
+        if !self.ready || self.pending.is_some() || !self.rtc.is_connected() {
             return None;
         }
         let mut change = self.rtc.sdp_api();
