@@ -82,7 +82,9 @@ try {
   const pinned = await until(a, 'pinned rises', peerOf('B', (p) => p && p.frameHeight >= 2 * thumb.frameHeight));
   result.steps.pinned = pinned.frameHeight;
   await a.click('.tile[data-id="B"]');
-  const unpinned = await until(a, 'unpinned lowers', peerOf('B', (p) => p && p.frameHeight > 0 && p.frameHeight <= 360));
+  // a lower layer again (below what the pinned tile got)
+  const unpinned = await until(a, 'unpinned lowers', peerOf('B', (p) => p && p.frameHeight > 0
+    && p.frameHeight <= 360 && p.frameHeight < pinned.frameHeight));
   result.steps.unpinned = unpinned.frameHeight;
   result.errors = [...(await state(a)).errors, ...(await state(b)).errors];
   result.ok = true;
