@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # SFU cost and join time, with `tidecast bot` (webrtc-rs) as the clients, on loopback.
 #   1. Forwarding cost: N bots (default 6) each publish simulcast VP8 + Opus and subscribe to all
-#      the others (one pinned → 720p, the rest 180p); over a 20 s window after a 15 s warm-up:
-#      RTP packets forwarded per second of the SFU's own CPU (user + system of the tidecast
-#      process, from /proc), and the bots' loss.
+#      the others (one pinned → 720p, the rest 180p). Over the window 16.5–35 s after the bots
+#      start: RTP packets the bots received per second of the server's own CPU (user + system
+#      of the process, all threads, from /proc, sampled every 0.5 s), and the bots' loss.
+#      The same load, the same bots, against Janus VideoRoom (Debian's `janus`, its packaged
+#      defaults but for the ports and the plugins/transports not used) — the anchor: ratio.
 #   2. Join time: 10 times, a subscriber joins a room with two publishers; WebSocket open → first
 #      remote video frame. Prints p50 and the spread.
 #   3. Glass-to-glass through the SFU in Chromium (bench/g2g_room.mjs): a canvas clock published by
 #      one page, read back from presented frames on another. Prints p50/p95 (goal p50 <= 150 ms).
-#   bench/sfu.sh [participants]          (make bench-sfu)
-# Not in this script yet: the Janus VideoRoom anchor (the ratio) — see the rooms issue notes.
+#   bench/sfu.sh [participants]          (make bench-sfu; janus: infra/bootstrap.sh --bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-6}"
@@ -26,30 +27,90 @@ TIDECAST_ROOMS__MEDIA_LISTEN=127.0.0.1:0 RUST_LOG=warn "$bin" rooms --rooms-list
 sfu=$!
 for _ in $(seq 50); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 hz=$(getconf CLK_TCK)
-ticks() { awk '{ print $14 + $15 }' "/proc/$sfu/stat"; }
-forwarded() { curl -s "127.0.0.1:$port/metrics" | awk '/^tidecast_sfu_forwarded_packets_total/ { print $2 }'; }
+
+# cost LABEL PID OUT BOT-ARGS...: run the bots against the server PID, sampling its CPU
+cost() {
+  local label=$1 pid=$2 out=$3
+  shift 3
+  (while kill -0 "$pid" 2>/dev/null; do
+     echo "$(date +%s%3N) $(awk '{ print $14 + $15 }' "/proc/$pid/stat")"; sleep 0.5
+   done) >"$out.cpu" & local sampler=$!
+  RUST_LOG=error "$bin" bot "$@" --room cost --participants "$n" --duration 40 \
+    --schedule 0=high,15=high,35=high --pin --json >"$out" 2>/dev/null || true
+  kill "$sampler" 2>/dev/null || true
+  python3 - "$label" "$out" "$hz" <<'PY'
+import json, sys
+label, path, hz = sys.argv[1], sys.argv[2], float(sys.argv[3])
+report = json.load(open(path))
+samples = [tuple(map(float, l.split())) for l in open(path + ".cpu") if len(l.split()) == 2]
+def cpu_at(ms):
+    # linear between the samples around ms
+    for (t0, c0), (t1, c1) in zip(samples, samples[1:]):
+        if t0 <= ms <= t1:
+            return c0 + (c1 - c0) * (ms - t0) / max(t1 - t0, 1)
+    sys.exit(f"  {label}: no CPU samples around the window")
+start = report["started_unix_ms"]
+a, b = start + 16500, start + 35000
+cpu = (cpu_at(b) - cpu_at(a)) / hz
+tracks = [t for p in report["participants"] for t in p["tracks"]]
+packets = sum(v[1] for p in report["participants"] for v in p["packets_by_step"].values() if len(v) > 1)
+lost = sum(t["lost"] for t in tracks)
+total = sum(t["packets"] for t in tracks)
+heights = sorted({t["height"] for t in tracks if t["kind"] == "video"})
+pps = packets / ((b - a) / 1000)
+per_cpu = packets / cpu if cpu else float("inf")
+print(f"  {label}: {len(report['participants'])} bots ({len(report['failures'])} failed), "
+      f"video heights {heights}; received {pps:,.0f} packets/s using {cpu / (b - a) * 1e5:.1f} % "
+      f"of a core => {per_cpu:,.0f} packets per CPU-second; loss {lost}/{total} "
+      f"({100 * lost / max(total, 1):.2f} %)")
+open(path + ".figure", "w").write(f"{per_cpu}")
+PY
+}
 
 echo "== forwarding cost: $n participants, each publishing 3 layers + audio and receiving the others"
-RUST_LOG=error "$bin" bot --server "127.0.0.1:$port" --room cost --participants "$n" --duration 40 \
-  --schedule 0=high --pin --json >"$work/cost.json" 2>/dev/null & bots=$!
-sleep 15
-t0=$(ticks); f0=$(forwarded)
-sleep 20
-t1=$(ticks); f1=$(forwarded)
-wait "$bots" || true
-python3 - "$work/cost.json" "$t0" "$t1" "$f0" "$f1" "$hz" <<'PY'
-import json, sys
-report = json.load(open(sys.argv[1]))
-t0, t1, f0, f1, hz = (float(x) for x in sys.argv[2:7])
-cpu = (t1 - t0) / hz
-pps = (f1 - f0) / 20
-tracks = [t for p in report["participants"] for t in p["tracks"]]
-lost = sum(t["lost"] for t in tracks)
-packets = sum(t["packets"] for t in tracks)
-print(f"  forwarded {pps:,.0f} packets/s using {cpu / 20 * 100:.1f} % of a core")
-print(f"  => {((f1 - f0) / cpu) if cpu else float('inf'):,.0f} packets per SFU CPU-second "
-      f"(goal >= 80,000); bots' loss {lost}/{packets} ({100 * lost / max(packets, 1):.2f} %)")
+cost tidecast "$sfu" "$work/cost.json" --server "127.0.0.1:$port"
+if command -v janus >/dev/null; then
+  jport=$((port + 1)); jrtp=$((40000 + RANDOM % 20000))
+  mkdir -p "$work/janus"
+  lib=/usr/lib/x86_64-linux-gnu/janus
+  unused_plugins=audiobridge,echotest,nosip,recordplay,sip,streaming,textroom,videocall,voicemail,duktape,lua
+  unused_transports=websockets,pfunix,mqtt,nanomsg,rabbitmq
+  so() { echo "libjanus_${1//,/.so,libjanus_}.so"; }
+  cat >"$work/janus/janus.jcfg" <<JCFG
+general: {
+  configs_folder = "$work/janus"
+  plugins_folder = "$lib/plugins"
+  transports_folder = "$lib/transports"
+  events_folder = "$lib/events"
+  loggers_folder = "$lib/loggers"
+  debug_level = 4
+}
+media: { rtp_port_range = "$jrtp-$((jrtp + 999))" }
+nat: { ice_enforce_list = "lo" ignore_mdns = true }
+plugins: { disable = "$(so $unused_plugins)" }
+transports: { disable = "$(so $unused_transports)" }
+events: { broadcast = false }
+JCFG
+  cat >"$work/janus/janus.transport.http.jcfg" <<JCFG
+general: { base_path = "/janus" http = true port = $jport ip = "127.0.0.1" https = false }
+admin: { admin_http = false }
+JCFG
+  echo 'general: { }' >"$work/janus/janus.plugin.videoroom.jcfg"
+  janus -F "$work/janus" >"$work/janus.log" 2>&1 & pids+=($!)
+  jpid=$!
+  for _ in $(seq 50); do curl -s -o /dev/null "127.0.0.1:$jport/janus/info" && break; sleep 0.1; done
+  version=$(dpkg-query -W -f '${Version}' janus 2>/dev/null || echo "?")
+  cost "Janus $version" "$jpid" "$work/janus.json" --janus "127.0.0.1:$jport"
+  python3 - "$work/cost.json.figure" "$work/janus.json.figure" <<'PY'
+import sys
+t, j = (float(open(p).read()) for p in sys.argv[1:3])
+print(f"  => tidecast {t:,.0f} vs Janus {j:,.0f} packets per CPU-second: {t / j:.2f}x "
+      f"(goals: >= 80,000 and >= 1.5x Janus)")
 PY
+  kill "$jpid" 2>/dev/null || true
+else
+  echo "  Janus not installed (apt-get install janus, or infra/bootstrap.sh --bench): no anchor ratio"
+fi
 
 echo "== join time: WebSocket open -> first remote video frame, 10 joins"
 RUST_LOG=error "$bin" bot --server "127.0.0.1:$port" --room join --participants 2 --prefix pub- \

@@ -3,7 +3,7 @@
 # packages already present are not reinstalled and apt is not touched when nothing is missing.
 #   infra/bootstrap.sh          # build + run dependencies (GStreamer 1.22, ffmpeg)
 #   infra/bootstrap.sh --test   # plus test tools (Chromium, Node/npm, s3s-fs, cargo-fuzz, iproute2, python3)
-#   infra/bootstrap.sh --bench  # plus benchmark anchors (nginx with the RTMP module, wrk)
+#   infra/bootstrap.sh --bench  # plus benchmark anchors (nginx with the RTMP module, wrk; Janus for the SFU)
 set -euo pipefail
 
 want_test=0
@@ -29,7 +29,7 @@ if [ "$want_test" = 1 ]; then
   command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi
 if [ "$want_bench" = 1 ]; then
-  packages+=(nginx-light libnginx-mod-rtmp wrk)
+  packages+=(nginx-light libnginx-mod-rtmp wrk janus)
 fi
 
 missing=()

@@ -10,6 +10,8 @@
 //! * [`report`]: what is measured on a received track (a pure core).
 #![deny(missing_docs)]
 
+pub mod http;
+pub mod janus;
 pub mod media;
 pub mod participant;
 pub mod report;
@@ -66,6 +68,9 @@ pub struct BotOptions {
     /// `high` in the schedule is for one participant only (the first of the others by
     /// identity, as a pinned tile); the others get `low`.
     pub pin: bool,
+    /// Run against Janus's VideoRoom at this `host:port` (its REST API) instead of tidecast:
+    /// the benchmark anchor.
+    pub janus: Option<String>,
 }
 
 /// Parse `0=low,8=high,14=off` (seconds=layer).
@@ -137,9 +142,12 @@ pub async fn run(options: BotOptions) -> Result<BotReport, BotError> {
         let identity = format!("{}{}", options.prefix, i + 1);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(join_at.into()).await;
-            participant::run(o, identity.clone(), m, started, deadline)
-                .await
-                .map_err(|e| format!("{identity}: {e}"))
+            let result = if o.janus.is_some() {
+                janus::run(o, identity.clone(), m, started, deadline).await
+            } else {
+                participant::run(o, identity.clone(), m, started, deadline).await
+            };
+            result.map_err(|e| format!("{identity}: {e}"))
         }));
     }
     let mut report = BotReport {

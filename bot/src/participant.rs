@@ -66,46 +66,31 @@ pub struct Media {
     pub audio: MediaLoop,
 }
 
-type Stats = Arc<Mutex<BTreeMap<(String, String), TrackStats>>>;
-type Counts = BTreeMap<(String, String), u64>;
+pub(crate) type Stats = Arc<Mutex<BTreeMap<(String, String), TrackStats>>>;
+pub(crate) type Counts = BTreeMap<(String, String), u64>;
 
 /// Packets counted per schedule step start this long after the step began.
 const SETTLE: Duration = Duration::from_millis(1500);
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Ask the rooms node for a join token (`POST /api/rooms/{room}/tokens`).
 async fn mint(opts: &BotOptions, identity: &str) -> Result<String, BotError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = json!({ "identity": identity, "name": identity }).to_string();
     let auth = if opts.secret.is_empty() {
         String::new()
     } else {
         format!("Authorization: Bearer {}\r\n", opts.secret)
     };
-    let request = format!(
-        "POST /api/rooms/{room}/tokens HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Content-Length: {len}\r\n{auth}Connection: close\r\n\r\n{body}",
-        room = opts.room,
-        host = opts.server,
-        len = body.len(),
-    );
-    let mut s = TcpStream::connect(&opts.server).await?;
-    s.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    s.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    if !head.starts_with("HTTP/1.1 200") {
+    let body = json!({ "identity": identity, "name": identity });
+    let path = format!("/api/rooms/{}/tokens", opts.room);
+    let (status, v) = crate::http::json(&opts.server, "POST", &path, &auth, Some(&body)).await?;
+    if status != 200 {
         return Err(BotError::Signaling(format!(
-            "minting a token: {}",
-            head.lines().next().unwrap_or_default()
+            "minting a token: HTTP {status}"
         )));
     }
-    let v: Value =
-        serde_json::from_str(body).map_err(|e| BotError::Signaling(format!("token: {e}")))?;
     v["token"]
         .as_str()
         .map(str::to_string)
@@ -120,7 +105,7 @@ struct SfuConnection {
     video_mid: Arc<Mutex<Option<String>>>,
 }
 
-async fn peer_connection() -> Result<Arc<RTCPeerConnection>, BotError> {
+pub(crate) async fn peer_connection() -> Result<Arc<RTCPeerConnection>, BotError> {
     let mut m = MediaEngine::default();
     m.register_default_codecs()?;
     // retransmissions for VP8 (96): the SFU also probes the bandwidth with RTX padding, so
@@ -172,6 +157,185 @@ async fn peer_connection() -> Result<Arc<RTCPeerConnection>, BotError> {
     ))
 }
 
+/// Who published a received track: the msid stream id (tidecast's SFU names the publisher
+/// there), or a name looked up by the transceiver's mid (Janus).
+pub(crate) type TrackNames = Option<Arc<Mutex<BTreeMap<String, String>>>>;
+
+/// Count what arrives on `pc`'s remote tracks into `stats`.
+pub(crate) fn watch_tracks(
+    pc: &RTCPeerConnection,
+    stats: Stats,
+    started: Instant,
+    names: TrackNames,
+) {
+    pc.on_track(Box::new(move |track, _receiver, transceiver| {
+        let stats = stats.clone();
+        let names = names.clone();
+        Box::pin(async move {
+            let publisher = match &names {
+                Some(n) => {
+                    let mid = transceiver.mid().map(|m| m.to_string()).unwrap_or_default();
+                    lock(n).get(&mid).cloned().unwrap_or(mid)
+                }
+                None => track.stream_id(),
+            };
+            let kind = match track.kind() {
+                RTPCodecType::Audio => "audio",
+                _ => "video",
+            };
+            debug!(%publisher, kind, "track received");
+            let key = (publisher.clone(), kind.to_string());
+            let again = lock(&stats)
+                .insert(
+                    key.clone(),
+                    TrackStats::new(&publisher, kind, started, Instant::now()),
+                )
+                .is_some();
+            if again {
+                warn!(%publisher, kind, ssrc = track.ssrc(), "track received again");
+            }
+            tokio::spawn(async move {
+                let ended = loop {
+                    match track.read_rtp().await {
+                        Ok((packet, _)) => {
+                            if let Some(s) = lock(&stats).get_mut(&key) {
+                                s.packet(
+                                    packet.header.sequence_number,
+                                    packet.header.marker,
+                                    &packet.payload,
+                                    Instant::now(),
+                                );
+                            }
+                        }
+                        Err(e) => break e,
+                    }
+                };
+                debug!(%publisher, kind, "track ended: {ended}");
+            });
+        })
+    }));
+}
+
+/// What a publishing peer connection is told to send.
+pub(crate) struct Publishing {
+    /// per layer: the SFU wants it sent
+    pub active: Arc<[AtomicBool; 3]>,
+    /// the video transceiver's mid, once the offer made it
+    pub video_mid: Arc<Mutex<Option<String>>>,
+}
+
+/// Add Opus and three-layer simulcast VP8 to `pc` and start sending the loops.
+pub(crate) async fn publish(
+    pc: &Arc<RTCPeerConnection>,
+    identity: &str,
+    media: &Media,
+) -> Result<Publishing, BotError> {
+    let active = Arc::new([
+        AtomicBool::new(true),
+        AtomicBool::new(true),
+        AtomicBool::new(true),
+    ]);
+    let want_key = Arc::new(AtomicBool::new(false));
+    let video_mid = Arc::new(Mutex::new(None));
+    let vp8 = RTCRtpCodecCapability {
+        mime_type: MIME_TYPE_VP8.to_string(),
+        clock_rate: 90_000,
+        ..Default::default()
+    };
+    let opus = RTCRtpCodecCapability {
+        mime_type: MIME_TYPE_OPUS.to_string(),
+        clock_rate: 48_000,
+        channels: 1,
+        ..Default::default()
+    };
+    let send_only = || {
+        Some(RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            send_encodings: vec![],
+        })
+    };
+    let audio = Arc::new(TrackLocalStaticSample::new(
+        opus,
+        "audio".into(),
+        identity.to_string(),
+    ));
+    pc.add_transceiver_from_track(
+        audio.clone() as Arc<dyn TrackLocal + Send + Sync>,
+        send_only(),
+    )
+    .await?;
+    let layers: Vec<Arc<TrackLocalStaticSample>> = LAYERS
+        .iter()
+        .map(|l| {
+            Arc::new(TrackLocalStaticSample::new_with_rid(
+                vp8.clone(),
+                "video".into(),
+                l.rid.to_string(),
+                identity.to_string(),
+            ))
+        })
+        .collect();
+    let t = pc
+        .add_transceiver_from_track(
+            layers[0].clone() as Arc<dyn TrackLocal + Send + Sync>,
+            send_only(),
+        )
+        .await?;
+    let sender = t.sender().await;
+    for l in &layers[1..] {
+        sender
+            .add_encoding(l.clone() as Arc<dyn TrackLocal + Send + Sync>)
+            .await?;
+    }
+    // keyframe requests from the SFU
+    let wk = want_key.clone();
+    tokio::spawn(async move {
+        while let Ok((packets, _)) = sender.read_rtcp().await {
+            for p in packets {
+                let any = p.as_any();
+                if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                    wk.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    let vm = video_mid.clone();
+    tokio::spawn(async move {
+        // the mid is known once the offer is made
+        for _ in 0..100 {
+            if let Some(mid) = t.mid() {
+                *lock(&vm) = Some(mid.to_string());
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    spawn_video(
+        layers,
+        media.video.clone(),
+        active.clone(),
+        want_key,
+        pc.clone(),
+    );
+    spawn_audio(audio, media.audio.clone(), pc.clone());
+    Ok(Publishing { active, video_mid })
+}
+
+/// Set `description` (an offer or answer of ours) and wait for the candidates to be gathered
+/// into it: the SDP to send, complete (no trickle needed).
+pub(crate) async fn gathered(
+    pc: &RTCPeerConnection,
+    description: RTCSessionDescription,
+) -> Result<String, BotError> {
+    let mut done = pc.gathering_complete_promise().await;
+    pc.set_local_description(description).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), done.recv()).await;
+    pc.local_description()
+        .await
+        .map(|d| d.sdp)
+        .ok_or_else(|| BotError::Signaling("no local description".into()))
+}
+
 impl SfuConnection {
     /// Connect: tracks, offer (candidates gathered into it).
     async fn open(
@@ -179,101 +343,12 @@ impl SfuConnection {
         media: &Media,
         stats: Stats,
         started: Instant,
-        publish: bool,
+        publish_media: bool,
     ) -> Result<(SfuConnection, String), BotError> {
         let pc = peer_connection().await?;
-        let active = Arc::new([
-            AtomicBool::new(true),
-            AtomicBool::new(true),
-            AtomicBool::new(true),
-        ]);
-        let want_key = Arc::new(AtomicBool::new(false));
-        let video_mid = Arc::new(Mutex::new(None));
-        let vp8 = RTCRtpCodecCapability {
-            mime_type: MIME_TYPE_VP8.to_string(),
-            clock_rate: 90_000,
-            ..Default::default()
-        };
-        let opus = RTCRtpCodecCapability {
-            mime_type: MIME_TYPE_OPUS.to_string(),
-            clock_rate: 48_000,
-            channels: 1,
-            ..Default::default()
-        };
-        let send_only = || {
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Sendonly,
-                send_encodings: vec![],
-            })
-        };
-        if publish {
-            let audio = Arc::new(TrackLocalStaticSample::new(
-                opus,
-                "audio".into(),
-                identity.to_string(),
-            ));
-            pc.add_transceiver_from_track(
-                audio.clone() as Arc<dyn TrackLocal + Send + Sync>,
-                send_only(),
-            )
-            .await?;
-            let layers: Vec<Arc<TrackLocalStaticSample>> = LAYERS
-                .iter()
-                .map(|l| {
-                    Arc::new(TrackLocalStaticSample::new_with_rid(
-                        vp8.clone(),
-                        "video".into(),
-                        l.rid.to_string(),
-                        identity.to_string(),
-                    ))
-                })
-                .collect();
-            let t = pc
-                .add_transceiver_from_track(
-                    layers[0].clone() as Arc<dyn TrackLocal + Send + Sync>,
-                    send_only(),
-                )
-                .await?;
-            let sender = t.sender().await;
-            for l in &layers[1..] {
-                sender
-                    .add_encoding(l.clone() as Arc<dyn TrackLocal + Send + Sync>)
-                    .await?;
-            }
-            // keyframe requests from the SFU
-            let wk = want_key.clone();
-            tokio::spawn(async move {
-                while let Ok((packets, _)) = sender.read_rtcp().await {
-                    for p in packets {
-                        let any = p.as_any();
-                        if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
-                            wk.store(true, Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
-            let tm = t.clone();
-            let vm = video_mid.clone();
-            tokio::spawn(async move {
-                // the mid is known once the offer is made
-                for _ in 0..100 {
-                    if let Some(mid) = tm.mid() {
-                        *lock(&vm) = Some(mid.to_string());
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            });
-            spawn_video(
-                layers,
-                media.video.clone(),
-                active.clone(),
-                want_key.clone(),
-                pc.clone(),
-            );
-            spawn_audio(audio, media.audio.clone(), pc.clone());
-        }
-        if !publish {
+        let publishing = if publish_media {
+            publish(&pc, identity, media).await?
+        } else {
             // an offer needs an m-line: one that only receives (the SFU adds the others' tracks
             // with its own offers)
             pc.add_transceiver_from_kind(
@@ -284,61 +359,24 @@ impl SfuConnection {
                 }),
             )
             .await?;
-        }
+            Publishing {
+                active: Arc::new([
+                    AtomicBool::new(true),
+                    AtomicBool::new(true),
+                    AtomicBool::new(true),
+                ]),
+                video_mid: Arc::new(Mutex::new(None)),
+            }
+        };
         // receive what the SFU offers later
-        pc.on_track(Box::new(move |track, _receiver, _transceiver| {
-            let stats = stats.clone();
-            Box::pin(async move {
-                let publisher = track.stream_id();
-                let kind = match track.kind() {
-                    RTPCodecType::Audio => "audio",
-                    _ => "video",
-                };
-                debug!(%publisher, kind, "track received");
-                let key = (publisher.clone(), kind.to_string());
-                let again = lock(&stats)
-                    .insert(
-                        key.clone(),
-                        TrackStats::new(&publisher, kind, started, Instant::now()),
-                    )
-                    .is_some();
-                if again {
-                    warn!(%publisher, kind, ssrc = track.ssrc(), "track received again");
-                }
-                tokio::spawn(async move {
-                    let ended = loop {
-                        match track.read_rtp().await {
-                            Ok((packet, _)) => {
-                                if let Some(s) = lock(&stats).get_mut(&key) {
-                                    s.packet(
-                                        packet.header.sequence_number,
-                                        packet.header.marker,
-                                        &packet.payload,
-                                        Instant::now(),
-                                    );
-                                }
-                            }
-                            Err(e) => break e,
-                        }
-                    };
-                    debug!(%publisher, kind, "track ended: {ended}");
-                });
-            })
-        }));
+        watch_tracks(&pc, stats, started, None);
         let offer = pc.create_offer(None).await?;
-        let mut gathered = pc.gathering_complete_promise().await;
-        pc.set_local_description(offer).await?;
-        let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
-        let sdp = pc
-            .local_description()
-            .await
-            .map(|d| d.sdp)
-            .ok_or_else(|| BotError::Signaling("no local description".into()))?;
+        let sdp = gathered(&pc, offer).await?;
         Ok((
             SfuConnection {
                 pc,
-                active,
-                video_mid,
+                active: publishing.active,
+                video_mid: publishing.video_mid,
             },
             sdp,
         ))
@@ -418,6 +456,108 @@ fn spawn_audio(track: Arc<TrackLocalStaticSample>, lp: MediaLoop, pc: Arc<RTCPee
     });
 }
 
+/// The schedule's steps and the packets received in each (counted from `SETTLE` after a step
+/// began, when a switch has settled, to its end).
+pub(crate) struct Steps {
+    schedule: Vec<(Duration, String)>,
+    started: Instant,
+    step: usize,
+    settled: Vec<Option<Counts>>,
+    ended: Vec<Counts>,
+}
+
+fn counts(stats: &Stats) -> Counts {
+    lock(stats)
+        .iter()
+        .map(|(k, s)| (k.clone(), s.report(Instant::now()).packets))
+        .collect()
+}
+
+impl Steps {
+    pub(crate) fn new(schedule: &[(Duration, String)], started: Instant) -> Steps {
+        Steps {
+            schedule: schedule.to_vec(),
+            started,
+            step: 0,
+            settled: vec![None],
+            ended: Vec::new(),
+        }
+    }
+
+    /// The layer the current step asks for.
+    pub(crate) fn layer(&self) -> String {
+        self.schedule
+            .get(self.step)
+            .map(|(_, l)| l.clone())
+            .unwrap_or_else(|| "low".into())
+    }
+
+    /// Called every tick: the new step's layer when one began.
+    pub(crate) fn tick(&mut self, stats: &Stats, now: Instant) -> Option<String> {
+        let began = self
+            .schedule
+            .get(self.step)
+            .map(|(at, _)| self.started + *at);
+        if let (Some(slot), Some(began)) = (self.settled.last_mut(), began) {
+            if slot.is_none() && now >= began + SETTLE {
+                *slot = Some(counts(stats));
+            }
+        }
+        let (at, layer) = self.schedule.get(self.step + 1)?;
+        if self.started + *at > now {
+            return None;
+        }
+        self.step += 1;
+        self.ended.push(counts(stats));
+        self.settled.push(None);
+        Some(layer.clone())
+    }
+
+    /// The end: tracks' reports (with `rtt`) and packets per step into `report`.
+    pub(crate) fn finish(
+        mut self,
+        stats: &Stats,
+        rtt: Option<f64>,
+        ws_open_ms: u64,
+        report: &mut ParticipantReport,
+    ) {
+        let now = Instant::now();
+        self.ended.push(counts(stats));
+        report.join_ms = lock(stats)
+            .values()
+            .filter_map(|s| {
+                let r = s.report(now);
+                (r.kind == "video").then_some(r.first_frame_ms).flatten()
+            })
+            .min()
+            .map(|first| first.saturating_sub(ws_open_ms));
+        for (key, s) in lock(stats).iter_mut() {
+            if let Some(ms) = rtt {
+                s.rtt(ms);
+            }
+            report.tracks.push(s.report(now));
+            let at = |c: &Counts| c.get(key).copied().unwrap_or(0);
+            let per_step = self
+                .settled
+                .iter()
+                .zip(&self.ended)
+                .enumerate()
+                .map(|(i, (from, to))| {
+                    // a step too short to settle counts from its start
+                    let from = match from {
+                        Some(c) => at(c),
+                        None => i.checked_sub(1).map(|p| at(&self.ended[p])).unwrap_or(0),
+                    };
+                    at(to).saturating_sub(from)
+                })
+                .collect();
+            report
+                .packets_by_step
+                .insert(format!("{}/{}", key.0, key.1), per_step);
+        }
+    }
+}
+
 /// Run participant `identity` until `deadline`.
 pub async fn run(
     opts: Arc<BotOptions>,
@@ -461,25 +601,7 @@ pub async fn run(
     };
     let mut others: Vec<String> = Vec::new();
     let mut sfu: Option<SfuConnection> = None;
-    let mut step = 0usize;
-    // packet counts when each step settled (SETTLE after it began: a switch takes a keyframe
-    // and a queue to drain) and when it ended
-    let mut settled: Vec<Option<Counts>> = vec![None];
-    let mut ended: Vec<Counts> = Vec::new();
-    let counts = |stats: &Stats| -> Counts {
-        lock(stats)
-            .iter()
-            .map(|(k, s)| (k.clone(), s.report(Instant::now()).packets))
-            .collect()
-    };
-    let layer_now = |step: usize| {
-        opts.schedule
-            .iter()
-            .rev()
-            .find(|(at, _)| started + *at <= Instant::now() || step == 0 && at.is_zero())
-            .map(|(_, l)| l.clone())
-            .unwrap_or_else(|| "low".into())
-    };
+    let mut steps = Steps::new(&opts.schedule, started);
     // with --pin, `high` is for the first of the others only (a pinned tile), the rest low
     let subscribe_all = |others: &[String], layer: &str| {
         let pinned = others.iter().min();
@@ -502,24 +624,13 @@ pub async fn run(
             _ = tokio::time::sleep_until(deadline.into()) => break,
             _ = tick.tick() => {
                 ticks += 1;
-                let began = opts.schedule.get(step).map(|(at, _)| started + *at);
-                if let (Some(slot), Some(began)) = (settled.last_mut(), began) {
-                    if slot.is_none() && Instant::now() >= began + SETTLE {
-                        *slot = Some(counts(&stats));
-                    }
-                }
                 if ticks.is_multiple_of(4) && ping_sent.is_none() {
                     ping_sent = Some(Instant::now());
                     send(json!({ "type": "ping" }));
                 }
                 // the next schedule step
-                if let Some((at, layer)) = opts.schedule.get(step + 1) {
-                    if started + *at <= Instant::now() {
-                        step += 1;
-                        ended.push(counts(&stats));
-                        settled.push(None);
-                        subscribe_all(&others, layer);
-                    }
+                if let Some(layer) = steps.tick(&stats, Instant::now()) {
+                    subscribe_all(&others, &layer);
                 }
                 if let Some(c) = &sfu {
                     if report.connected_ms.is_none()
@@ -544,7 +655,7 @@ pub async fn run(
                     "joined" => {
                         others = m["participants"].as_array().into_iter().flatten()
                             .filter_map(|p| p["id"].as_str().map(str::to_string)).collect();
-                        subscribe_all(&others, &layer_now(step));
+                        subscribe_all(&others, &steps.layer());
                         if m["mode"] == "sfu" && sfu.is_none() {
                             let (c, sdp) = SfuConnection::open(&identity, &media, stats.clone(), started, opts.publish).await?;
                             send(json!({ "type": "offer", "to": "sfu", "sdp": sdp }));
@@ -555,12 +666,12 @@ pub async fn run(
                         let (c, sdp) = SfuConnection::open(&identity, &media, stats.clone(), started, opts.publish).await?;
                         send(json!({ "type": "offer", "to": "sfu", "sdp": sdp }));
                         sfu = Some(c);
-                        subscribe_all(&others, &layer_now(step));
+                        subscribe_all(&others, &steps.layer());
                     }
                     "participant_joined" => {
                         if let Some(id) = m["participant"]["id"].as_str() {
                             others.push(id.to_string());
-                            subscribe_all(&others, &layer_now(step));
+                            subscribe_all(&others, &steps.layer());
                         }
                     }
                     "participant_left" => {
@@ -603,41 +714,13 @@ pub async fn run(
         }
     }
     send(json!({ "type": "leave" }));
-    let now = Instant::now();
     rtts.sort_by(f64::total_cmp);
-    let rtt = rtts.get(rtts.len() / 2).copied();
-    ended.push(counts(&stats));
-    report.join_ms = lock(&stats)
-        .values()
-        .filter_map(|s| {
-            let r = s.report(now);
-            (r.kind == "video").then_some(r.first_frame_ms).flatten()
-        })
-        .min()
-        .map(|first| first.saturating_sub(ws_open_ms));
-    for (key, s) in lock(&stats).iter_mut() {
-        if let Some(ms) = rtt {
-            s.rtt(ms);
-        }
-        report.tracks.push(s.report(now));
-        let at = |c: &Counts| c.get(key).copied().unwrap_or(0);
-        let per_step = settled
-            .iter()
-            .zip(&ended)
-            .enumerate()
-            .map(|(i, (from, to))| {
-                // a step too short to settle counts from its start
-                let from = match from {
-                    Some(c) => at(c),
-                    None => i.checked_sub(1).map(|p| at(&ended[p])).unwrap_or(0),
-                };
-                at(to).saturating_sub(from)
-            })
-            .collect();
-        report
-            .packets_by_step
-            .insert(format!("{}/{}", key.0, key.1), per_step);
-    }
+    steps.finish(
+        &stats,
+        rtts.get(rtts.len() / 2).copied(),
+        ws_open_ms,
+        &mut report,
+    );
     if let Some(c) = sfu {
         let _ = c.pc.close().await;
     }

@@ -110,6 +110,10 @@ enum Command {
         /// others get `low`.
         #[arg(long)]
         pin: bool,
+        /// Join Janus's VideoRoom at this `host:port` (its REST API, e.g. 127.0.0.1:8088)
+        /// instead of a tidecast rooms node: the anchor of `bench/sfu.sh`.
+        #[arg(long)]
+        janus: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -305,6 +309,7 @@ async fn main() -> Result<()> {
             no_publish,
             schedule,
             pin,
+            janus,
             json,
         } => {
             anyhow::ensure!(
@@ -326,6 +331,7 @@ async fn main() -> Result<()> {
                 publish: !no_publish,
                 schedule: tidecast_bot::parse_schedule(schedule)?,
                 pin: *pin,
+                janus: janus.clone(),
             };
             let report = tidecast_bot::run(options).await?;
             if *json {

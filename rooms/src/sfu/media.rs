@@ -156,6 +156,13 @@ impl RoomMedia {
         }
     }
 
+    /// Poll every peer on the next drive (after a command or on the second tick).
+    pub fn touch_all(&mut self) {
+        for p in self.peers.values_mut() {
+            p.dirty = true;
+        }
+    }
+
     /// Participant `publisher` started sending `mid`.
     pub fn track_added(&mut self, publisher: &str, mid: Mid, kind: MediaKind, rids: &[Rid]) {
         let key = TrackKey {
@@ -242,6 +249,7 @@ impl RoomMedia {
                 continue;
             };
             peer.reselect = false;
+            peer.dirty = true;
             let mut needs = BTreeMap::new();
             let mut layers = BTreeMap::new();
             for (key, p) in &self.published {
@@ -346,6 +354,7 @@ impl RoomMedia {
             // before the layer's first packet there is no stream to ask on: the next try will
             if let Some(s) = peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
                 s.request_keyframe(KeyframeRequestKind::Pli);
+                peer.dirty = true;
                 stat.last_keyframe_request = Some(now);
             }
         }
@@ -487,6 +496,7 @@ impl RoomMedia {
                 .ext_vals(ext.clone())
                 .nackable(kind == MediaKind::Video),
             );
+            peer.dirty = true;
             self.counts.forwarded_packets += 1;
             self.counts.forwarded_bytes += packet.payload.len() as u64;
         }

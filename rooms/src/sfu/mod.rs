@@ -172,9 +172,12 @@ impl Sfu {
         let (commands, rx) = mpsc::unbounded_channel();
         let (signals, signal_rx) = mpsc::unbounded_channel();
         let router = Router {
-            local: addrs.clone(),
+            wire: Wire {
+                sockets: Arc::from(sockets),
+                local: addrs.clone(),
+                tcp_conns: HashMap::new(),
+            },
             tcp: settings.tcp,
-            tcp_conns: HashMap::new(),
             rooms: HashMap::new(),
             demux: HashMap::new(),
             signals,
@@ -182,7 +185,7 @@ impl Sfu {
             last_second: Instant::now(),
             switches: HashMap::new(),
         };
-        tokio::spawn(router.run(Arc::from(sockets), rx, tcp_rx));
+        tokio::spawn(router.run(rx, tcp_rx));
         Ok((
             Sfu {
                 commands,
@@ -221,12 +224,32 @@ pub fn addresses_for(ip: IpAddr) -> Vec<IpAddr> {
     v
 }
 
-struct Router {
+/// Where peers' datagrams go out: the UDP sockets and the ICE-TCP connections.
+struct Wire {
+    sockets: Arc<[UdpSocket]>,
+    /// the sockets' addresses, by index
     local: Vec<SocketAddr>,
-    /// ICE-TCP on
-    tcp: bool,
     /// (local, remote) → the connection's writer
     tcp_conns: HashMap<(SocketAddr, SocketAddr), mpsc::Sender<bytes::Bytes>>,
+}
+
+impl Wire {
+    fn send(&self, t: &str0m::net::Transmit) {
+        if t.proto == Protocol::Tcp {
+            if let Some(w) = self.tcp_conns.get(&(t.source, t.destination)) {
+                // a full queue drops the packet, as UDP would
+                let _ = w.try_send(bytes::Bytes::copy_from_slice(&t.contents));
+            }
+        } else if let Some(i) = self.local.iter().position(|a| *a == t.source) {
+            let _ = self.sockets[i].try_send_to(&t.contents, t.destination);
+        }
+    }
+}
+
+struct Router {
+    wire: Wire,
+    /// ICE-TCP on
+    tcp: bool,
     rooms: HashMap<String, RoomMedia>,
     /// remote address → (room, participant)
     demux: HashMap<SocketAddr, (String, String)>,
@@ -254,6 +277,17 @@ async fn recv_any(
     .await
 }
 
+/// Datagrams taken from the sockets per wake-up, beyond the first.
+const RECV_BATCH: usize = 32;
+
+/// A datagram already queued on any of `sockets`, without waiting.
+fn try_recv_any(sockets: &[UdpSocket], buf: &mut [u8]) -> Option<(usize, usize, SocketAddr)> {
+    sockets
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| s.try_recv_from(buf).ok().map(|(n, a)| (i, n, a)))
+}
+
 fn far_future(now: Instant) -> Instant {
     now + Duration::from_secs(3600)
 }
@@ -261,14 +295,14 @@ fn far_future(now: Instant) -> Instant {
 impl Router {
     async fn run(
         mut self,
-        sockets: Arc<[UdpSocket]>,
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut tcp_events: mpsc::Receiver<tcp::TcpEvent>,
     ) {
         let mut buf = vec![0u8; 2048];
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            let deadline = self.drive(&sockets, Instant::now());
+            let deadline = self.drive(Instant::now());
+            let sockets = self.wire.sockets.clone();
             tokio::select! {
                 c = commands.recv() => match c {
                     Some(c) => self.command(c, Instant::now()),
@@ -276,20 +310,28 @@ impl Router {
                 },
                 r = recv_any(&sockets, &mut buf) => match r {
                     Ok((i, n, source)) => {
-                        let destination = self.local[i];
-                        self.receive(Protocol::Udp, source, destination, &buf[..n], Instant::now());
+                        let now = Instant::now();
+                        self.receive(Protocol::Udp, source, self.wire.local[i], &buf[..n], now);
+                        // take what else is queued before polling the peers: one drive for a
+                        // burst rather than one per datagram
+                        for _ in 0..RECV_BATCH {
+                            let Some((i, n, source)) = try_recv_any(&sockets, &mut buf) else {
+                                break;
+                            };
+                            self.receive(Protocol::Udp, source, self.wire.local[i], &buf[..n], now);
+                        }
                     }
                     Err(e) => debug!("SFU socket: {e}"),
                 },
                 Some(e) = tcp_events.recv() => match e {
                     tcp::TcpEvent::Opened { local, remote, writer } => {
-                        self.tcp_conns.insert((local, remote), writer);
+                        self.wire.tcp_conns.insert((local, remote), writer);
                     }
                     tcp::TcpEvent::Frame { local, remote, data } => {
                         self.receive(Protocol::Tcp, remote, local, &data, Instant::now());
                     }
                     tcp::TcpEvent::Closed { local, remote } => {
-                        self.tcp_conns.remove(&(local, remote));
+                        self.wire.tcp_conns.remove(&(local, remote));
                     }
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {}
@@ -307,6 +349,20 @@ impl Router {
     }
 
     fn command(&mut self, command: Command, now: Instant) {
+        let room = match &command {
+            Command::Offer { room, .. }
+            | Command::Answer { room, .. }
+            | Command::Candidate { room, .. }
+            | Command::Subscribe { room, .. }
+            | Command::Leave { room, .. } => room.clone(),
+        };
+        self.apply(command, now);
+        if let Some(media) = self.rooms.get_mut(&room) {
+            media.touch_all();
+        }
+    }
+
+    fn apply(&mut self, command: Command, now: Instant) {
         match command {
             Command::Offer {
                 room,
@@ -326,7 +382,7 @@ impl Router {
                             }
                             info!(%room, %participant, "new peer connection replaces the old one");
                         }
-                        match Peer::accept(&participant, &sdp, &self.local, self.tcp, now) {
+                        match Peer::accept(&participant, &sdp, &self.wire.local, self.tcp, now) {
                             Ok((mut peer, answer)) => {
                                 media.outputs_for(&mut peer);
                                 media.peers.insert(participant.clone(), peer);
@@ -457,6 +513,8 @@ impl Router {
                     if let Err(e) = peer.rtc.handle_input(input) {
                         debug!(%room, participant = %id, "input refused: {e}");
                     }
+                    let (room, id) = (room.clone(), id.clone());
+                    self.drain_one(&room, &id, now);
                     return;
                 }
             }
@@ -469,6 +527,8 @@ impl Router {
                     if let Err(e) = peer.rtc.handle_input(input) {
                         debug!(%room, participant = %id, "input refused: {e}");
                     }
+                    let (room, id) = (room.clone(), id.clone());
+                    self.drain_one(&room, &id, now);
                     return;
                 }
             }
@@ -477,7 +537,7 @@ impl Router {
     }
 
     /// Feed time, offers and selections in; carry outputs out until every peer waits.
-    fn drive(&mut self, sockets: &[UdpSocket], now: Instant) -> Instant {
+    fn drive(&mut self, now: Instant) -> Instant {
         let mut next = far_future(now);
         let mut dead: Vec<(String, String)> = Vec::new();
         for (name, media) in self.rooms.iter_mut() {
@@ -493,82 +553,79 @@ impl Router {
                     },
                 });
             }
-            let ids: Vec<String> = media.peers.keys().cloned().collect();
-            for id in &ids {
-                let Some(peer) = media.peers.get_mut(id) else {
-                    continue;
-                };
-                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                    debug!(room = %name, participant = %id, "timeout: {e}");
-                }
-                if let Some(sdp) = peer.negotiate() {
-                    let _ = self.signals.send(Signal {
-                        room: name.clone(),
-                        to: id.clone(),
-                        message: ServerMessage::Offer {
-                            from: SFU_ID.into(),
-                            sdp,
-                        },
-                    });
+            let due: Vec<String> = media
+                .peers
+                .iter()
+                .filter(|(_, p)| p.wake <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for id in &due {
+                if let Some(peer) = media.peers.get_mut(id) {
+                    if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                        debug!(room = %name, participant = %id, "timeout: {e}");
+                    }
+                    drain(name, media, id, &self.wire, now, &mut dead);
                 }
             }
-            let mut again = true;
-            let mut rounds = 0;
-            while again && rounds < 64 {
-                again = false;
-                rounds += 1;
+            // poll what was fed; forwarding feeds other peers, which are polled next round; a
+            // drained peer with track changes gets an offer (itself a change to poll)
+            for _ in 0..64 {
+                let ids: Vec<String> = media
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.dirty)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if ids.is_empty() {
+                    break;
+                }
                 for id in &ids {
-                    while let Some(peer) = media.peers.get_mut(id) {
-                        if !peer.rtc.is_alive() {
-                            dead.push((name.clone(), id.clone()));
-                            break;
-                        }
-                        let out = match peer.rtc.poll_output() {
-                            Ok(o) => o,
-                            Err(e) => {
-                                warn!(room = %name, participant = %id, "peer failed: {e}");
-                                dead.push((name.clone(), id.clone()));
-                                break;
-                            }
-                        };
-                        match out {
-                            Output::Timeout(t) => {
-                                next = next.min(t);
-                                break;
-                            }
-                            Output::Transmit(t) => {
-                                if t.proto == Protocol::Tcp {
-                                    if let Some(w) = self.tcp_conns.get(&(t.source, t.destination))
-                                    {
-                                        // a full queue drops the packet, as UDP would
-                                        let _ =
-                                            w.try_send(bytes::Bytes::copy_from_slice(&t.contents));
-                                    }
-                                } else if let Some(i) =
-                                    self.local.iter().position(|a| *a == t.source)
-                                {
-                                    let _ = sockets[i].try_send_to(&t.contents, t.destination);
-                                }
-                            }
-                            Output::Event(e) => {
-                                if handle_event(name, media, id, e, now, &mut dead) {
-                                    again = true;
-                                }
-                            }
-                        }
+                    drain(name, media, id, &self.wire, now, &mut dead);
+                    let Some(peer) = media.peers.get_mut(id) else {
+                        continue;
+                    };
+                    if let Some(sdp) = peer.negotiate() {
+                        peer.dirty = true;
+                        let _ = self.signals.send(Signal {
+                            room: name.clone(),
+                            to: id.clone(),
+                            message: ServerMessage::Offer {
+                                from: SFU_ID.into(),
+                                sdp,
+                            },
+                        });
                     }
                 }
             }
+            for peer in media.peers.values() {
+                next = next.min(peer.wake);
+            }
         }
         for (room, id) in dead {
-            self.signal(
-                &room,
-                &id,
-                ServerMessage::error("media_disconnected", "the SFU lost this peer connection"),
-            );
-            self.leave_peer_only(&room, &id);
+            self.lost(&room, &id);
         }
         next
+    }
+
+    /// Poll peer `id` until it waits (str0m wants that after each input); what its events feed
+    /// into other peers is polled by the next `drive`.
+    fn drain_one(&mut self, room: &str, id: &str, now: Instant) {
+        let mut dead = Vec::new();
+        if let Some(media) = self.rooms.get_mut(room) {
+            drain(room, media, id, &self.wire, now, &mut dead);
+        }
+        for (room, id) in dead {
+            self.lost(&room, &id);
+        }
+    }
+
+    fn lost(&mut self, room: &str, id: &str) {
+        self.signal(
+            room,
+            id,
+            ServerMessage::error("media_disconnected", "the SFU lost this peer connection"),
+        );
+        self.leave_peer_only(room, id);
     }
 
     /// A peer connection ended but the participant is still in the room (it may offer again).
@@ -589,6 +646,7 @@ impl Router {
         let mut peers = 0;
         for (name, media) in self.rooms.iter_mut() {
             media.second(elapsed, now);
+            media.touch_all();
             if let Some(speaker) = media.speakers.decide(now) {
                 debug!(room = %name, %speaker, "active speaker");
                 for id in media.peers.keys() {
@@ -645,7 +703,42 @@ impl Router {
     }
 }
 
-/// One event of peer `id`; true when it wrote to other peers (which must be polled again).
+/// Poll peer `id` of `room` until it returns a timeout: datagrams go out on `wire`, events are
+/// handled, a failed or closed peer is added to `dead`.
+fn drain(
+    room: &str,
+    media: &mut RoomMedia,
+    id: &str,
+    wire: &Wire,
+    now: Instant,
+    dead: &mut Vec<(String, String)>,
+) {
+    // cleared first: an event below may ask for more (a connection up wants an offer)
+    if let Some(peer) = media.peers.get_mut(id) {
+        peer.dirty = false;
+    }
+    while let Some(peer) = media.peers.get_mut(id) {
+        if !peer.rtc.is_alive() {
+            dead.push((room.to_string(), id.to_string()));
+            return;
+        }
+        match peer.rtc.poll_output() {
+            Ok(Output::Timeout(t)) => {
+                peer.wake = t;
+                return;
+            }
+            Ok(Output::Transmit(t)) => wire.send(&t),
+            Ok(Output::Event(e)) => handle_event(room, media, id, e, now, dead),
+            Err(e) => {
+                warn!(%room, participant = %id, "peer failed: {e}");
+                dead.push((room.to_string(), id.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+/// One event of peer `id`. What it feeds into other peers marks them dirty.
 fn handle_event(
     room: &str,
     media: &mut RoomMedia,
@@ -653,28 +746,25 @@ fn handle_event(
     event: Event,
     now: Instant,
     dead: &mut Vec<(String, String)>,
-) -> bool {
+) {
     match event {
         Event::RtpPacket(p) => {
             media.forward(id, &p, now);
-            true
         }
-        Event::MediaAdded(m) => {
-            if m.direction == Direction::RecvOnly || m.direction == Direction::SendRecv {
-                let rids: Vec<_> = m
-                    .simulcast
-                    .map(|s| {
-                        let layers = if s.send.is_empty() { s.recv } else { s.send };
-                        layers.into_iter().map(|l| l.rid).collect()
-                    })
-                    .unwrap_or_default();
-                media.track_added(id, m.mid, m.kind, &rids);
-            }
-            false
+        Event::MediaAdded(m)
+            if m.direction == Direction::RecvOnly || m.direction == Direction::SendRecv =>
+        {
+            let rids: Vec<_> = m
+                .simulcast
+                .map(|s| {
+                    let layers = if s.send.is_empty() { s.recv } else { s.send };
+                    layers.into_iter().map(|l| l.rid).collect()
+                })
+                .unwrap_or_default();
+            media.track_added(id, m.mid, m.kind, &rids);
         }
         Event::KeyframeRequest(r) => {
             media.keyframe_wanted(id, r.mid, now);
-            true
         }
         Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
             if let Some(peer) = media.peers.get_mut(id) {
@@ -683,16 +773,17 @@ fn handle_event(
                     peer.reselect = true;
                 }
             }
-            false
         }
         Event::Connected => {
             info!(%room, participant = %id, "peer connected to the SFU");
-            false
+            // it may be offered the others' tracks now
+            if let Some(peer) = media.peers.get_mut(id) {
+                peer.dirty = true;
+            }
         }
         Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
             dead.push((room.to_string(), id.to_string()));
-            false
         }
-        _ => false,
+        _ => {}
     }
 }

@@ -74,6 +74,10 @@ pub struct Peer {
     pub reselect: bool,
     /// Remote addresses seen (for the demultiplexing cache).
     pub addrs: Vec<SocketAddr>,
+    /// Something was fed in (input, a written packet, a changed setting): poll it.
+    pub dirty: bool,
+    /// When str0m next wants time fed in.
+    pub wake: Instant,
 }
 
 fn ufrag(sdp: &str) -> String {
@@ -133,6 +137,8 @@ impl Peer {
             probe: ProbePacer::default(),
             reselect: true,
             addrs: Vec::new(),
+            dirty: true,
+            wake: now,
         };
         Ok((peer, answer.to_sdp_string()))
     }
@@ -223,6 +229,13 @@ impl Peer {
         // an offer arriving now for an ICE restart (webrtc-rs does), and answers with new
         // credentials
         if !self.ready || self.pending.is_some() || !self.rtc.is_connected() {
+            return None;
+        }
+        let wanted = self
+            .outputs
+            .values()
+            .any(|o| matches!(o.state, OutState::ToOpen | OutState::ToStop(_)));
+        if !wanted {
             return None;
         }
         let mut change = self.rtc.sdp_api();
