@@ -198,8 +198,9 @@ pub struct ProbePacer {
 impl ProbePacer {
     /// Shortest interval between probes.
     pub const MIN: std::time::Duration = std::time::Duration::from_secs(1);
-    /// Longest.
-    pub const MAX: std::time::Duration = std::time::Duration::from_secs(4);
+    /// Longest: a lifted cap is found within this (and a capped link sees a probe's queue no
+    /// more often).
+    pub const MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
     /// Whether to probe now, given the estimate now; records the probe when it says yes.
     pub fn due(&mut self, estimate_bps: u64, now: Instant) -> bool {
@@ -644,10 +645,11 @@ mod tests {
         let mut p = ProbePacer::default();
         assert!(p.due(300_000, at(0)));
         assert!(!p.due(300_000, at(500)));
-        assert!(p.due(300_000, at(1000))); // found nothing: next in 2 s
+        assert!(p.due(300_000, at(1000))); // found nothing: next in 2 s, the longest
         assert!(!p.due(300_000, at(2500)));
-        assert!(p.due(300_000, at(3000))); // next in 4 s
-        assert!(!p.due(300_000, at(6000)));
+        assert!(p.due(300_000, at(3000)));
+        assert!(!p.due(300_000, at(4500)));
+        assert!(p.due(300_000, at(5000)));
         assert!(p.due(600_000, at(7000))); // it grew: every second again
         assert!(p.due(900_000, at(8000)));
     }

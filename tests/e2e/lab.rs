@@ -610,11 +610,12 @@ fn sfu_serves_a_capped_subscriber_the_low_layer_and_raises_it_when_the_cap_lifts
     };
     let (higher, full) = (after(360), after(720));
     eprintln!("after the cap lifted: 360p+ in {higher:?} ms, 720p in {full:?} ms");
-    // GCC's estimate climbs from ~300 kbit/s about 10-20 %/s (with str0m's probes): a higher
-    // layer comes within 10 s, the full 720p (which needs ~1.5 Mbit/s) within 15
+    // the SFU probes a held-back subscriber at least every 2 s, and GCC climbs from there:
+    // a higher layer within 10 s; the full 720p (~1.5 Mbit/s) came in 3.6-9.3 s over 7 runs,
+    // asserted with some margin
     assert!(
-        higher.is_some_and(|ms| ms <= 10_000) && full.is_some_and(|ms| ms <= 15_000),
-        "a higher layer within 10 s and 720p within 15 s of lifting the cap: {heights:?} \
+        higher.is_some_and(|ms| ms <= 10_000) && full.is_some_and(|ms| ms <= 12_000),
+        "a higher layer within 10 s and 720p within 12 s of lifting the cap: {heights:?} \
          (lifted at {lifted_ms} ms)\n{}",
         lab.logs()
     );

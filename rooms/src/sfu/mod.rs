@@ -37,7 +37,7 @@ use tidecast_common::metrics::Registry;
 use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::forwarding::Need;
 use crate::signal::ServerMessage;
@@ -145,9 +145,8 @@ impl Sfu {
         let mut tcp_listeners = Vec::new();
         let mut port = settings.port;
         for ip in &settings.addresses {
-            let std = std::net::UdpSocket::bind(SocketAddr::new(*ip, port))?;
-            std.set_nonblocking(true)?;
-            let socket = UdpSocket::from_std(std)?;
+            let socket = std::net::UdpSocket::bind(SocketAddr::new(*ip, port))?;
+            socket.set_nonblocking(true)?;
             port = socket.local_addr()?.port();
             if settings.tcp {
                 let std = std::net::TcpListener::bind(SocketAddr::new(*ip, port))?;
@@ -171,21 +170,47 @@ impl Sfu {
         }
         let (commands, rx) = mpsc::unbounded_channel();
         let (signals, signal_rx) = mpsc::unbounded_channel();
-        let router = Router {
-            wire: Wire {
-                sockets: Arc::from(sockets),
-                local: addrs.clone(),
-                tcp_conns: HashMap::new(),
-            },
-            tcp: settings.tcp,
-            rooms: HashMap::new(),
-            demux: HashMap::new(),
-            signals,
-            registry: registry.clone(),
-            last_second: Instant::now(),
-            switches: HashMap::new(),
-        };
-        tokio::spawn(router.run(rx, tcp_rx));
+        let (registry, tcp) = (registry.clone(), settings.tcp);
+        let local = addrs.clone();
+        // the media loop has a thread and a runtime of its own: its sockets, timers and peers
+        // are polled there without waking other threads for each datagram
+        std::thread::Builder::new()
+            .name("sfu-media".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => return error!("SFU media runtime: {e}"),
+                };
+                // a task, not the block_on future itself: waking that one from the I/O driver
+                // writes the runtime's eventfd on every datagram
+                let media = async move {
+                    let sockets: Result<Vec<UdpSocket>, _> =
+                        sockets.into_iter().map(UdpSocket::from_std).collect();
+                    let sockets = match sockets {
+                        Ok(s) => s,
+                        Err(e) => return error!("SFU media sockets: {e}"),
+                    };
+                    let router = Router {
+                        wire: Wire {
+                            sockets: Arc::from(sockets),
+                            local,
+                            tcp_conns: HashMap::new(),
+                        },
+                        tcp,
+                        rooms: HashMap::new(),
+                        demux: HashMap::new(),
+                        signals,
+                        registry,
+                        last_second: Instant::now(),
+                        switches: HashMap::new(),
+                    };
+                    router.run(rx, tcp_rx).await
+                };
+                let _ = rt.block_on(async move { tokio::spawn(media).await });
+            })?;
         Ok((
             Sfu {
                 commands,
