@@ -1,0 +1,898 @@
+//! The TURN server's state as a pure core (time passed in, no sockets): authentication,
+//! allocations with their permissions, channels, lifetimes and quotas, and the peer filter.
+//! The shell feeds it what clients and peers send and carries out what it returns.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::auth::{username_expiry, Credentials};
+use crate::filter::PeerFilter;
+use crate::stun::{attr, channel_data, method, parse_channel_data, Builder, Class, Message};
+
+/// How a client reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+}
+
+/// A client's 5-tuple (the transport fixes the protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The server address it reached.
+    pub server: SocketAddr,
+    /// UDP, TCP or TLS.
+    pub transport: Transport,
+}
+
+/// Limits and timings.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Allocations one user may hold.
+    pub per_user: usize,
+    /// Allocations in total.
+    pub total: usize,
+    /// Relayed bytes per second one allocation may use (both directions); 0: no limit.
+    pub bandwidth_bps: u64,
+    /// Lifetime given when the client asks for none.
+    pub default_lifetime: Duration,
+    /// Longest lifetime given.
+    pub max_lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            per_user: 10,
+            total: 1000,
+            bandwidth_bps: 0,
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+const SOFTWARE: &[u8] = b"tidecast turn";
+const KNOWN: &[u16] = &[
+    attr::USERNAME,
+    attr::MESSAGE_INTEGRITY,
+    attr::CHANNEL_NUMBER,
+    attr::LIFETIME,
+    attr::XOR_PEER_ADDRESS,
+    attr::DATA,
+    attr::REALM,
+    attr::NONCE,
+    attr::REQUESTED_ADDRESS_FAMILY,
+    attr::REQUESTED_TRANSPORT,
+    attr::DONT_FRAGMENT,
+    attr::EVEN_PORT,
+    attr::RESERVATION_TOKEN,
+    attr::FINGERPRINT,
+    attr::SOFTWARE,
+];
+
+/// Why a request was refused, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refused {
+    /// 401: no, wrong or expired credentials.
+    Unauthorized,
+    /// 438: stale nonce.
+    StaleNonce,
+    /// 403: peer address not allowed.
+    Forbidden,
+    /// 486: quota.
+    Quota,
+    /// 437: allocation mismatch.
+    Mismatch,
+    /// 400 / 420 / 442 / 440 / 508: malformed or unsupported.
+    BadRequest,
+}
+
+impl Refused {
+    /// Label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::Unauthorized => "unauthorized",
+            Refused::StaleNonce => "stale_nonce",
+            Refused::Forbidden => "forbidden_peer",
+            Refused::Quota => "quota",
+            Refused::Mismatch => "allocation_mismatch",
+            Refused::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Out {
+    /// Send these bytes to the client on its 5-tuple.
+    Client(FiveTuple, Vec<u8>),
+    /// Send `data` from relay address `relay` to `peer`.
+    Peer {
+        /// The allocation's relayed address (which socket).
+        relay: SocketAddr,
+        /// Where to.
+        peer: SocketAddr,
+        /// The payload.
+        data: Vec<u8>,
+    },
+    /// Bind a relay socket (IPv6 when `ipv6`) and call [`TurnCore::allocated`] with it.
+    Bind(PendingAllocation),
+    /// The allocation on this relayed address ended: close its socket.
+    Release(SocketAddr),
+    /// A request was refused (for metrics and logs).
+    Refused(Refused, FiveTuple),
+}
+
+/// An authorised Allocate waiting for its relay socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAllocation {
+    /// The client.
+    pub five: FiveTuple,
+    /// An IPv6 relay wanted.
+    pub ipv6: bool,
+    transaction: [u8; 12],
+    user: String,
+    key: [u8; 16],
+    lifetime: Duration,
+    credentials_expire_unix: u64,
+}
+
+struct Allocation {
+    user: String,
+    relay: SocketAddr,
+    transaction: [u8; 12],
+    expires: Instant,
+    credentials_expire_unix: u64,
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, (SocketAddr, Instant)>,
+    channel_of: HashMap<SocketAddr, u16>,
+    /// bytes relayed in the current second and when it began
+    window: (Instant, u64),
+}
+
+impl Allocation {
+    fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions.get(&ip).is_some_and(|t| *t > now)
+    }
+
+    /// Within the bandwidth quota (counting `bytes`)?
+    fn spend(&mut self, bytes: usize, limit_bps: u64, now: Instant) -> bool {
+        if limit_bps == 0 {
+            return true;
+        }
+        if now.saturating_duration_since(self.window.0) >= Duration::from_secs(1) {
+            self.window = (now, 0);
+        }
+        self.window.1 += bytes as u64;
+        self.window.1 * 8 <= limit_bps
+    }
+}
+
+/// See the module docs.
+pub struct TurnCore {
+    credentials: Credentials,
+    filter: PeerFilter,
+    limits: Limits,
+    allocations: HashMap<FiveTuple, Allocation>,
+    by_relay: HashMap<SocketAddr, FiveTuple>,
+    pending: usize,
+}
+
+fn error(m: &Message, code: u16, reason: &str) -> Builder {
+    Builder::new(m.method, Class::Error, m.transaction)
+        .add_error(code, reason)
+        .add(attr::SOFTWARE, SOFTWARE)
+}
+
+impl TurnCore {
+    /// A core with these credentials, peer filter and limits.
+    pub fn new(credentials: Credentials, filter: PeerFilter, limits: Limits) -> TurnCore {
+        TurnCore {
+            credentials,
+            filter,
+            limits,
+            allocations: HashMap::new(),
+            by_relay: HashMap::new(),
+            pending: 0,
+        }
+    }
+
+    /// Allocations now.
+    pub fn allocations(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// A datagram (or stream frame) from a client.
+    pub fn client(&mut self, five: FiveTuple, data: &[u8], now: Instant, unix: u64) -> Vec<Out> {
+        if let Some((channel, payload)) = parse_channel_data(data) {
+            return self.channel_data(five, channel, payload, now);
+        }
+        let Ok(m) = Message::parse(data) else {
+            return Vec::new(); // not STUN: dropped (logged by the shell's counters)
+        };
+        match (m.class, m.method) {
+            (Class::Request, method::BINDING) => {
+                let reply = Builder::new(method::BINDING, Class::Success, m.transaction)
+                    .add_xor_address(attr::XOR_MAPPED_ADDRESS, five.client)
+                    .add(attr::SOFTWARE, SOFTWARE)
+                    .fingerprint();
+                vec![Out::Client(five, reply)]
+            }
+            (Class::Indication, method::SEND) => self.send_indication(five, &m, now),
+            (
+                Class::Request,
+                method::ALLOCATE
+                | method::REFRESH
+                | method::CREATE_PERMISSION
+                | method::CHANNEL_BIND,
+            ) => {
+                let unknown = m.unknown_required(KNOWN);
+                if !unknown.is_empty() {
+                    let mut list = Vec::new();
+                    for t in unknown {
+                        list.extend_from_slice(&t.to_be_bytes());
+                    }
+                    let reply = error(&m, 420, "Unknown Attribute")
+                        .add(attr::UNKNOWN_ATTRIBUTES, &list)
+                        .fingerprint();
+                    return vec![
+                        Out::Client(five, reply),
+                        Out::Refused(Refused::BadRequest, five),
+                    ];
+                }
+                let (user, key, expires_unix) = match self.authenticate(five, &m, unix) {
+                    Ok(v) => v,
+                    Err(out) => return out,
+                };
+                match m.method {
+                    method::ALLOCATE => self.allocate(five, &m, user, key, expires_unix),
+                    method::REFRESH => self.refresh(five, &m, &key, now),
+                    method::CREATE_PERMISSION => self.create_permission(five, &m, &key, now),
+                    _ => self.channel_bind(five, &m, &key, now),
+                }
+            }
+            _ => Vec::new(), // responses and other indications: ignored
+        }
+    }
+
+    /// Long-term credentials: the user, key and credential expiry, or the error reply.
+    fn authenticate(
+        &self,
+        five: FiveTuple,
+        m: &Message,
+        unix: u64,
+    ) -> Result<(String, [u8; 16], u64), Vec<Out>> {
+        let challenge = |code: u16, reason: &str, why: Refused| {
+            let reply = error(m, code, reason)
+                .add(attr::REALM, self.credentials.realm().as_bytes())
+                .add(attr::NONCE, self.credentials.nonce(unix).as_bytes())
+                .fingerprint();
+            vec![Out::Client(five, reply), Out::Refused(why, five)]
+        };
+        let (Some(user), Some(nonce), Some(_realm)) = (
+            m.text(attr::USERNAME),
+            m.text(attr::NONCE),
+            m.text(attr::REALM),
+        ) else {
+            // the first, unauthenticated request: a challenge (not counted as a failure)
+            let reply = error(m, 401, "Unauthorized")
+                .add(attr::REALM, self.credentials.realm().as_bytes())
+                .add(attr::NONCE, self.credentials.nonce(unix).as_bytes())
+                .fingerprint();
+            return Err(vec![Out::Client(five, reply)]);
+        };
+        if !self.credentials.nonce_ok(nonce, unix) {
+            return Err(challenge(438, "Stale Nonce", Refused::StaleNonce));
+        }
+        let key = self.credentials.key(user);
+        if !m.integrity_ok(&key) {
+            return Err(challenge(401, "Unauthorized", Refused::Unauthorized));
+        }
+        match username_expiry(user) {
+            Some(expiry) if expiry > unix => Ok((user.to_string(), key, expiry)),
+            _ => Err(challenge(401, "Credentials expired", Refused::Unauthorized)),
+        }
+    }
+
+    fn lifetime(&self, m: &Message) -> Duration {
+        match m.u32(attr::LIFETIME) {
+            Some(s) => Duration::from_secs(u64::from(s))
+                .max(self.limits.default_lifetime.min(Duration::from_secs(600)))
+                .min(self.limits.max_lifetime),
+            None => self.limits.default_lifetime,
+        }
+    }
+
+    fn allocate(
+        &mut self,
+        five: FiveTuple,
+        m: &Message,
+        user: String,
+        key: [u8; 16],
+        credentials_expire_unix: u64,
+    ) -> Vec<Out> {
+        let fail = |code: u16, reason: &str, why: Refused| {
+            vec![
+                Out::Client(five, error(m, code, reason).integrity(&key).fingerprint()),
+                Out::Refused(why, five),
+            ]
+        };
+        if let Some(a) = self.allocations.get(&five) {
+            if a.transaction == m.transaction {
+                // a retransmission of the request that made it: the same answer
+                let (relay, lifetime) = (a.relay, self.limits.default_lifetime);
+                let reply = Self::allocate_success(five, m.transaction, relay, lifetime, &key);
+                return vec![Out::Client(five, reply)];
+            }
+            return fail(437, "Allocation Mismatch", Refused::Mismatch);
+        }
+        match m.get(attr::REQUESTED_TRANSPORT) {
+            Some([17, ..]) => {}
+            Some(_) => return fail(442, "Unsupported Transport Protocol", Refused::BadRequest),
+            None => return fail(400, "Bad Request", Refused::BadRequest),
+        }
+        if m.get(attr::RESERVATION_TOKEN).is_some() || m.get(attr::EVEN_PORT).is_some() {
+            return fail(508, "Insufficient Capacity", Refused::BadRequest);
+        }
+        let ipv6 = match m.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            None | Some([1, ..]) => false,
+            Some([2, ..]) => true,
+            Some(_) => return fail(440, "Address Family not Supported", Refused::BadRequest),
+        };
+        let mine = self.allocations.values().filter(|a| a.user == user).count();
+        if mine >= self.limits.per_user
+            || self.allocations.len() + self.pending >= self.limits.total
+        {
+            return fail(486, "Allocation Quota Reached", Refused::Quota);
+        }
+        self.pending += 1;
+        vec![Out::Bind(PendingAllocation {
+            five,
+            ipv6,
+            transaction: m.transaction,
+            user,
+            key,
+            lifetime: self.lifetime(m),
+            credentials_expire_unix,
+        })]
+    }
+
+    fn allocate_success(
+        five: FiveTuple,
+        transaction: [u8; 12],
+        relay: SocketAddr,
+        lifetime: Duration,
+        key: &[u8],
+    ) -> Vec<u8> {
+        Builder::new(method::ALLOCATE, Class::Success, transaction)
+            .add_xor_address(attr::XOR_RELAYED_ADDRESS, relay)
+            .add_xor_address(attr::XOR_MAPPED_ADDRESS, five.client)
+            .add_u32(attr::LIFETIME, lifetime.as_secs() as u32)
+            .add(attr::SOFTWARE, SOFTWARE)
+            .integrity(key)
+            .fingerprint()
+    }
+
+    /// The shell bound (or failed to bind) the relay socket of `p`.
+    pub fn allocated(
+        &mut self,
+        p: PendingAllocation,
+        relay: Option<SocketAddr>,
+        now: Instant,
+    ) -> Vec<Out> {
+        self.pending = self.pending.saturating_sub(1);
+        let Some(relay) = relay else {
+            let reply = Builder::new(method::ALLOCATE, Class::Error, p.transaction)
+                .add_error(508, "Insufficient Capacity")
+                .integrity(&p.key)
+                .fingerprint();
+            return vec![
+                Out::Client(p.five, reply),
+                Out::Refused(Refused::Quota, p.five),
+            ];
+        };
+        self.allocations.insert(
+            p.five,
+            Allocation {
+                user: p.user,
+                relay,
+                transaction: p.transaction,
+                expires: now + p.lifetime,
+                credentials_expire_unix: p.credentials_expire_unix,
+                permissions: HashMap::new(),
+                channels: HashMap::new(),
+                channel_of: HashMap::new(),
+                window: (now, 0),
+            },
+        );
+        self.by_relay.insert(relay, p.five);
+        let reply = Self::allocate_success(p.five, p.transaction, relay, p.lifetime, &p.key);
+        vec![Out::Client(p.five, reply)]
+    }
+
+    fn mismatch(five: FiveTuple, m: &Message, key: &[u8]) -> Vec<Out> {
+        vec![
+            Out::Client(
+                five,
+                error(m, 437, "Allocation Mismatch")
+                    .integrity(key)
+                    .fingerprint(),
+            ),
+            Out::Refused(Refused::Mismatch, five),
+        ]
+    }
+
+    fn refresh(&mut self, five: FiveTuple, m: &Message, key: &[u8], now: Instant) -> Vec<Out> {
+        let requested = m.u32(attr::LIFETIME);
+        let lifetime = self.lifetime(m);
+        let Some(a) = self.allocations.get_mut(&five) else {
+            return Self::mismatch(five, m, key);
+        };
+        if requested == Some(0) {
+            let relay = a.relay;
+            self.allocations.remove(&five);
+            self.by_relay.remove(&relay);
+            let reply = Builder::new(method::REFRESH, Class::Success, m.transaction)
+                .add_u32(attr::LIFETIME, 0)
+                .integrity(key)
+                .fingerprint();
+            return vec![Out::Client(five, reply), Out::Release(relay)];
+        }
+        a.expires = now + lifetime;
+        let reply = Builder::new(method::REFRESH, Class::Success, m.transaction)
+            .add_u32(attr::LIFETIME, lifetime.as_secs() as u32)
+            .integrity(key)
+            .fingerprint();
+        vec![Out::Client(five, reply)]
+    }
+
+    fn create_permission(
+        &mut self,
+        five: FiveTuple,
+        m: &Message,
+        key: &[u8],
+        now: Instant,
+    ) -> Vec<Out> {
+        let peers = m.xor_addresses(attr::XOR_PEER_ADDRESS);
+        let Some(a) = self.allocations.get_mut(&five) else {
+            return Self::mismatch(five, m, key);
+        };
+        if peers.is_empty() || peers.iter().any(Option::is_none) {
+            return vec![
+                Out::Client(
+                    five,
+                    error(m, 400, "Bad Request").integrity(key).fingerprint(),
+                ),
+                Out::Refused(Refused::BadRequest, five),
+            ];
+        }
+        let peers: Vec<SocketAddr> = peers.into_iter().flatten().collect();
+        for p in &peers {
+            if p.is_ipv4() != a.relay.is_ipv4() {
+                return vec![
+                    Out::Client(
+                        five,
+                        error(m, 443, "Peer Address Family Mismatch")
+                            .integrity(key)
+                            .fingerprint(),
+                    ),
+                    Out::Refused(Refused::BadRequest, five),
+                ];
+            }
+            if self.filter.check(p.ip()).is_err() {
+                return vec![
+                    Out::Client(
+                        five,
+                        error(m, 403, "Forbidden").integrity(key).fingerprint(),
+                    ),
+                    Out::Refused(Refused::Forbidden, five),
+                ];
+            }
+        }
+        for p in peers {
+            a.permissions.insert(p.ip(), now + PERMISSION_LIFETIME);
+        }
+        let reply = Builder::new(method::CREATE_PERMISSION, Class::Success, m.transaction)
+            .integrity(key)
+            .fingerprint();
+        vec![Out::Client(five, reply)]
+    }
+
+    fn channel_bind(&mut self, five: FiveTuple, m: &Message, key: &[u8], now: Instant) -> Vec<Out> {
+        let bad = |code: u16, reason: &str, why: Refused| {
+            vec![
+                Out::Client(five, error(m, code, reason).integrity(key).fingerprint()),
+                Out::Refused(why, five),
+            ]
+        };
+        let channel = m
+            .get(attr::CHANNEL_NUMBER)
+            .and_then(|v| Some(u16::from_be_bytes([*v.first()?, *v.get(1)?])));
+        let (Some(channel), Some(peer)) = (channel, m.xor_address(attr::XOR_PEER_ADDRESS)) else {
+            return bad(400, "Bad Request", Refused::BadRequest);
+        };
+        if !(0x4000..=0x4FFF).contains(&channel) {
+            return bad(400, "Bad Request", Refused::BadRequest);
+        }
+        let Some(a) = self.allocations.get_mut(&five) else {
+            return Self::mismatch(five, m, key);
+        };
+        if peer.is_ipv4() != a.relay.is_ipv4() {
+            return bad(443, "Peer Address Family Mismatch", Refused::BadRequest);
+        }
+        if self.filter.check(peer.ip()).is_err() {
+            return bad(403, "Forbidden", Refused::Forbidden);
+        }
+        // a channel is bound to one peer, a peer to one channel
+        let taken = a.channels.get(&channel).is_some_and(|(p, _)| *p != peer)
+            || a.channel_of.get(&peer).is_some_and(|c| *c != channel);
+        if taken {
+            return bad(400, "Bad Request", Refused::BadRequest);
+        }
+        a.channels.insert(channel, (peer, now + CHANNEL_LIFETIME));
+        a.channel_of.insert(peer, channel);
+        a.permissions.insert(peer.ip(), now + PERMISSION_LIFETIME);
+        let reply = Builder::new(method::CHANNEL_BIND, Class::Success, m.transaction)
+            .integrity(key)
+            .fingerprint();
+        vec![Out::Client(five, reply)]
+    }
+
+    fn send_indication(&mut self, five: FiveTuple, m: &Message, now: Instant) -> Vec<Out> {
+        let (Some(peer), Some(data)) = (m.xor_address(attr::XOR_PEER_ADDRESS), m.get(attr::DATA))
+        else {
+            return Vec::new();
+        };
+        let limit = self.limits.bandwidth_bps;
+        let Some(a) = self.allocations.get_mut(&five) else {
+            return Vec::new();
+        };
+        if !a.permitted(peer.ip(), now) || !a.spend(data.len(), limit, now) {
+            return Vec::new(); // silently dropped (RFC 8656 §11.2)
+        }
+        vec![Out::Peer {
+            relay: a.relay,
+            peer,
+            data: data.to_vec(),
+        }]
+    }
+
+    fn channel_data(
+        &mut self,
+        five: FiveTuple,
+        channel: u16,
+        payload: &[u8],
+        now: Instant,
+    ) -> Vec<Out> {
+        let limit = self.limits.bandwidth_bps;
+        let Some(a) = self.allocations.get_mut(&five) else {
+            return Vec::new();
+        };
+        let Some((peer, until)) = a.channels.get(&channel).copied() else {
+            return Vec::new();
+        };
+        if until <= now || !a.permitted(peer.ip(), now) || !a.spend(payload.len(), limit, now) {
+            return Vec::new();
+        }
+        vec![Out::Peer {
+            relay: a.relay,
+            peer,
+            data: payload.to_vec(),
+        }]
+    }
+
+    /// A datagram from `peer` arrived on relay address `relay`: what goes to the client.
+    pub fn peer(
+        &mut self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) -> Option<Out> {
+        let five = *self.by_relay.get(&relay)?;
+        let limit = self.limits.bandwidth_bps;
+        let a = self.allocations.get_mut(&five)?;
+        if !a.permitted(peer.ip(), now) || !a.spend(data.len(), limit, now) {
+            return None;
+        }
+        let streamed = five.transport != Transport::Udp;
+        let bytes = match a.channel_of.get(&peer) {
+            Some(c) if a.channels.get(c).is_some_and(|(_, until)| *until > now) => {
+                channel_data(*c, data, streamed)
+            }
+            _ => {
+                let mut tid = [0u8; 12];
+                // indications need no matching: a transaction id from the time and peer
+                let seed =
+                    now.elapsed().as_nanos() as u64 ^ u64::from(peer.port()) ^ data.len() as u64;
+                tid[..8].copy_from_slice(&seed.to_be_bytes());
+                Builder::new(method::DATA, Class::Indication, tid)
+                    .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+                    .add(attr::DATA, data)
+                    .build()
+            }
+        };
+        Some(Out::Client(five, bytes))
+    }
+
+    /// Expire what is due: allocations past their lifetime or credentials (released),
+    /// permissions and channels past theirs.
+    pub fn expire(&mut self, now: Instant, unix: u64) -> Vec<Out> {
+        let mut out = Vec::new();
+        let ended: Vec<FiveTuple> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.expires <= now || a.credentials_expire_unix <= unix)
+            .map(|(k, _)| *k)
+            .collect();
+        for five in ended {
+            if let Some(a) = self.allocations.remove(&five) {
+                self.by_relay.remove(&a.relay);
+                out.push(Out::Release(a.relay));
+            }
+        }
+        for a in self.allocations.values_mut() {
+            a.permissions.retain(|_, t| *t > now);
+            let stale: Vec<(u16, SocketAddr)> = a
+                .channels
+                .iter()
+                .filter(|(_, (_, t))| *t <= now)
+                .map(|(c, (p, _))| (*c, *p))
+                .collect();
+            for (c, p) in stale {
+                a.channels.remove(&c);
+                a.channel_of.remove(&p);
+            }
+        }
+        out
+    }
+
+    /// The client's connection closed (TCP/TLS): its allocation ends.
+    pub fn closed(&mut self, five: FiveTuple) -> Vec<Out> {
+        match self.allocations.remove(&five) {
+            Some(a) => {
+                self.by_relay.remove(&a.relay);
+                vec![Out::Release(a.relay)]
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::Cidr;
+
+    const UNIX: u64 = 1_800_000_000;
+
+    struct Client {
+        five: FiveTuple,
+        user: String,
+        key: [u8; 16],
+        nonce: String,
+        realm: String,
+        n: u8,
+    }
+
+    impl Client {
+        fn new(core: &mut TurnCore, creds: &Credentials, ttl: u64, now: Instant) -> Client {
+            let five = FiveTuple {
+                client: "198.51.100.9:50000".parse().unwrap(),
+                server: "192.0.2.1:3478".parse().unwrap(),
+                transport: Transport::Udp,
+            };
+            // unauthenticated first: a challenge with realm and nonce
+            let req = Builder::new(method::ALLOCATE, Class::Request, [9; 12])
+                .add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                .fingerprint();
+            let out = core.client(five, &req, now, UNIX);
+            let Out::Client(_, bytes) = &out[0] else {
+                panic!("{out:?}")
+            };
+            let m = Message::parse(bytes).unwrap();
+            assert_eq!(m.get(attr::ERROR_CODE).unwrap()[2..4], [4, 1]);
+            let (user, _) = creds.mint("alice", UNIX, ttl);
+            Client {
+                five,
+                key: creds.key(&user),
+                user,
+                nonce: m.text(attr::NONCE).unwrap().to_string(),
+                realm: m.text(attr::REALM).unwrap().to_string(),
+                n: 0,
+            }
+        }
+
+        fn request(&mut self, method: u16, add: impl FnOnce(Builder) -> Builder) -> Vec<u8> {
+            self.n += 1;
+            let b = Builder::new(method, Class::Request, [self.n; 12])
+                .add(attr::USERNAME, self.user.as_bytes())
+                .add(attr::REALM, self.realm.as_bytes())
+                .add(attr::NONCE, self.nonce.as_bytes());
+            add(b).integrity(&self.key).fingerprint()
+        }
+    }
+
+    fn code(out: &[Out]) -> Option<u16> {
+        let Some(Out::Client(_, bytes)) = out.first() else {
+            return None;
+        };
+        let m = Message::parse(bytes).ok()?;
+        let v = m.get(attr::ERROR_CODE)?;
+        Some(u16::from(v[2]) * 100 + u16::from(v[3]))
+    }
+
+    fn setup(limits: Limits) -> (TurnCore, Credentials, Instant) {
+        let creds = Credentials::new("secret", "tidecast");
+        let core = TurnCore::new(
+            creds.clone(),
+            PeerFilter::new(vec![Cidr::parse("10.9.0.0/16").unwrap()]),
+            limits,
+        );
+        (core, creds, Instant::now())
+    }
+
+    fn allocate(core: &mut TurnCore, c: &mut Client, now: Instant) -> SocketAddr {
+        let req = c.request(method::ALLOCATE, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        });
+        let out = core.client(c.five, &req, now, UNIX);
+        let Some(Out::Bind(p)) = out.into_iter().next() else {
+            panic!("no bind")
+        };
+        let relay: SocketAddr = "192.0.2.1:49152".parse().unwrap();
+        let out = core.allocated(p, Some(relay), now);
+        let Out::Client(_, bytes) = &out[0] else {
+            panic!()
+        };
+        let m = Message::parse(bytes).unwrap();
+        assert!(m.integrity_ok(&c.key));
+        assert_eq!(m.xor_address(attr::XOR_RELAYED_ADDRESS), Some(relay));
+        relay
+    }
+
+    #[test]
+    fn allocate_permit_relay_both_ways_and_channels() {
+        let (mut core, creds, now) = setup(Limits::default());
+        let mut c = Client::new(&mut core, &creds, 600, now);
+        let relay = allocate(&mut core, &mut c, now);
+        let peer: SocketAddr = "203.0.114.5:7000".parse().unwrap();
+        // no permission yet: a peer's datagram is dropped
+        assert_eq!(core.peer(relay, peer, b"x", now), None);
+        let req = c.request(method::CREATE_PERMISSION, |b| {
+            b.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+        });
+        assert_eq!(code(&core.client(c.five, &req, now, UNIX)), None);
+        let send = Builder::new(method::SEND, Class::Indication, [7; 12])
+            .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+            .add(attr::DATA, b"hello")
+            .build();
+        assert_eq!(
+            core.client(c.five, &send, now, UNIX),
+            vec![Out::Peer {
+                relay,
+                peer,
+                data: b"hello".to_vec()
+            }]
+        );
+        let Some(Out::Client(_, data)) = core.peer(relay, peer, b"back", now) else {
+            panic!()
+        };
+        let m = Message::parse(&data).unwrap();
+        assert_eq!(
+            (m.method, m.get(attr::DATA)),
+            (method::DATA, Some(&b"back"[..]))
+        );
+        // a channel: ChannelData both ways
+        let req = c.request(method::CHANNEL_BIND, |b| {
+            b.add(attr::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0])
+                .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+        });
+        assert_eq!(code(&core.client(c.five, &req, now, UNIX)), None);
+        assert_eq!(
+            core.client(c.five, &channel_data(0x4001, b"ch", false), now, UNIX),
+            vec![Out::Peer {
+                relay,
+                peer,
+                data: b"ch".to_vec()
+            }]
+        );
+        assert_eq!(
+            core.peer(relay, peer, b"in", now),
+            Some(Out::Client(c.five, channel_data(0x4001, b"in", false)))
+        );
+        // permissions lapse after 5 minutes without refresh
+        let later = now + Duration::from_secs(301);
+        core.expire(later, UNIX + 301);
+        assert_eq!(core.peer(relay, peer, b"late", later), None);
+        // refresh with lifetime 0 ends it
+        let req = c.request(method::REFRESH, |b| b.add_u32(attr::LIFETIME, 0));
+        let out = core.client(c.five, &req, now, UNIX);
+        assert!(out.contains(&Out::Release(relay)));
+        assert_eq!(core.allocations(), 0);
+    }
+
+    #[test]
+    fn internal_peers_are_forbidden_unless_allow_listed() {
+        let (mut core, creds, now) = setup(Limits::default());
+        let mut c = Client::new(&mut core, &creds, 600, now);
+        allocate(&mut core, &mut c, now);
+        for bad in [
+            "127.0.0.1:9",
+            "10.0.0.1:9",
+            "169.254.169.254:80",
+            "100.64.1.1:9",
+        ] {
+            let peer: SocketAddr = bad.parse().unwrap();
+            let req = c.request(method::CREATE_PERMISSION, |b| {
+                b.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+            });
+            let out = core.client(c.five, &req, now, UNIX);
+            assert_eq!(code(&out), Some(403), "{bad}");
+            assert!(out.contains(&Out::Refused(Refused::Forbidden, c.five)));
+            let req = c.request(method::CHANNEL_BIND, |b| {
+                b.add(attr::CHANNEL_NUMBER, &[0x40, 0x02, 0, 0])
+                    .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+            });
+            assert_eq!(
+                code(&core.client(c.five, &req, now, UNIX)),
+                Some(403),
+                "{bad}"
+            );
+        }
+        let ok: SocketAddr = "10.9.1.1:9".parse().unwrap();
+        let req = c.request(method::CREATE_PERMISSION, |b| {
+            b.add_xor_address(attr::XOR_PEER_ADDRESS, ok)
+        });
+        assert_eq!(code(&core.client(c.five, &req, now, UNIX)), None);
+    }
+
+    #[test]
+    fn expired_or_tampered_credentials_get_401_and_quotas_486() {
+        let (mut core, creds, now) = setup(Limits {
+            per_user: 1,
+            ..Limits::default()
+        });
+        let mut c = Client::new(&mut core, &creds, 600, now);
+        // tampered: integrity with the wrong key
+        let mut bad = Client::new(&mut core, &creds, 600, now);
+        bad.key = [0; 16];
+        let req = bad.request(method::ALLOCATE, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        });
+        let out = core.client(bad.five, &req, now, UNIX);
+        assert_eq!(code(&out), Some(401));
+        assert!(out.contains(&Out::Refused(Refused::Unauthorized, bad.five)));
+        // expired: a username whose expiry has passed
+        let (user, _) = creds.mint("alice", UNIX - 100, 10);
+        let mut old = Client::new(&mut core, &creds, 600, now);
+        old.key = creds.key(&user);
+        old.user = user;
+        let req = old.request(method::ALLOCATE, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        });
+        assert_eq!(code(&core.client(old.five, &req, now, UNIX)), Some(401));
+        // quota: one allocation per user
+        allocate(&mut core, &mut c, now);
+        let mut second = Client::new(&mut core, &creds, 600, now);
+        second.five.client = "198.51.100.9:50001".parse().unwrap();
+        let req = second.request(method::ALLOCATE, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        });
+        assert_eq!(code(&core.client(second.five, &req, now, UNIX)), Some(486));
+        // the allocation ends when its credentials do
+        let out = core.expire(now + Duration::from_secs(1), UNIX + 600);
+        assert_eq!(out.len(), 1);
+        assert_eq!(core.allocations(), 0);
+    }
+}
