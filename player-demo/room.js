@@ -21,6 +21,9 @@ const onlyCodecs = (params.get('codecs') || '').split(',').filter(Boolean).map((
 // `&transport=tcp` behaves as behind a firewall that blocks UDP: towards the SFU only TCP
 // candidates are used (ICE-TCP to its media port)
 const tcpOnly = params.get('transport') === 'tcp';
+// `&policy=relay` sends everything through the TURN server the room hands out
+// (RTCConfiguration.iceTransportPolicy), as clients on hostile networks do
+const iceTransportPolicy = params.get('policy') === 'relay' ? 'relay' : 'all';
 const onlyTcp = (sdp) => (tcpOnly ? sdp.split('\r\n').filter((l) => !/^a=candidate:\S+ \d+ udp /i.test(l)).join('\r\n') : sdp);
 
 const state = {
@@ -125,7 +128,7 @@ function subscribe(id) {
 function peer(id) {
   let p = state.peers[id];
   if (p) return p;
-  const pc = new RTCPeerConnection({ iceServers: state.iceServers });
+  const pc = new RTCPeerConnection({ iceServers: state.iceServers, iceTransportPolicy });
   p = state.peers[id] = { pc, queued: [], sentLayer: 'low', connection: 'new', frameHeight: 0,
     framesDecoded: 0, pair: null };
   for (const track of local.getTracks()) {
@@ -179,7 +182,8 @@ async function connectSfu() {
   for (const [id, p] of Object.entries(state.peers)) {
     if (!p.viaSfu) { p.pc.close(); delete state.peers[id]; }
   }
-  const pc = new RTCPeerConnection({ iceServers: state.iceServers, bundlePolicy: 'max-bundle' });
+  const pc = new RTCPeerConnection({ iceServers: state.iceServers, iceTransportPolicy,
+    bundlePolicy: 'max-bundle' });
   const sfu = state.sfu = { pc, queued: [], owners: {}, connection: 'new' };
   for (const track of local.getTracks()) {
     if (track.kind === 'video') {

@@ -10,7 +10,7 @@ use tidecast_common::http_server::bind;
 use tidecast_common::metrics::Registry;
 use tidecast_common::service::{NoRoutes, Readiness, Service};
 use tidecast_common::Config;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Live streaming origin, transcode ladder and player demo in one binary.
 ///
@@ -70,6 +70,8 @@ enum Command {
     Edge,
     /// Only rooms: WebSocket signaling for video calls on `rooms.http_listen`.
     Rooms,
+    /// Only STUN/TURN (`turn.listen_udp`, `turn.listen_tcp`) for the rooms' clients.
+    Turn,
     /// Signed playback tokens and room join tokens.
     Token {
         #[command(subcommand)]
@@ -371,14 +373,23 @@ async fn main() -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     let readiness = Readiness::default();
-    if matches!(command, Command::All | Command::Origin | Command::Ingest) {
+    let mut turn = None;
+    if matches!(
+        command,
+        Command::All | Command::Origin | Command::Ingest | Command::Turn
+    ) {
         let listener = bind(&config.origin.http_listen, config.listen_backlog)
             .await
             .with_context(|| format!("binding origin HTTP on {}", config.origin.http_listen))?;
-        if matches!(command, Command::Ingest) {
-            // an ingest node serves only its health, readiness and metrics
-            let service = Service::new(Arc::new(NoRoutes("ingest")), &registry, &readiness);
-            tasks.spawn(async move { service.serve(listener).await.context("ingest http") });
+        if matches!(command, Command::Ingest | Command::Turn) {
+            // an ingest or TURN node serves only its health, readiness and metrics
+            let role = if matches!(command, Command::Ingest) {
+                "ingest"
+            } else {
+                "turn"
+            };
+            let service = Service::new(Arc::new(NoRoutes(role)), &registry, &readiness);
+            tasks.spawn(async move { service.serve(listener).await.context("metrics http") });
         } else if let Some(o) = origin.clone() {
             let r = readiness.clone();
             tasks.spawn(async move { o.serve(listener, &r).await.context("origin http") });
@@ -427,16 +438,56 @@ async fn main() -> Result<()> {
         let r = readiness.clone();
         tasks.spawn(async move { edge.serve(listener, &r).await.context("edge http") });
     }
+    if matches!(command, Command::All | Command::Turn) {
+        let setup = tidecast_turn::setup(&config.turn)?;
+        if setup.dev_secret {
+            warn!(
+                "turn.secret is not set: development mode, a random TURN secret only this \
+                 process's rooms can hand out credentials for; set TIDECAST_TURN__SECRET in production"
+            );
+        }
+        let core = tidecast_turn::core::TurnCore::new(
+            setup.credentials.clone(),
+            setup.filter.clone(),
+            setup.limits.clone(),
+        );
+        let server =
+            tidecast_turn::server::TurnServer::start(setup.listeners.clone(), core, &registry)
+                .await
+                .with_context(|| {
+                    format!(
+                        "binding TURN on {} (udp) / {} (tcp)",
+                        config.turn.listen_udp, config.turn.listen_tcp
+                    )
+                })?;
+        turn = Some((setup, server));
+    }
     if matches!(command, Command::All | Command::Rooms) {
         let listener = bind(&config.rooms.http_listen, config.listen_backlog)
             .await
             .with_context(|| format!("binding rooms HTTP on {}", config.rooms.http_listen))?;
-        let rooms = tidecast_rooms::Rooms::new(&config.rooms, &registry).with_context(|| {
-            format!(
-                "starting the SFU on {} (rooms.media_listen)",
-                config.rooms.media_listen
-            )
-        })?;
+        // TURN credentials for joining clients: from the TURN server in this process, or for a
+        // separate `tidecast turn` from the shared turn.secret and its public host
+        let handout = |setup: &tidecast_turn::TurnSetup, udp, tcp| tidecast_rooms::TurnHandout {
+            credentials: setup.credentials.clone(),
+            urls: setup.urls(udp, tcp),
+            ttl: setup.credential_ttl,
+        };
+        let turn = match &turn {
+            Some((setup, server)) => Some(handout(setup, server.udp, server.tcp)),
+            None if !config.turn.secret.is_empty() => {
+                let setup = tidecast_turn::setup(&config.turn)?;
+                Some(handout(&setup, setup.listeners.udp, setup.listeners.tcp))
+            }
+            None => None,
+        };
+        let rooms =
+            tidecast_rooms::Rooms::new(&config.rooms, &registry, turn).with_context(|| {
+                format!(
+                    "starting the SFU on {} (rooms.media_listen)",
+                    config.rooms.media_listen
+                )
+            })?;
         let r = readiness.clone();
         tasks.spawn(async move { rooms.serve(listener, &r).await.context("rooms http") });
     }

@@ -44,6 +44,8 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// Rooms: WebSocket signaling and calls.
     pub rooms: RoomsConfig,
+    /// STUN/TURN for the rooms' clients.
+    pub turn: TurnConfig,
 }
 
 impl Default for Config {
@@ -57,6 +59,61 @@ impl Default for Config {
             store: StoreConfig::default(),
             edge: EdgeConfig::default(),
             rooms: RoomsConfig::default(),
+            turn: TurnConfig::default(),
+        }
+    }
+}
+
+/// STUN/TURN server settings (`tidecast turn`, part of `tidecast all`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    /// STUN/TURN over UDP (`ip:port`; empty: off).
+    pub listen_udp: String,
+    /// STUN/TURN over TCP (empty: off).
+    pub listen_tcp: String,
+    /// Realm of the long-term credentials.
+    pub realm: String,
+    /// TURN REST API shared secret: usernames `expiry:identity`, passwords
+    /// base64(HMAC-SHA1(secret, username)). Empty = development mode: a random secret made at
+    /// start, known to the rooms node in the same process only (logged as a warning).
+    pub secret: String,
+    /// Peers relays may reach although internal (CIDR, e.g. the deployment's SFU `10.0.0.5/32`).
+    /// Empty: none — loopback, private, CGNAT, link-local, multicast and reserved ranges are
+    /// refused with 403.
+    pub allowed_peers: Vec<String>,
+    /// Relay ports, `low-high`.
+    pub relay_ports: String,
+    /// The address relays bind and announce (empty: the listen address, or for 0.0.0.0 the
+    /// default route's address, else 127.0.0.1).
+    pub relay_address: String,
+    /// Allocations one user (credential identity) may hold.
+    pub max_allocations_per_user: usize,
+    /// Allocations in total.
+    pub max_allocations: usize,
+    /// Relayed bandwidth per allocation, kbit/s (0: no limit).
+    pub bandwidth_kbps: u64,
+    /// Lifetime of the credentials rooms hand out, seconds (allocations end with them).
+    pub credential_ttl_secs: u64,
+    /// The `turn:`/`stun:` host rooms tell clients (empty: the relay address).
+    pub public_host: String,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            listen_udp: "0.0.0.0:3478".into(),
+            listen_tcp: "0.0.0.0:3478".into(),
+            realm: "tidecast".into(),
+            secret: String::new(),
+            allowed_peers: Vec::new(),
+            relay_ports: "49152-65535".into(),
+            relay_address: String::new(),
+            max_allocations_per_user: 10,
+            max_allocations: 1000,
+            bandwidth_kbps: 0,
+            credential_ttl_secs: 600,
+            public_host: String::new(),
         }
     }
 }

@@ -9,6 +9,14 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
+/// A random hex string of `bytes` random bytes (session ids, development secrets). The system
+/// RNG failing leaves zeros (logged by nobody: it does not fail on Linux with getrandom).
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Outcome of checking a publisher's stream key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyDecision {

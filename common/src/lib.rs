@@ -9,6 +9,7 @@ pub mod http_server;
 pub mod keys;
 pub mod live;
 pub mod metrics;
+pub mod net;
 pub mod push;
 pub mod service;
 pub mod store;

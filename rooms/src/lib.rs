@@ -12,4 +12,4 @@ pub mod sfu;
 pub mod signal;
 pub mod token;
 
-pub use server::Rooms;
+pub use server::{Rooms, TurnHandout};

@@ -66,6 +66,35 @@ pub struct Rooms {
     pages: Demo,
     /// Group calls (None when `rooms.sfu` is off).
     sfu: Option<Sfu>,
+    /// TURN credentials for joining participants (None: no TURN server known).
+    turn: Option<TurnHandout>,
+}
+
+/// TURN credentials handed to each joining participant: the TURN REST API scheme, scoped to
+/// its identity and expiring (the allocation ends with them).
+#[derive(Debug, Clone)]
+pub struct TurnHandout {
+    /// The TURN server's shared secret and realm.
+    pub credentials: tidecast_turn::auth::Credentials,
+    /// `stun:`/`turn:` URLs of the server.
+    pub urls: Vec<String>,
+    /// Lifetime of the credentials.
+    pub ttl: Duration,
+}
+
+impl TurnHandout {
+    fn ice_server(&self, identity: &str) -> IceServer {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let (username, password) = self.credentials.mint(identity, now, self.ttl.as_secs());
+        IceServer {
+            urls: self.urls.clone(),
+            username: Some(username),
+            credential: Some(password),
+        }
+    }
 }
 
 /// Where the SFU binds, from `rooms.media_listen` and `rooms.media_addresses`.
@@ -81,7 +110,7 @@ fn sfu_settings(config: &RoomsConfig) -> std::io::Result<SfuSettings> {
         .parse()
         .map_err(|_| bad("media_listen"))?;
     let addresses = if config.media_addresses.is_empty() {
-        crate::sfu::addresses_for(listen.ip())
+        tidecast_common::net::addresses_for(listen.ip())
     } else {
         config
             .media_addresses
@@ -122,14 +151,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     )
 }
 
-/// A random hex string (session ids, the development signing key).
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    // the system RNG failing leaves zeros: sessions are then guessable only by their owner's
-    // identity, which the token already proves
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
+use tidecast_common::keys::random_hex;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,7 +195,11 @@ impl RateLimit {
 impl Rooms {
     /// A rooms node from its config (needs a tokio runtime for the resume ticker and the
     /// SFU); fails when the SFU's media port cannot be bound.
-    pub fn new(config: &RoomsConfig, registry: &Registry) -> std::io::Result<Arc<Rooms>> {
+    pub fn new(
+        config: &RoomsConfig,
+        registry: &Registry,
+        turn: Option<TurnHandout>,
+    ) -> std::io::Result<Arc<Rooms>> {
         let dev_mode = config.api_secret.is_empty();
         let secret = if dev_mode {
             warn!(
@@ -202,6 +228,8 @@ impl Rooms {
                 } else {
                     vec![IceServer {
                         urls: config.ice_servers.clone(),
+                        username: None,
+                        credential: None,
                     }]
                 },
                 sfu: config.sfu,
@@ -212,6 +240,7 @@ impl Rooms {
             registry: registry.clone(),
             pages: crate::client::pages(),
             sfu,
+            turn,
         });
         tokio::spawn(rooms.clone().ticker());
         if let Some(signals) = signals {
@@ -277,8 +306,15 @@ impl Rooms {
         let conns = self.conns();
         for effect in effects {
             let (conn, out) = match effect {
-                Effect::Send { to, message } => match room.conn_of(&to) {
-                    Some(conn) => (conn, Outgoing::Text(message.to_json())),
+                Effect::Send { to, mut message } => match room.conn_of(&to) {
+                    Some(conn) => {
+                        if let (ServerMessage::Joined { ice_servers, .. }, Some(t)) =
+                            (&mut message, &self.turn)
+                        {
+                            ice_servers.push(t.ice_server(&to));
+                        }
+                        (conn, Outgoing::Text(message.to_json()))
+                    }
                     None => continue, // between connections: it renegotiates on resume
                 },
                 Effect::Close { conn, message } => (conn, Outgoing::Close(message.to_json())),

@@ -163,6 +163,12 @@ pub struct ParticipantInfo {
 pub struct IceServer {
     /// `stun:` / `turn:` URLs.
     pub urls: Vec<String>,
+    /// TURN REST API username (`expiry:identity`), for `turn:` URLs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Its password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// Server → client.

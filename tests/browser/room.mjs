@@ -1,14 +1,16 @@
 // Room pages in headless Chromium with a fake 1280x720 camera. Prints one JSON line.
-//   node room.mjs ROOM_URL Y4M_FILE [TIMEOUT_SECONDS] [PAGE_A_QUERY] [PAGES] [C_TRANSPORT]
+//   node room.mjs ROOM_URL Y4M_FILE [TIMEOUT_SECONDS] [PAGE_A_QUERY] [PAGES] [C_TRANSPORT] [ALL_QUERY]
 // With 2 pages (default): A and B call each other peer-to-peer; A pins then unpins B's tile.
 // With 3 pages: A and B connect peer-to-peer, then C joins, all three move to the SFU (no
 // reload) and receive each other; A pins then unpins B's tile.
 // PAGE_A_QUERY (e.g. `codecs=h264`) makes page A a weaker client; the report has each side's
 // received codec. C_TRANSPORT `tcp` makes page C behave as behind a UDP-blocking firewall
 // (`&transport=tcp`: no UDP candidates towards the SFU): it must reach the SFU over ICE-TCP.
+// ALL_QUERY goes to every page (e.g. `policy=relay`: media only through the TURN server).
 import { launchChromium } from './chromium.mjs';
 
-const [url, y4m, timeoutArg, queryA, pagesArg, transportC] = process.argv.slice(2);
+const [url0, y4m, timeoutArg, queryA, pagesArg, transportC, allQuery] = process.argv.slice(2);
+const url = allQuery && allQuery !== '-' ? `${url0}&${allQuery}` : url0;
 const timeoutMs = Number(timeoutArg || 60) * 1000;
 const pages = Number(pagesArg || 2);
 const camera = ['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',

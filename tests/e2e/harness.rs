@@ -77,6 +77,7 @@ pub struct Tidecast {
     pub http_port: u16,
     pub edge_port: u16,
     pub rooms_port: u16,
+    pub turn_port: u16,
     pub dir: PathBuf,
     log: PathBuf,
 }
@@ -93,6 +94,7 @@ impl Tidecast {
         let http_port = free_port();
         let edge_port = free_port();
         let rooms_port = free_port();
+        let turn_port = free_port();
         let dir =
             std::env::temp_dir().join(format!("tidecast-e2e-{}-{}", std::process::id(), http_port));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -113,6 +115,14 @@ impl Tidecast {
             .args(args)
             // the SFU's media port: any free one (tests run side by side)
             .env("TIDECAST_ROOMS__MEDIA_LISTEN", "127.0.0.1:0")
+            .env(
+                "TIDECAST_TURN__LISTEN_UDP",
+                format!("127.0.0.1:{turn_port}"),
+            )
+            .env(
+                "TIDECAST_TURN__LISTEN_TCP",
+                format!("127.0.0.1:{turn_port}"),
+            )
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -127,6 +137,7 @@ impl Tidecast {
             http_port,
             edge_port,
             rooms_port,
+            turn_port,
             dir,
             log,
         };
@@ -140,7 +151,7 @@ impl Tidecast {
             let http_ok = matches!(role, "edge" | "rooms") || healthy(http_port);
             let rooms_ok = !matches!(role, "all" | "rooms") || healthy(rooms_port);
             let edge_ok = !matches!(role, "all" | "edge") || healthy(edge_port);
-            let rtmp_ok = matches!(role, "origin" | "edge" | "rooms")
+            let rtmp_ok = matches!(role, "origin" | "edge" | "rooms" | "turn")
                 || TcpStream::connect(("127.0.0.1", rtmp_port)).is_ok();
             if http_ok && edge_ok && rooms_ok && rtmp_ok {
                 break;

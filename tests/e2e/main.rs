@@ -13,3 +13,4 @@ mod lab;
 mod live_spine;
 mod ll_hls;
 mod rooms;
+mod turn;

@@ -369,6 +369,7 @@ fn room_pages(
     page_a_query: &str,
     pages: usize,
     c_transport: &str,
+    all_query: &str,
 ) -> Value {
     let clip = camera_clip(&t.dir);
     let url = format!(
@@ -384,6 +385,7 @@ fn room_pages(
         .arg(page_a_query)
         .arg(pages.to_string())
         .arg(c_transport)
+        .arg(all_query)
         .output()
         .expect("node room.mjs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -418,7 +420,7 @@ fn room_page_calls_peer_to_peer_and_pinning_raises_the_layer() {
     let _guard = crate::harness::heavy();
     let t = Tidecast::start(&[], &[]);
     // the H.264-only page A is the weaker side
-    let report = room_pages(&t, "p2p", "codecs=h264", 2, "udp");
+    let report = room_pages(&t, "p2p", "codecs=h264", 2, "udp", "-");
     let steps = &report["steps"];
     assert_eq!(steps["connected"]["mode"], "p2p");
     // the weaker side decides: A declares only H.264, so both directions use it
@@ -440,6 +442,27 @@ fn room_page_calls_peer_to_peer_and_pinning_raises_the_layer() {
     assert!(t.log().contains("joined"), "{}", t.log());
 }
 
+/// A 1:1 call whose pages may only use relays (`iceTransportPolicy: "relay"`): the TURN
+/// credentials the room hands out get both browsers an allocation on tidecast's TURN server and
+/// the call's media flows through it. The relays are on loopback, which the peer filter refuses
+/// unless allow-listed: the test allows 127.0.0.1 as a deployment allows its own addresses.
+#[test]
+fn a_relay_only_call_goes_through_tidecasts_turn_server() {
+    crate::browser::browser_dir();
+    let _guard = crate::harness::heavy();
+    let t = Tidecast::start(&[], &[("TIDECAST_TURN__ALLOWED_PEERS", "[\"127.0.0.1/32\"]")]);
+    let report = room_pages(&t, "relay", "-", 2, "udp", "policy=relay");
+    let steps = &report["steps"];
+    assert_eq!(steps["connected"]["mode"], "p2p", "{steps}");
+    let pair = &steps["pair"];
+    for side in ["local", "remote"] {
+        assert_eq!(pair[side]["type"], "relay", "{side} candidate: {pair}");
+    }
+    let relayed = Tidecast::metric(t.http_port, "tidecast_turn_relayed_packets_total", "");
+    assert!(relayed > 100, "TURN relayed {relayed} packets\n{}", t.log());
+    assert!(Tidecast::metric(t.http_port, "tidecast_turn_allocations_total", "") >= 2);
+}
+
 /// Group calls: two pages call peer-to-peer, a third joins and all three move to the SFU by
 /// renegotiation (no reload) — every page receives the two others from tidecast's one media
 /// port, A and B over UDP, C (whose browser may not use UDP) over ICE-TCP — and the simulcast
@@ -450,7 +473,7 @@ fn third_page_moves_the_call_to_the_sfu_and_pinning_switches_the_simulcast_layer
     let _guard = crate::harness::heavy();
     let t = Tidecast::start(&[], &[]);
     // C's browser may not use UDP (as behind a corporate firewall): it comes in over ICE-TCP
-    let report = room_pages(&t, "sfu", "-", 3, "tcp");
+    let report = room_pages(&t, "sfu", "-", 3, "tcp", "-");
     let steps = &report["steps"];
     assert_eq!(steps["connected"]["mode"], "p2p", "{steps}");
     let media_port = t

@@ -140,6 +140,8 @@ pub struct PendingAllocation {
     pub five: FiveTuple,
     /// An IPv6 relay wanted.
     pub ipv6: bool,
+    /// An even port wanted (EVEN-PORT).
+    pub even: bool,
     transaction: [u8; 12],
     user: String,
     key: [u8; 16],
@@ -299,7 +301,11 @@ impl TurnCore {
             return Err(challenge(401, "Unauthorized", Refused::Unauthorized));
         }
         match username_expiry(user) {
-            Some(expiry) if expiry > unix => Ok((user.to_string(), key, expiry)),
+            // quotas count per identity (the part after the expiry), whatever the expiry
+            Some(expiry) if expiry > unix => {
+                let identity = user.split_once(':').map_or(user, |(_, id)| id);
+                Ok((identity.to_string(), key, expiry))
+            }
             _ => Err(challenge(401, "Credentials expired", Refused::Unauthorized)),
         }
     }
@@ -341,7 +347,14 @@ impl TurnCore {
             Some(_) => return fail(442, "Unsupported Transport Protocol", Refused::BadRequest),
             None => return fail(400, "Bad Request", Refused::BadRequest),
         }
-        if m.get(attr::RESERVATION_TOKEN).is_some() || m.get(attr::EVEN_PORT).is_some() {
+        // EVEN-PORT is honoured; reserving the next port (its R bit, RESERVATION-TOKEN) is not
+        // offered, which RFC 8656 §7.2 answers with 508
+        let even = match m.get(attr::EVEN_PORT) {
+            None => false,
+            Some([r, ..]) if r & 0x80 == 0 => true,
+            Some(_) => return fail(508, "Insufficient Capacity", Refused::BadRequest),
+        };
+        if m.get(attr::RESERVATION_TOKEN).is_some() {
             return fail(508, "Insufficient Capacity", Refused::BadRequest);
         }
         let ipv6 = match m.get(attr::REQUESTED_ADDRESS_FAMILY) {
@@ -359,6 +372,7 @@ impl TurnCore {
         vec![Out::Bind(PendingAllocation {
             five,
             ipv6,
+            even,
             transaction: m.transaction,
             user,
             key,
@@ -477,27 +491,18 @@ impl TurnCore {
             ];
         }
         let peers: Vec<SocketAddr> = peers.into_iter().flatten().collect();
-        for p in &peers {
-            if p.is_ipv4() != a.relay.is_ipv4() {
-                return vec![
-                    Out::Client(
-                        five,
-                        error(m, 443, "Peer Address Family Mismatch")
-                            .integrity(key)
-                            .fingerprint(),
-                    ),
-                    Out::Refused(Refused::BadRequest, five),
-                ];
-            }
-            if self.filter.check(p.ip()).is_err() {
-                return vec![
-                    Out::Client(
-                        five,
-                        error(m, 403, "Forbidden").integrity(key).fingerprint(),
-                    ),
-                    Out::Refused(Refused::Forbidden, five),
-                ];
-            }
+        // the filter first: an internal address is refused as such in whatever family
+        let forbidden = peers.iter().any(|p| self.filter.check(p.ip()).is_err());
+        let (code, reason, why) = if forbidden {
+            (403, "Forbidden", Refused::Forbidden)
+        } else {
+            (443, "Peer Address Family Mismatch", Refused::BadRequest)
+        };
+        if forbidden || peers.iter().any(|p| p.is_ipv4() != a.relay.is_ipv4()) {
+            return vec![
+                Out::Client(five, error(m, code, reason).integrity(key).fingerprint()),
+                Out::Refused(why, five),
+            ];
         }
         for p in peers {
             a.permissions.insert(p.ip(), now + PERMISSION_LIFETIME);
@@ -521,17 +526,18 @@ impl TurnCore {
         let (Some(channel), Some(peer)) = (channel, m.xor_address(attr::XOR_PEER_ADDRESS)) else {
             return bad(400, "Bad Request", Refused::BadRequest);
         };
-        if !(0x4000..=0x4FFF).contains(&channel) {
+        // RFC 8656 uses 0x4000-0x4FFF; RFC 5766 clients (coturn's among them) pick up to 0x7FFF
+        if !(0x4000..=0x7FFF).contains(&channel) {
             return bad(400, "Bad Request", Refused::BadRequest);
         }
         let Some(a) = self.allocations.get_mut(&five) else {
             return Self::mismatch(five, m, key);
         };
-        if peer.is_ipv4() != a.relay.is_ipv4() {
-            return bad(443, "Peer Address Family Mismatch", Refused::BadRequest);
-        }
         if self.filter.check(peer.ip()).is_err() {
             return bad(403, "Forbidden", Refused::Forbidden);
+        }
+        if peer.is_ipv4() != a.relay.is_ipv4() {
+            return bad(443, "Peer Address Family Mismatch", Refused::BadRequest);
         }
         // a channel is bound to one peer, a peer to one channel
         let taken = a.channels.get(&channel).is_some_and(|(p, _)| *p != peer)

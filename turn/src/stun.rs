@@ -102,9 +102,10 @@ pub fn is_stun(data: &[u8]) -> bool {
     data.len() >= 20 && data[0] & 0xC0 == 0 && data[4..8] == MAGIC_COOKIE.to_be_bytes()
 }
 
-/// Whether `data` starts like a ChannelData message (channel 0x4000-0x4FFF).
+/// Whether `data` starts like a ChannelData message (channel 0x4000-0x7FFF: RFC 8656 narrowed it
+/// to 0x4FFF, RFC 5766 clients still use the rest).
 pub fn is_channel_data(data: &[u8]) -> bool {
-    data.len() >= 4 && (0x40..=0x4F).contains(&data[0])
+    data.len() >= 4 && (0x40..=0x7F).contains(&data[0])
 }
 
 /// The length of the STUN message or ChannelData frame at the start of a stream (TCP/TLS),

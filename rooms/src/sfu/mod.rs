@@ -231,24 +231,6 @@ impl Sfu {
     }
 }
 
-/// The addresses to bind for a `media_listen` of `ip`: itself, or for an unspecified one the
-/// loopback and the address of the default route (found without sending anything).
-pub fn addresses_for(ip: IpAddr) -> Vec<IpAddr> {
-    if !ip.is_unspecified() {
-        return vec![ip];
-    }
-    let mut v = vec![IpAddr::from([127, 0, 0, 1])];
-    let routed = std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
-        .and_then(|s| s.local_addr());
-    if let Ok(a) = routed {
-        if !a.ip().is_loopback() && !a.ip().is_unspecified() {
-            v.push(a.ip());
-        }
-    }
-    v
-}
-
 /// Where peers' datagrams go out: the UDP sockets and the ICE-TCP connections.
 struct Wire {
     sockets: Arc<[UdpSocket]>,

@@ -1,0 +1,442 @@
+//! The sockets around [`TurnCore`]: the UDP listener, TCP client connections (RFC 8656 §3.1:
+//! STUN messages and padded ChannelData framed on the stream), and one UDP relay socket per
+//! allocation from the relay port range. One loop task owns the core; readers feed it events.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidecast_common::metrics::{Metric, Registry};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tracing::{debug, info, warn};
+
+use crate::core::{FiveTuple, Out, PendingAllocation, Refused, Transport, TurnCore};
+use crate::stun::{frame_length, MAX_MESSAGE};
+
+/// What the server listens on and where relays live.
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    /// STUN/TURN over UDP.
+    pub udp: Option<SocketAddr>,
+    /// STUN/TURN over TCP.
+    pub tcp: Option<SocketAddr>,
+    /// The address relay sockets bind and announce.
+    pub relay_ip: IpAddr,
+    /// Relay ports, inclusive.
+    pub relay_ports: (u16, u16),
+}
+
+/// The running server's addresses.
+#[derive(Debug, Clone)]
+pub struct TurnServer {
+    /// The UDP listener's address.
+    pub udp: Option<SocketAddr>,
+    /// The TCP listener's address.
+    pub tcp: Option<SocketAddr>,
+}
+
+enum Event {
+    /// A datagram or frame from a client.
+    Client(FiveTuple, Vec<u8>),
+    /// A TCP client connected: where its frames go.
+    Opened(FiveTuple, mpsc::Sender<Vec<u8>>),
+    /// A TCP client went away.
+    Closed(FiveTuple),
+    /// A datagram from a peer on a relay socket.
+    Peer(SocketAddr, SocketAddr, Vec<u8>),
+}
+
+/// Frames queued towards one TCP client before more are dropped (like UDP would).
+const TCP_QUEUE: usize = 512;
+/// TCP clients at once.
+const MAX_TCP_CLIENTS: usize = 4096;
+/// A TCP client idle this long is closed (its allocation refreshes keep it busy).
+const TCP_IDLE: Duration = Duration::from_secs(600);
+
+struct Counters {
+    allocations: Metric,
+    created: Metric,
+    to_peer_bytes: Metric,
+    to_peer_packets: Metric,
+    to_client_bytes: Metric,
+    to_client_packets: Metric,
+    auth_failures: Metric,
+    registry: Registry,
+}
+
+impl Counters {
+    fn new(r: &Registry) -> Counters {
+        let relayed_bytes = |dir| {
+            r.counter(
+                "tidecast_turn_relayed_bytes_total",
+                "Bytes relayed, by direction (to_peer, to_client).",
+                &[("direction", dir)],
+            )
+        };
+        let relayed_packets = |dir| {
+            r.counter(
+                "tidecast_turn_relayed_packets_total",
+                "Datagrams relayed, by direction (to_peer, to_client).",
+                &[("direction", dir)],
+            )
+        };
+        Counters {
+            allocations: r.gauge("tidecast_turn_allocations", "TURN allocations now.", &[]),
+            created: r.counter(
+                "tidecast_turn_allocations_total",
+                "TURN allocations made.",
+                &[],
+            ),
+            to_peer_bytes: relayed_bytes("to_peer"),
+            to_peer_packets: relayed_packets("to_peer"),
+            to_client_bytes: relayed_bytes("to_client"),
+            to_client_packets: relayed_packets("to_client"),
+            auth_failures: r.counter(
+                "tidecast_turn_auth_failures_total",
+                "TURN requests with wrong, expired or stale credentials.",
+                &[],
+            ),
+            registry: r.clone(),
+        }
+    }
+
+    fn refused(&self, why: Refused) {
+        self.registry
+            .counter(
+                "tidecast_turn_refused_total",
+                "TURN requests refused, by reason.",
+                &[("reason", why.label())],
+            )
+            .inc();
+        if matches!(why, Refused::Unauthorized | Refused::StaleNonce) {
+            self.auth_failures.inc();
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl TurnServer {
+    /// Bind the listeners and start serving (inside a tokio runtime).
+    pub async fn start(
+        listeners: Listeners,
+        core: TurnCore,
+        registry: &Registry,
+    ) -> std::io::Result<TurnServer> {
+        let (events, rx) = mpsc::channel::<Event>(8192);
+        let udp = match listeners.udp {
+            Some(a) => Some(Arc::new(UdpSocket::bind(a).await?)),
+            None => None,
+        };
+        let tcp = match listeners.tcp {
+            Some(a) => Some(tidecast_common::http_server::bind(&a.to_string(), 1024).await?),
+            None => None,
+        };
+        let server = TurnServer {
+            udp: udp.as_ref().and_then(|s| s.local_addr().ok()),
+            tcp: tcp.as_ref().and_then(|l| l.local_addr().ok()),
+        };
+        info!(udp = ?server.udp, tcp = ?server.tcp, relay = %listeners.relay_ip,
+              ports = ?listeners.relay_ports, "TURN listening");
+        if let Some(s) = &udp {
+            tokio::spawn(read_udp(s.clone(), events.clone()));
+        }
+        if let Some(l) = tcp {
+            tokio::spawn(accept_tcp(l, events.clone()));
+        }
+        let lp = Loop {
+            core,
+            udp,
+            tcp: HashMap::new(),
+            relays: HashMap::new(),
+            relay_ip: listeners.relay_ip,
+            relay_ports: listeners.relay_ports,
+            next_port: std::process::id(),
+            events,
+            counters: Counters::new(registry),
+        };
+        tokio::spawn(lp.run(rx));
+        Ok(server)
+    }
+}
+
+async fn read_udp(socket: Arc<UdpSocket>, events: mpsc::Sender<Event>) {
+    let Ok(server) = socket.local_addr() else {
+        return;
+    };
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, client)) => {
+                let five = FiveTuple {
+                    client,
+                    server,
+                    transport: Transport::Udp,
+                };
+                // a full queue drops the datagram, as a full socket buffer would
+                let _ = events.try_send(Event::Client(five, buf[..n].to_vec()));
+            }
+            Err(e) => debug!("TURN UDP receive: {e}"),
+        }
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, events: mpsc::Sender<Event>) {
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    loop {
+        let Ok((stream, client)) = listener.accept().await else {
+            continue;
+        };
+        if open.load(std::sync::atomic::Ordering::Relaxed) >= MAX_TCP_CLIENTS {
+            warn!(%client, "TURN: too many TCP clients, refused");
+            continue;
+        }
+        let Ok(server) = stream.local_addr() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let five = FiveTuple {
+            client,
+            server,
+            transport: Transport::Tcp,
+        };
+        let (reader, writer) = stream.into_split();
+        let events = events.clone();
+        let open = open.clone();
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(async move {
+            serve_stream(five, reader, writer, &events).await;
+            let _ = events.send(Event::Closed(five)).await;
+            open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+}
+
+/// Frames in from a stream client, frames out from the loop, until either side ends.
+async fn serve_stream<R, W>(
+    five: FiveTuple,
+    mut reader: R,
+    mut writer: W,
+    events: &mpsc::Sender<Event>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
+    if events.send(Event::Opened(five, tx)).await.is_err() {
+        return;
+    }
+    let write = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = match tokio::time::timeout(TCP_IDLE, reader.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Err(_) => {
+                debug!(client = %five.client, "TURN TCP client idle, closed");
+                break;
+            }
+            Ok(Ok(n)) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            match frame_length(&buf) {
+                Ok(Some(len)) if len > MAX_MESSAGE => {
+                    warn!(client = %five.client, len, "TURN TCP frame too large, closed");
+                    write.abort();
+                    return;
+                }
+                Ok(Some(len)) if buf.len() >= len => {
+                    let frame: Vec<u8> = buf.drain(..len).collect();
+                    if events.send(Event::Client(five, frame)).await.is_err() {
+                        write.abort();
+                        return;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    warn!(client = %five.client, "TURN TCP: {e}, closed");
+                    write.abort();
+                    return;
+                }
+            }
+        }
+    }
+    write.abort();
+}
+
+struct Relay {
+    socket: Arc<UdpSocket>,
+    reader: AbortHandle,
+}
+
+struct Loop {
+    core: TurnCore,
+    udp: Option<Arc<UdpSocket>>,
+    tcp: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+    relays: HashMap<SocketAddr, Relay>,
+    relay_ip: IpAddr,
+    relay_ports: (u16, u16),
+    next_port: u32,
+    events: mpsc::Sender<Event>,
+    counters: Counters,
+}
+
+impl Loop {
+    async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                e = rx.recv() => {
+                    let Some(e) = e else { return };
+                    let now = Instant::now();
+                    let outs = match e {
+                        Event::Client(five, data) => self.core.client(five, &data, now, unix_now()),
+                        Event::Peer(relay, peer, data) => {
+                            if let Some(Out::Client(five, bytes)) = self.core.peer(relay, peer, &data, now) {
+                                let len = bytes.len();
+                                if self.send_client(five, bytes) {
+                                    self.counters.to_client_packets.inc();
+                                    self.counters.to_client_bytes.add(len as i64);
+                                }
+                            }
+                            Vec::new()
+                        }
+                        Event::Opened(five, tx) => {
+                            self.tcp.insert(five, tx);
+                            Vec::new()
+                        }
+                        Event::Closed(five) => {
+                            self.tcp.remove(&five);
+                            self.core.closed(five)
+                        }
+                    };
+                    self.carry_out(outs).await;
+                }
+                _ = tick.tick() => {
+                    let outs = self.core.expire(Instant::now(), unix_now());
+                    self.carry_out(outs).await;
+                    self.counters.allocations.set(self.core.allocations() as i64);
+                }
+            }
+        }
+    }
+
+    async fn carry_out(&mut self, outs: Vec<Out>) {
+        for out in outs {
+            match out {
+                Out::Client(five, bytes) => {
+                    self.send_client(five, bytes);
+                }
+                Out::Peer { relay, peer, data } => {
+                    if let Some(r) = self.relays.get(&relay) {
+                        if r.socket.try_send_to(&data, peer).is_ok() {
+                            self.counters.to_peer_packets.inc();
+                            self.counters.to_peer_bytes.add(data.len() as i64);
+                        }
+                    }
+                }
+                Out::Bind(p) => {
+                    let relay = self.bind_relay(&p).await;
+                    let outs = self.core.allocated(p, relay, Instant::now());
+                    Box::pin(self.carry_out(outs)).await;
+                }
+                Out::Release(relay) => {
+                    if let Some(r) = self.relays.remove(&relay) {
+                        r.reader.abort();
+                        info!(%relay, "TURN allocation ended");
+                    }
+                    self.counters
+                        .allocations
+                        .set(self.core.allocations() as i64);
+                }
+                Out::Refused(why, five) => {
+                    debug!(client = %five.client, reason = why.label(), "TURN request refused");
+                    self.counters.refused(why);
+                }
+            }
+        }
+    }
+
+    /// Bytes to a client on its 5-tuple; whether they went out.
+    fn send_client(&self, five: FiveTuple, bytes: Vec<u8>) -> bool {
+        match five.transport {
+            Transport::Udp => match &self.udp {
+                Some(s) => s.try_send_to(&bytes, five.client).is_ok(),
+                None => false,
+            },
+            _ => match self.tcp.get(&five) {
+                Some(tx) => tx.try_send(bytes).is_ok(),
+                None => false,
+            },
+        }
+    }
+
+    /// A relay socket for `p` on a free port of the range.
+    async fn bind_relay(&mut self, p: &PendingAllocation) -> Option<SocketAddr> {
+        if p.ipv6 != self.relay_ip.is_ipv6() {
+            return None;
+        }
+        let (lo, hi) = self.relay_ports;
+        let span = u32::from(hi.saturating_sub(lo)) + 1;
+        for _ in 0..span.min(128) {
+            // walk the range (a stride coprime to most spans spreads reuse)
+            self.next_port = (self.next_port + 7919) % span;
+            let port = lo + self.next_port as u16;
+            if p.even && port % 2 == 1 {
+                continue;
+            }
+            let addr = SocketAddr::new(self.relay_ip, port);
+            if self.relays.contains_key(&addr) {
+                continue;
+            }
+            let Ok(socket) = UdpSocket::bind(addr).await else {
+                continue;
+            };
+            let socket = Arc::new(socket);
+            let reader = tokio::spawn(read_relay(socket.clone(), addr, self.events.clone()));
+            self.relays.insert(
+                addr,
+                Relay {
+                    socket,
+                    reader: reader.abort_handle(),
+                },
+            );
+            self.counters.created.inc();
+            self.counters
+                .allocations
+                .set(self.core.allocations() as i64 + 1);
+            info!(client = %p.five.client, relay = %addr, "TURN allocation");
+            return Some(addr);
+        }
+        warn!(client = %p.five.client, "TURN: no free relay port");
+        None
+    }
+}
+
+async fn read_relay(socket: Arc<UdpSocket>, relay: SocketAddr, events: mpsc::Sender<Event>) {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, peer)) => {
+                let _ = events.try_send(Event::Peer(relay, peer, buf[..n].to_vec()));
+            }
+            Err(e) => debug!(%relay, "TURN relay receive: {e}"),
+        }
+    }
+}
