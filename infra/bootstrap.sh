@@ -25,6 +25,7 @@ packages=(
 )
 if [ "$want_test" = 1 ]; then
   packages+=(chromium iproute2 python3)  # the browser tests; the regions lab (ip netns, delay_link.py)
+  packages+=(coturn)  # coturn's turnutils_* clients for the TURN tests (its server stays off)
   command -v node >/dev/null 2>&1 || packages+=(nodejs)
   command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi
@@ -45,6 +46,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
   echo "bootstrap: system packages present"
+fi
+# Debian starts coturn's own server on install; only its client tools are wanted, and its
+# server would hold port 3478 that `tidecast all` uses
+if [ "$want_test" = 1 ] && command -v systemctl >/dev/null 2>&1 && systemctl is-enabled coturn >/dev/null 2>&1; then
+  sudo_cmd=()
+  [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" systemctl disable --now coturn >/dev/null 2>&1 || true
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
