@@ -446,6 +446,12 @@ async fn main() -> Result<()> {
                  process's rooms can hand out credentials for; set TIDECAST_TURN__SECRET in production"
             );
         }
+        if setup.self_signed && setup.listeners.tls.is_some() {
+            warn!(
+                "turn.tls_cert is not set: TURN over TLS uses a self-signed certificate (for \
+                 development; browsers will not accept it); set turn.tls_cert and turn.tls_key"
+            );
+        }
         let core = tidecast_turn::core::TurnCore::new(
             setup.credentials.clone(),
             setup.filter.clone(),
@@ -456,8 +462,8 @@ async fn main() -> Result<()> {
                 .await
                 .with_context(|| {
                     format!(
-                        "binding TURN on {} (udp) / {} (tcp)",
-                        config.turn.listen_udp, config.turn.listen_tcp
+                        "binding TURN on {} (udp) / {} (tcp) / {} (tls)",
+                        config.turn.listen_udp, config.turn.listen_tcp, config.turn.listen_tls
                     )
                 })?;
         turn = Some((setup, server));
@@ -468,16 +474,23 @@ async fn main() -> Result<()> {
             .with_context(|| format!("binding rooms HTTP on {}", config.rooms.http_listen))?;
         // TURN credentials for joining clients: from the TURN server in this process, or for a
         // separate `tidecast turn` from the shared turn.secret and its public host
-        let handout = |setup: &tidecast_turn::TurnSetup, udp, tcp| tidecast_rooms::TurnHandout {
-            credentials: setup.credentials.clone(),
-            urls: setup.urls(udp, tcp),
-            ttl: setup.credential_ttl,
-        };
+        let handout =
+            |setup: &tidecast_turn::TurnSetup, udp, tcp, tls| tidecast_rooms::TurnHandout {
+                credentials: setup.credentials.clone(),
+                urls: setup.urls(udp, tcp, tls),
+                ttl: setup.credential_ttl,
+            };
         let turn = match &turn {
-            Some((setup, server)) => Some(handout(setup, server.udp, server.tcp)),
+            Some((setup, server)) => Some(handout(setup, server.udp, server.tcp, server.tls)),
             None if !config.turn.secret.is_empty() => {
                 let setup = tidecast_turn::setup(&config.turn)?;
-                Some(handout(&setup, setup.listeners.udp, setup.listeners.tcp))
+                let tls = setup.listeners.tls.as_ref().map(|(a, _)| *a);
+                Some(handout(
+                    &setup,
+                    setup.listeners.udp,
+                    setup.listeners.tcp,
+                    tls,
+                ))
             }
             None => None,
         };

@@ -72,6 +72,12 @@ pub struct TurnConfig {
     pub listen_udp: String,
     /// STUN/TURN over TCP (empty: off).
     pub listen_tcp: String,
+    /// TURN over TLS (`turns:`; empty: off).
+    pub listen_tls: String,
+    /// PEM certificate chain for TLS (empty: a self-signed one made at start, for development).
+    pub tls_cert: String,
+    /// PEM private key for TLS.
+    pub tls_key: String,
     /// Realm of the long-term credentials.
     pub realm: String,
     /// TURN REST API shared secret: usernames `expiry:identity`, passwords
@@ -104,6 +110,9 @@ impl Default for TurnConfig {
         TurnConfig {
             listen_udp: "0.0.0.0:3478".into(),
             listen_tcp: "0.0.0.0:3478".into(),
+            listen_tls: "0.0.0.0:5349".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
             realm: "tidecast".into(),
             secret: String::new(),
             allowed_peers: Vec::new(),

@@ -78,6 +78,7 @@ pub struct Tidecast {
     pub edge_port: u16,
     pub rooms_port: u16,
     pub turn_port: u16,
+    pub turn_tls_port: u16,
     pub dir: PathBuf,
     log: PathBuf,
 }
@@ -95,6 +96,7 @@ impl Tidecast {
         let edge_port = free_port();
         let rooms_port = free_port();
         let turn_port = free_port();
+        let turn_tls_port = free_port();
         let dir =
             std::env::temp_dir().join(format!("tidecast-e2e-{}-{}", std::process::id(), http_port));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -123,6 +125,10 @@ impl Tidecast {
                 "TIDECAST_TURN__LISTEN_TCP",
                 format!("127.0.0.1:{turn_port}"),
             )
+            .env(
+                "TIDECAST_TURN__LISTEN_TLS",
+                format!("127.0.0.1:{turn_tls_port}"),
+            )
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -138,6 +144,7 @@ impl Tidecast {
             edge_port,
             rooms_port,
             turn_port,
+            turn_tls_port,
             dir,
             log,
         };

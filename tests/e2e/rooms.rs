@@ -450,7 +450,10 @@ fn room_page_calls_peer_to_peer_and_pinning_raises_the_layer() {
 fn a_relay_only_call_goes_through_tidecasts_turn_server() {
     crate::browser::browser_dir();
     let _guard = crate::harness::heavy();
-    let t = Tidecast::start(&[], &[("TIDECAST_TURN__ALLOWED_PEERS", "[\"127.0.0.1/32\"]")]);
+    let t = Tidecast::start(
+        &[],
+        &[("TIDECAST_TURN__ALLOWED_PEERS", "[\"127.0.0.1/32\"]")],
+    );
     let report = room_pages(&t, "relay", "-", 2, "udp", "policy=relay");
     let steps = &report["steps"];
     assert_eq!(steps["connected"]["mode"], "p2p", "{steps}");

@@ -33,10 +33,16 @@ impl Drop for Peer {
 }
 
 fn uclient(t: &Tidecast, args: &[&str]) -> String {
+    // -S: TLS (to the TLS port)
+    let port = if args.contains(&"-S") {
+        t.turn_tls_port
+    } else {
+        t.turn_port
+    };
     let out = Command::new("timeout")
         .arg("60")
         .arg("turnutils_uclient")
-        .args(["-W", SECRET, "-u", "e2e", "-p", &t.turn_port.to_string()])
+        .args(["-W", SECRET, "-p", &port.to_string()])
         .args(args)
         .arg("127.0.0.1")
         .stdin(Stdio::null())
@@ -71,7 +77,7 @@ fn relayed(out: &str) -> (u64, u64, bool) {
 }
 
 #[test]
-fn coturn_clients_get_the_mapped_address_and_relay_over_udp_and_tcp_without_loss() {
+fn coturn_clients_get_the_mapped_address_and_relay_over_udp_tcp_and_tls_without_loss() {
     require_tool("turnutils_uclient", HINT);
     let t = turn(&[("TIDECAST_TURN__ALLOWED_PEERS", "[\"127.0.0.1/32\"]")]);
     let stun = Command::new("timeout")
@@ -102,7 +108,11 @@ fn coturn_clients_get_the_mapped_address_and_relay_over_udp_and_tcp_without_loss
     );
     std::thread::sleep(Duration::from_millis(300));
     let peer = peer_port.to_string();
-    for (name, extra) in [("UDP", vec![]), ("TCP", vec!["-t"])] {
+    for (name, extra) in [
+        ("UDP", vec![]),
+        ("TCP", vec!["-t"]),
+        ("TLS", vec!["-t", "-S"]),
+    ] {
         let mut args = vec![
             "-e",
             "127.0.0.1",

@@ -14,6 +14,7 @@ pub mod core;
 pub mod filter;
 pub mod server;
 pub mod stun;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub struct TurnSetup {
     pub limits: core::Limits,
     /// No secret was configured: a random one was made.
     pub dev_secret: bool,
+    /// No TLS certificate was configured: a self-signed one was made.
+    pub self_signed: bool,
     /// Host clients are told to use.
     pub public_host: String,
     /// Lifetime of handed-out credentials.
@@ -59,10 +62,11 @@ fn listen(key: &'static str, v: &str) -> Result<Option<SocketAddr>, TurnConfigEr
     })
 }
 
-/// Parse `[turn]`.
+/// Parse `[turn]` (and load or make the TLS certificate).
 pub fn setup(cfg: &TurnConfig) -> Result<TurnSetup, TurnConfigError> {
     let udp = listen("listen_udp", &cfg.listen_udp)?;
     let tcp = listen("listen_tcp", &cfg.listen_tcp)?;
+    let tls_at = listen("listen_tls", &cfg.listen_tls)?;
     let ports = cfg
         .relay_ports
         .split_once('-')
@@ -110,10 +114,29 @@ pub fn setup(cfg: &TurnConfig) -> Result<TurnSetup, TurnConfigError> {
     } else {
         cfg.public_host.trim().to_string()
     };
+    let mut self_signed = false;
+    let tls = match tls_at {
+        Some(at) => {
+            let names = vec![
+                public_host.trim_matches(['[', ']']).to_string(),
+                "localhost".into(),
+            ];
+            let (acceptor, generated) =
+                tls::acceptor(&cfg.tls_cert, &cfg.tls_key, names).map_err(|e| TurnConfigError {
+                    key: "tls_cert",
+                    why: e.to_string(),
+                })?;
+            self_signed = generated;
+            Some((at, acceptor))
+        }
+        None => None,
+    };
     Ok(TurnSetup {
+        self_signed,
         listeners: server::Listeners {
             udp,
             tcp,
+            tls,
             relay_ip,
             relay_ports: ports,
         },
@@ -133,7 +156,12 @@ pub fn setup(cfg: &TurnConfig) -> Result<TurnSetup, TurnConfigError> {
 
 impl TurnSetup {
     /// The URLs clients are given for the listeners that are on (with the running ports).
-    pub fn urls(&self, udp: Option<SocketAddr>, tcp: Option<SocketAddr>) -> Vec<String> {
+    pub fn urls(
+        &self,
+        udp: Option<SocketAddr>,
+        tcp: Option<SocketAddr>,
+        tls: Option<SocketAddr>,
+    ) -> Vec<String> {
         let host = &self.public_host;
         let mut v = Vec::new();
         if let Some(a) = udp {
@@ -142,6 +170,10 @@ impl TurnSetup {
         }
         if let Some(a) = tcp {
             v.push(format!("turn:{host}:{}?transport=tcp", a.port()));
+        }
+        // browsers check the certificate: a self-signed one is of no use to them
+        if let Some(a) = tls.filter(|_| !self.self_signed) {
+            v.push(format!("turns:{host}:{}?transport=tcp", a.port()));
         }
         v
     }

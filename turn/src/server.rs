@@ -18,16 +18,30 @@ use crate::core::{FiveTuple, Out, PendingAllocation, Refused, Transport, TurnCor
 use crate::stun::{frame_length, MAX_MESSAGE};
 
 /// What the server listens on and where relays live.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Listeners {
     /// STUN/TURN over UDP.
     pub udp: Option<SocketAddr>,
     /// STUN/TURN over TCP.
     pub tcp: Option<SocketAddr>,
+    /// TURN over TLS, with its acceptor.
+    pub tls: Option<(SocketAddr, tokio_rustls::TlsAcceptor)>,
     /// The address relay sockets bind and announce.
     pub relay_ip: IpAddr,
     /// Relay ports, inclusive.
     pub relay_ports: (u16, u16),
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners")
+            .field("udp", &self.udp)
+            .field("tcp", &self.tcp)
+            .field("tls", &self.tls.as_ref().map(|(a, _)| a))
+            .field("relay_ip", &self.relay_ip)
+            .field("relay_ports", &self.relay_ports)
+            .finish()
+    }
 }
 
 /// The running server's addresses.
@@ -37,6 +51,8 @@ pub struct TurnServer {
     pub udp: Option<SocketAddr>,
     /// The TCP listener's address.
     pub tcp: Option<SocketAddr>,
+    /// The TLS listener's address.
+    pub tls: Option<SocketAddr>,
 }
 
 enum Event {
@@ -141,17 +157,29 @@ impl TurnServer {
             Some(a) => Some(tidecast_common::http_server::bind(&a.to_string(), 1024).await?),
             None => None,
         };
+        let tls = match &listeners.tls {
+            Some((a, acceptor)) => Some((
+                tidecast_common::http_server::bind(&a.to_string(), 1024).await?,
+                acceptor.clone(),
+            )),
+            None => None,
+        };
         let server = TurnServer {
             udp: udp.as_ref().and_then(|s| s.local_addr().ok()),
             tcp: tcp.as_ref().and_then(|l| l.local_addr().ok()),
+            tls: tls.as_ref().and_then(|(l, _)| l.local_addr().ok()),
         };
-        info!(udp = ?server.udp, tcp = ?server.tcp, relay = %listeners.relay_ip,
+        info!(udp = ?server.udp, tcp = ?server.tcp, tls = ?server.tls, relay = %listeners.relay_ip,
               ports = ?listeners.relay_ports, "TURN listening");
         if let Some(s) = &udp {
             tokio::spawn(read_udp(s.clone(), events.clone()));
         }
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         if let Some(l) = tcp {
-            tokio::spawn(accept_tcp(l, events.clone()));
+            tokio::spawn(accept_stream(l, None, events.clone(), open.clone()));
+        }
+        if let Some((l, acceptor)) = tls {
+            tokio::spawn(accept_stream(l, Some(acceptor), events.clone(), open));
         }
         let lp = Loop {
             core,
@@ -190,13 +218,22 @@ async fn read_udp(socket: Arc<UdpSocket>, events: mpsc::Sender<Event>) {
     }
 }
 
-async fn accept_tcp(listener: TcpListener, events: mpsc::Sender<Event>) {
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// A TLS handshake may take this long.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// TCP (or, with an acceptor, TLS) clients: each connection's frames go to the loop.
+async fn accept_stream(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    events: mpsc::Sender<Event>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
     loop {
         let Ok((stream, client)) = listener.accept().await else {
             continue;
         };
-        if open.load(std::sync::atomic::Ordering::Relaxed) >= MAX_TCP_CLIENTS {
+        if open.load(Ordering::Relaxed) >= MAX_TCP_CLIENTS {
             warn!(%client, "TURN: too many TCP clients, refused");
             continue;
         }
@@ -207,16 +244,35 @@ async fn accept_tcp(listener: TcpListener, events: mpsc::Sender<Event>) {
         let five = FiveTuple {
             client,
             server,
-            transport: Transport::Tcp,
+            transport: if tls.is_some() {
+                Transport::Tls
+            } else {
+                Transport::Tcp
+            },
         };
-        let (reader, writer) = stream.into_split();
         let events = events.clone();
         let open = open.clone();
-        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tls = tls.clone();
+        open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            serve_stream(five, reader, writer, &events).await;
+            match tls {
+                None => {
+                    let (reader, writer) = stream.into_split();
+                    serve_stream(five, reader, writer, &events).await;
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            let (reader, writer) = tokio::io::split(s);
+                            serve_stream(five, reader, writer, &events).await;
+                        }
+                        Ok(Err(e)) => debug!(%client, "TURN TLS handshake failed: {e}"),
+                        Err(_) => debug!(%client, "TURN TLS handshake timed out"),
+                    }
+                }
+            }
             let _ = events.send(Event::Closed(five)).await;
-            open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
