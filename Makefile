@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 FUZZ_SECONDS ?= 30
 
-.PHONY: fuzz run test bootstrap test-tools build build-release unit e2e bench-ladder bench-blocking bench-g2g bench-edge bench-sfu fmt clippy
+.PHONY: fuzz run test bootstrap test-tools build build-release unit e2e bench-ladder bench-blocking bench-g2g bench-edge bench-sfu bench-turn fmt clippy
 
 bootstrap:
 	infra/bootstrap.sh
@@ -56,6 +56,9 @@ bench-edge: build-release
 
 bench-sfu: build-release
 	bench/sfu.sh
+
+bench-turn: build-release
+	bench/turn.sh
 
 fmt:
 	$(CARGO) fmt --all

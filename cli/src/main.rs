@@ -374,6 +374,38 @@ async fn main() -> Result<()> {
 
     let readiness = Readiness::default();
     let mut turn = None;
+    // TURN first: its sockets are up before any /healthz says so
+    if matches!(command, Command::All | Command::Turn) {
+        let setup = tidecast_turn::setup(&config.turn)?;
+        if setup.dev_secret {
+            warn!(
+                "turn.secret is not set: development mode, a random TURN secret only this \
+                 process's rooms can hand out credentials for; set TIDECAST_TURN__SECRET in production"
+            );
+        }
+        if setup.self_signed && setup.listeners.tls.is_some() {
+            warn!(
+                "turn.tls_cert is not set: TURN over TLS uses a self-signed certificate (for \
+                 development; browsers will not accept it); set turn.tls_cert and turn.tls_key"
+            );
+        }
+        let core = tidecast_turn::core::TurnCore::new(
+            setup.credentials.clone(),
+            setup.filter.clone(),
+            setup.limits.clone(),
+        )
+        .with_ipv6_relays(setup.listeners.relay_ip.is_ipv6());
+        let server =
+            tidecast_turn::server::TurnServer::start(setup.listeners.clone(), core, &registry)
+                .await
+                .with_context(|| {
+                    format!(
+                        "binding TURN on {} (udp) / {} (tcp) / {} (tls)",
+                        config.turn.listen_udp, config.turn.listen_tcp, config.turn.listen_tls
+                    )
+                })?;
+        turn = Some((setup, server));
+    }
     if matches!(
         command,
         Command::All | Command::Origin | Command::Ingest | Command::Turn
@@ -437,36 +469,6 @@ async fn main() -> Result<()> {
             .map_err(|e| anyhow::anyhow!("edge configuration: {e}"))?;
         let r = readiness.clone();
         tasks.spawn(async move { edge.serve(listener, &r).await.context("edge http") });
-    }
-    if matches!(command, Command::All | Command::Turn) {
-        let setup = tidecast_turn::setup(&config.turn)?;
-        if setup.dev_secret {
-            warn!(
-                "turn.secret is not set: development mode, a random TURN secret only this \
-                 process's rooms can hand out credentials for; set TIDECAST_TURN__SECRET in production"
-            );
-        }
-        if setup.self_signed && setup.listeners.tls.is_some() {
-            warn!(
-                "turn.tls_cert is not set: TURN over TLS uses a self-signed certificate (for \
-                 development; browsers will not accept it); set turn.tls_cert and turn.tls_key"
-            );
-        }
-        let core = tidecast_turn::core::TurnCore::new(
-            setup.credentials.clone(),
-            setup.filter.clone(),
-            setup.limits.clone(),
-        );
-        let server =
-            tidecast_turn::server::TurnServer::start(setup.listeners.clone(), core, &registry)
-                .await
-                .with_context(|| {
-                    format!(
-                        "binding TURN on {} (udp) / {} (tcp) / {} (tls)",
-                        config.turn.listen_udp, config.turn.listen_tcp, config.turn.listen_tls
-                    )
-                })?;
-        turn = Some((setup, server));
     }
     if matches!(command, Command::All | Command::Rooms) {
         let listener = bind(&config.rooms.http_listen, config.listen_backlog)

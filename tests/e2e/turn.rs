@@ -329,6 +329,53 @@ fn internal_peers_bad_credentials_and_quotas_are_refused_on_udp_and_tcp() {
             None,
             "{transport}: CreatePermission {public}"
         );
+        // malformed input from another client is dropped (UDP) or ends that connection (TCP),
+        // and this allocation keeps working
+        let mut huge = Builder::new(method::BINDING, Class::Request, [3; 12]);
+        for _ in 0..2000 {
+            huge = huge.add(attr::SOFTWARE, b"x");
+        }
+        let mut wrong_length = Builder::new(method::ALLOCATE, Class::Request, [4; 12])
+            .add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .build();
+        wrong_length[3] = 200;
+        let mut past_end = Builder::new(method::ALLOCATE, Class::Request, [5; 12])
+            .add(attr::USERNAME, b"abcd")
+            .build();
+        past_end[23] = 0xff;
+        let garbage: Vec<Vec<u8>> = vec![
+            vec![0, 1, 0],
+            wrong_length,
+            past_end,
+            huge.build(),
+            vec![0x40, 0x01, 0x01, 0xf4, 1, 2, 3], // ChannelData claiming 500 bytes
+            vec![0xff; 64],
+        ];
+        match transport {
+            "udp" => {
+                let bad = UdpSocket::bind("127.0.0.1:0").expect("udp");
+                for g in &garbage {
+                    bad.send_to(g, ("127.0.0.1", t.turn_port)).expect("send");
+                }
+            }
+            _ => {
+                let mut bad = TcpStream::connect(("127.0.0.1", t.turn_port)).expect("tcp");
+                bad.set_read_timeout(Some(Duration::from_secs(3)))
+                    .expect("timeout");
+                let _ = bad.write_all(&[0xff; 64]);
+                let mut buf = [0u8; 64];
+                assert!(
+                    matches!(bad.read(&mut buf), Ok(0) | Err(_)),
+                    "a stream of garbage is closed"
+                );
+            }
+        }
+        let req = s.request(method::REFRESH, |b| b.add_u32(attr::LIFETIME, 600));
+        assert_eq!(
+            code(&c.ask(&req)),
+            None,
+            "{transport}: the allocation outlives bad input"
+        );
         // quota: two allocations per user, so a third connection of the same user gets 486
         let mut second = connect();
         let mut s2 = Session::start(&mut second, u.clone(), k);

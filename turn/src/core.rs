@@ -188,6 +188,8 @@ pub struct TurnCore {
     allocations: HashMap<FiveTuple, Allocation>,
     by_relay: HashMap<SocketAddr, FiveTuple>,
     pending: usize,
+    /// the relay address family (what REQUESTED-ADDRESS-FAMILY may ask for)
+    relay_ipv6: bool,
 }
 
 fn error(m: &Message, code: u16, reason: &str) -> Builder {
@@ -206,7 +208,14 @@ impl TurnCore {
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
             pending: 0,
+            relay_ipv6: false,
         }
+    }
+
+    /// Relays are IPv6 (IPv4 by default): requests for the other family get 440.
+    pub fn with_ipv6_relays(mut self, ipv6: bool) -> TurnCore {
+        self.relay_ipv6 = ipv6;
+        self
     }
 
     /// Allocations now.
@@ -358,10 +367,14 @@ impl TurnCore {
             return fail(508, "Insufficient Capacity", Refused::BadRequest);
         }
         let ipv6 = match m.get(attr::REQUESTED_ADDRESS_FAMILY) {
-            None | Some([1, ..]) => false,
+            None => self.relay_ipv6,
+            Some([1, ..]) => false,
             Some([2, ..]) => true,
             Some(_) => return fail(440, "Address Family not Supported", Refused::BadRequest),
         };
+        if ipv6 != self.relay_ipv6 {
+            return fail(440, "Address Family not Supported", Refused::BadRequest);
+        }
         let mine = self.allocations.values().filter(|a| a.user == user).count();
         if mine >= self.limits.per_user
             || self.allocations.len() + self.pending >= self.limits.total
@@ -888,6 +901,12 @@ mod tests {
             b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
         });
         assert_eq!(code(&core.client(old.five, &req, now, UNIX)), Some(401));
+        // an IPv6 relay from an IPv4-only server: 440
+        let req = c.request(method::ALLOCATE, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                .add(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+        });
+        assert_eq!(code(&core.client(c.five, &req, now, UNIX)), Some(440));
         // quota: one allocation per user
         allocate(&mut core, &mut c, now);
         let mut second = Client::new(&mut core, &creds, 600, now);
