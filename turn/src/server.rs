@@ -142,12 +142,51 @@ fn unix_now() -> u64 {
 }
 
 impl TurnServer {
-    /// Bind the listeners and start serving (inside a tokio runtime).
+    /// Bind the listeners and serve on a thread and current-thread runtime of its own: the
+    /// readers and the loop hand each datagram over without waking other threads.
     pub async fn start(
         listeners: Listeners,
         core: TurnCore,
         registry: &Registry,
     ) -> std::io::Result<TurnServer> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let registry = registry.clone();
+        std::thread::Builder::new()
+            .name("turn".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match Self::serve(listeners, core, &registry).await {
+                        Ok((server, looping)) => {
+                            let _ = tx.send(Ok(server));
+                            // the loop as a task: waking block_on's own future from the I/O
+                            // driver would write the runtime's eventfd on every datagram
+                            let _ = tokio::spawn(looping).await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
+        rx.await
+            .map_err(|_| std::io::Error::other("the TURN thread ended"))?
+    }
+
+    async fn serve(
+        listeners: Listeners,
+        core: TurnCore,
+        registry: &Registry,
+    ) -> std::io::Result<(TurnServer, impl std::future::Future<Output = ()>)> {
         let (events, rx) = mpsc::channel::<Event>(8192);
         let udp = match listeners.udp {
             Some(a) => Some(Arc::new(UdpSocket::bind(a).await?)),
@@ -192,8 +231,7 @@ impl TurnServer {
             events,
             counters: Counters::new(registry),
         };
-        tokio::spawn(lp.run(rx));
-        Ok(server)
+        Ok((server, lp.run(rx)))
     }
 }
 
