@@ -394,33 +394,17 @@ struct Loop {
 impl Loop {
     async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut batch = Vec::with_capacity(64);
         loop {
             tokio::select! {
-                e = rx.recv() => {
-                    let Some(e) = e else { return };
-                    let now = Instant::now();
-                    let outs = match e {
-                        Event::Client(five, data) => self.core.client(five, &data, now, unix_now()),
-                        Event::Peer(relay, peer, data) => {
-                            if let Some(Out::Client(five, bytes)) = self.core.peer(relay, peer, &data, now) {
-                                let len = bytes.len();
-                                if self.send_client(five, bytes) {
-                                    self.counters.to_client_packets.inc();
-                                    self.counters.to_client_bytes.add(len as i64);
-                                }
-                            }
-                            Vec::new()
-                        }
-                        Event::Opened(five, tx) => {
-                            self.tcp.insert(five, tx);
-                            Vec::new()
-                        }
-                        Event::Closed(five) => {
-                            self.tcp.remove(&five);
-                            self.core.closed(five)
-                        }
-                    };
-                    self.carry_out(outs).await;
+                n = rx.recv_many(&mut batch, 64) => {
+                    if n == 0 {
+                        return;
+                    }
+                    let (now, unix) = (Instant::now(), unix_now());
+                    for e in batch.drain(..) {
+                        self.event(e, now, unix).await;
+                    }
                 }
                 _ = tick.tick() => {
                     let outs = self.core.expire(Instant::now(), unix_now());
@@ -429,6 +413,31 @@ impl Loop {
                 }
             }
         }
+    }
+
+    async fn event(&mut self, e: Event, now: Instant, unix: u64) {
+        let outs = match e {
+            Event::Client(five, data) => self.core.client(five, &data, now, unix),
+            Event::Peer(relay, peer, data) => {
+                if let Some(Out::Client(five, bytes)) = self.core.peer(relay, peer, &data, now) {
+                    let len = bytes.len();
+                    if self.send_client(five, bytes) {
+                        self.counters.to_client_packets.inc();
+                        self.counters.to_client_bytes.add(len as i64);
+                    }
+                }
+                return;
+            }
+            Event::Opened(five, tx) => {
+                self.tcp.insert(five, tx);
+                return;
+            }
+            Event::Closed(five) => {
+                self.tcp.remove(&five);
+                self.core.closed(five)
+            }
+        };
+        self.carry_out(outs).await;
     }
 
     async fn carry_out(&mut self, outs: Vec<Out>) {
