@@ -233,14 +233,7 @@ pub async fn run(
         me: 0,
     };
     let stats: Stats = Arc::default();
-    let mut report = ParticipantReport {
-        identity: identity.clone(),
-        connected_ms: None,
-        join_ms: None,
-        tracks: Vec::new(),
-        packets_by_step: BTreeMap::new(),
-        errors: Vec::new(),
-    };
+    let mut report = ParticipantReport::new(&identity);
     let publisher = session.attach().await?;
     // the first bot creates the room; the others are told it exists (427)
     let created = session

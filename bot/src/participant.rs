@@ -57,6 +57,20 @@ pub struct ParticipantReport {
     pub errors: Vec<String>,
 }
 
+impl ParticipantReport {
+    /// An empty report for `identity`.
+    pub fn new(identity: &str) -> ParticipantReport {
+        ParticipantReport {
+            identity: identity.to_string(),
+            connected_ms: None,
+            join_ms: None,
+            tracks: Vec::new(),
+            packets_by_step: BTreeMap::new(),
+            errors: Vec::new(),
+        }
+    }
+}
+
 /// The media every bot sends.
 #[derive(Debug, Clone)]
 pub struct Media {
@@ -591,14 +605,7 @@ pub async fn run(
     };
     send(json!({ "type": "join", "name": identity, "caps": { "video_codecs": ["VP8"] } }));
     let stats: Stats = Arc::default();
-    let mut report = ParticipantReport {
-        identity: identity.clone(),
-        connected_ms: None,
-        join_ms: None,
-        tracks: Vec::new(),
-        packets_by_step: BTreeMap::new(),
-        errors: Vec::new(),
-    };
+    let mut report = ParticipantReport::new(&identity);
     let mut others: Vec<String> = Vec::new();
     let mut sfu: Option<SfuConnection> = None;
     let mut steps = Steps::new(&opts.schedule, started);
