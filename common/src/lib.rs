@@ -10,6 +10,7 @@ pub mod keys;
 pub mod live;
 pub mod metrics;
 pub mod net;
+pub mod own_thread;
 pub mod push;
 pub mod service;
 pub mod store;

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use tidecast_common::body::{full, Body};
 use tidecast_common::config::RoomsConfig;
 use tidecast_common::demo::Demo;
+use tidecast_common::keys::random_hex;
 use tidecast_common::metrics::Registry;
 use tidecast_common::service::{self, Readiness, ResponseFuture, Routes, Service, WebSocket};
 use tokio::net::TcpListener;
@@ -150,8 +151,6 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
         &serde_json::json!({ "error": { "code": code, "message": message } }),
     )
 }
-
-use tidecast_common::keys::random_hex;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

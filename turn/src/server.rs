@@ -149,37 +149,10 @@ impl TurnServer {
         core: TurnCore,
         registry: &Registry,
     ) -> std::io::Result<TurnServer> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let registry = registry.clone();
-        std::thread::Builder::new()
-            .name("turn".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    match Self::serve(listeners, core, &registry).await {
-                        Ok((server, looping)) => {
-                            let _ = tx.send(Ok(server));
-                            // the loop as a task: waking block_on's own future from the I/O
-                            // driver would write the runtime's eventfd on every datagram
-                            let _ = tokio::spawn(looping).await;
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                        }
-                    }
-                });
-            })?;
-        rx.await
-            .map_err(|_| std::io::Error::other("the TURN thread ended"))?
+        tidecast_common::own_thread::spawn("turn", move || async move {
+            Self::serve(listeners, core, &registry).await
+        })
     }
 
     async fn serve(

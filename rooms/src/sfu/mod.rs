@@ -37,7 +37,7 @@ use tidecast_common::metrics::Registry;
 use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::forwarding::Need;
 use crate::signal::ServerMessage;
@@ -174,43 +174,27 @@ impl Sfu {
         let local = addrs.clone();
         // the media loop has a thread and a runtime of its own: its sockets, timers and peers
         // are polled there without waking other threads for each datagram
-        std::thread::Builder::new()
-            .name("sfu-media".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => return error!("SFU media runtime: {e}"),
-                };
-                // a task, not the block_on future itself: waking that one from the I/O driver
-                // writes the runtime's eventfd on every datagram
-                let media = async move {
-                    let sockets: Result<Vec<UdpSocket>, _> =
-                        sockets.into_iter().map(UdpSocket::from_std).collect();
-                    let sockets = match sockets {
-                        Ok(s) => s,
-                        Err(e) => return error!("SFU media sockets: {e}"),
-                    };
-                    let router = Router {
-                        wire: Wire {
-                            sockets: Arc::from(sockets),
-                            local,
-                            tcp_conns: HashMap::new(),
-                        },
-                        tcp,
-                        rooms: HashMap::new(),
-                        demux: HashMap::new(),
-                        signals,
-                        registry,
-                        last_second: Instant::now(),
-                        switches: HashMap::new(),
-                    };
-                    router.run(rx, tcp_rx).await
-                };
-                let _ = rt.block_on(async move { tokio::spawn(media).await });
-            })?;
+        tidecast_common::own_thread::spawn("sfu-media", move || async move {
+            let sockets = sockets
+                .into_iter()
+                .map(UdpSocket::from_std)
+                .collect::<std::io::Result<Vec<_>>>()?;
+            let router = Router {
+                wire: Wire {
+                    sockets: Arc::from(sockets),
+                    local,
+                    tcp_conns: HashMap::new(),
+                },
+                tcp,
+                rooms: HashMap::new(),
+                demux: HashMap::new(),
+                signals,
+                registry,
+                last_second: Instant::now(),
+                switches: HashMap::new(),
+            };
+            Ok(((), router.run(rx, tcp_rx)))
+        })?;
         Ok((
             Sfu {
                 commands,
