@@ -16,6 +16,7 @@ pub mod service;
 pub mod store;
 pub mod time;
 pub mod token;
+pub mod udp_batch;
 pub mod zero_copy;
 
 pub use config::{Config, ConfigError};

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidecast_common::metrics::{Metric, Registry};
+use tidecast_common::udp_batch::SendBatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
@@ -203,6 +204,8 @@ impl TurnServer {
             next_port: std::process::id(),
             events,
             counters: Counters::new(registry),
+            udp_out: SendBatch::default(),
+            relays_to_flush: Vec::new(),
         };
         Ok((server, lp.run(rx)))
     }
@@ -350,6 +353,8 @@ async fn serve_stream<R, W>(
 struct Relay {
     socket: Arc<UdpSocket>,
     reader: AbortHandle,
+    /// datagrams to peers queued during this batch of events
+    out: SendBatch,
 }
 
 struct Loop {
@@ -362,6 +367,10 @@ struct Loop {
     next_port: u32,
     events: mpsc::Sender<Event>,
     counters: Counters,
+    /// UDP datagrams to clients, sent together once per batch of events
+    udp_out: SendBatch,
+    /// relays with datagrams to peers queued
+    relays_to_flush: Vec<SocketAddr>,
 }
 
 impl Loop {
@@ -385,6 +394,7 @@ impl Loop {
                     self.counters.allocations.set(self.core.allocations() as i64);
                 }
             }
+            self.flush_udp();
         }
     }
 
@@ -420,11 +430,11 @@ impl Loop {
                     self.send_client(five, bytes);
                 }
                 Out::Peer { relay, peer, data } => {
-                    if let Some(r) = self.relays.get(&relay) {
-                        if r.socket.try_send_to(&data, peer).is_ok() {
-                            self.counters.to_peer_packets.inc();
-                            self.counters.to_peer_bytes.add(data.len() as i64);
+                    if let Some(r) = self.relays.get_mut(&relay) {
+                        if r.out.is_empty() {
+                            self.relays_to_flush.push(relay);
                         }
+                        r.out.push(peer, &data);
                     }
                 }
                 Out::Bind(p) => {
@@ -449,17 +459,42 @@ impl Loop {
         }
     }
 
-    /// Bytes to a client on its 5-tuple; whether they went out.
-    fn send_client(&self, five: FiveTuple, bytes: Vec<u8>) -> bool {
+    /// Bytes to a client on its 5-tuple (UDP ones queued for [`Loop::flush_udp`]); whether
+    /// they went out or were queued.
+    fn send_client(&mut self, five: FiveTuple, bytes: Vec<u8>) -> bool {
         match five.transport {
-            Transport::Udp => match &self.udp {
-                Some(s) => s.try_send_to(&bytes, five.client).is_ok(),
-                None => false,
-            },
+            Transport::Udp => {
+                self.udp_out.push(five.client, &bytes);
+                true
+            }
             _ => match self.tcp.get(&five) {
                 Some(tx) => tx.try_send(bytes).is_ok(),
                 None => false,
             },
+        }
+    }
+
+    /// Send the UDP datagrams to clients and to peers queued during this batch of events.
+    fn flush_udp(&mut self) {
+        if let (Some(socket), false) = (&self.udp, self.udp_out.is_empty()) {
+            let flushed = self.udp_out.flush(socket);
+            if flushed.dropped > 0 {
+                debug!(
+                    dropped = flushed.dropped,
+                    "TURN datagrams to clients dropped"
+                );
+            }
+        }
+        for relay in self.relays_to_flush.drain(..) {
+            let Some(r) = self.relays.get_mut(&relay) else {
+                continue;
+            };
+            let flushed = r.out.flush(&r.socket);
+            self.counters.to_peer_packets.add(flushed.sent as i64);
+            self.counters.to_peer_bytes.add(flushed.sent_bytes as i64);
+            if flushed.dropped > 0 {
+                debug!(%relay, dropped = flushed.dropped, "TURN datagrams to peers dropped");
+            }
         }
     }
 
@@ -491,6 +526,7 @@ impl Loop {
                 Relay {
                     socket,
                     reader: reader.abort_handle(),
+                    out: SendBatch::default(),
                 },
             );
             self.counters.created.inc();

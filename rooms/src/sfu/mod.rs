@@ -21,6 +21,7 @@ pub mod peer;
 pub mod speaker;
 pub mod tcp;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +35,7 @@ use str0m::media::Direction;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output};
 use tidecast_common::metrics::Registry;
+use tidecast_common::udp_batch::SendBatch;
 use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -181,6 +183,7 @@ impl Sfu {
                 .collect::<std::io::Result<Vec<_>>>()?;
             let router = Router {
                 wire: Wire {
+                    batches: sockets.iter().map(|_| RefCell::default()).collect(),
                     sockets: Arc::from(sockets),
                     local,
                     tcp_conns: HashMap::new(),
@@ -222,6 +225,8 @@ struct Wire {
     local: Vec<SocketAddr>,
     /// (local, remote) → the connection's writer
     tcp_conns: HashMap<(SocketAddr, SocketAddr), mpsc::Sender<bytes::Bytes>>,
+    /// UDP datagrams of this pass of the loop, by socket index, sent together by [`Wire::flush`]
+    batches: Vec<RefCell<SendBatch>>,
 }
 
 impl Wire {
@@ -232,7 +237,22 @@ impl Wire {
                 let _ = w.try_send(bytes::Bytes::copy_from_slice(&t.contents));
             }
         } else if let Some(i) = self.local.iter().position(|a| *a == t.source) {
-            let _ = self.sockets[i].try_send_to(&t.contents, t.destination);
+            self.batches[i]
+                .borrow_mut()
+                .push(t.destination, &t.contents);
+        }
+    }
+
+    /// Send the datagrams queued since the last flush.
+    fn flush(&self) {
+        for (socket, batch) in self.sockets.iter().zip(&self.batches) {
+            let mut batch = batch.borrow_mut();
+            if !batch.is_empty() {
+                let flushed = batch.flush(socket);
+                if flushed.dropped > 0 {
+                    debug!(dropped = flushed.dropped, "SFU datagrams dropped on send");
+                }
+            }
         }
     }
 }
@@ -293,6 +313,7 @@ impl Router {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let deadline = self.drive(Instant::now());
+            self.wire.flush();
             let sockets = self.wire.sockets.clone();
             tokio::select! {
                 c = commands.recv() => match c {
