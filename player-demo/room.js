@@ -405,6 +405,16 @@ function render() {
     .map((p) => Object.assign(document.createElement('li'), { textContent: p.name + (p.id === identity ? ' (you)' : '') })));
 }
 
+// the selected candidate pair's two ends (relayProtocol: how a relay candidate reaches its TURN
+// server, udp / tcp / tls)
+function pairView(report, pair) {
+  const end = (c) => ({ type: c.candidateType, address: c.address, port: c.port, protocol: c.protocol,
+    relayProtocol: c.relayProtocol || null });
+  const l = report.get(pair.localCandidateId);
+  const r = report.get(pair.remoteCandidateId);
+  return l && r ? { local: end(l), remote: end(r) } : null;
+}
+
 async function sfuStats() {
   const sfu = state.sfu;
   const report = await sfu.pc.getStats();
@@ -422,10 +432,7 @@ async function sfuStats() {
     if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
   });
   if (pair) {
-    const l = report.get(pair.localCandidateId);
-    const r = report.get(pair.remoteCandidateId);
-    const view = l && r ? { local: { type: l.candidateType, address: l.address, port: l.port, protocol: l.protocol },
-      remote: { type: r.candidateType, address: r.address, port: r.port, protocol: r.protocol } } : null;
+    const view = pairView(report, pair);
     sfu.pair = view;
     for (const p of Object.values(state.peers)) if (p.viaSfu) p.pair = view;
   }
@@ -447,12 +454,7 @@ async function stats() {
       if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
     });
     const pair = pairId && report.get(pairId);
-    if (pair) {
-      const l = report.get(pair.localCandidateId);
-      const r = report.get(pair.remoteCandidateId);
-      p.pair = l && r ? { local: { type: l.candidateType, address: l.address, port: l.port, protocol: l.protocol },
-        remote: { type: r.candidateType, address: r.address, port: r.port, protocol: r.protocol } } : null;
-    }
+    if (pair) p.pair = pairView(report, pair);
   }
   render();
 }

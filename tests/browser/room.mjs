@@ -16,12 +16,19 @@ const pages = Number(pagesArg || 2);
 const camera = ['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
   `--use-file-for-fake-video-capture=${y4m}`];
 const browser = await launchChromium(camera);
+// CHROMIUM_A / CHROMIUM_B: that page in a browser of its own started by this executable (the NAT
+// lab's wrappers run each one inside its client's network namespace)
+const own = {};
+for (const name of ['A', 'B']) {
+  const exe = process.env[`CHROMIUM_${name}`];
+  if (exe) own[name] = await launchChromium(camera, exe);
+}
 const result = { ok: false, steps: {}, errors: [], console: [] };
 const started = Date.now();
 const left = () => Math.max(1000, timeoutMs - (Date.now() - started));
 
 async function open(name, extra) {
-  const page = await browser.newPage();
+  const page = await (own[name] || browser).newPage();
   page.on('console', (m) => { if (m.type() === 'error') result.console.push(`${name}: ${m.text()}`); });
   page.on('pageerror', (e) => result.console.push(`${name}: ${e}`));
   await page.goto(`${url}&name=${name}&identity=${name}${extra && extra !== '-' ? `&${extra}` : ''}`);
@@ -60,8 +67,13 @@ try {
   const sa = await state(a);
   result.steps.connected = { a: ra.pair, b: rb.pair, mode: sa.mode, ms: Date.now() - started,
     codecs: { a: ra.codec, b: rb.codec }, constraints: sa.constraints };
-  const pa = await until(a, 'A pair', peerOf('B', (p) => p && p.pair));
+  // ROOM_WANT_DIRECT=1: wait for a pair without a relay end (ICE may start on the relay and move
+  // to a direct pair once its checks get through the NATs)
+  const direct = (p) => p && p.pair && (process.env.ROOM_WANT_DIRECT !== '1'
+    || (p.pair.local.type !== 'relay' && p.pair.remote.type !== 'relay'));
+  const pa = await until(a, 'A pair', peerOf('B', direct));
   result.steps.pair = pa.pair;
+  result.steps.pair_b = (await until(b, 'B pair', peerOf('A', direct))).pair;
   if (pages >= 3) {
     const joinedAt = Date.now();
     const c = await open('C', transportC === 'tcp' ? 'transport=tcp' : null);
@@ -94,5 +106,5 @@ try {
   result.errors.push(String(e));
 }
 console.log(JSON.stringify(result));
-await browser.close();
+for (const b of [browser, ...Object.values(own)]) await b.close();
 process.exit(result.ok ? 0 : 1);

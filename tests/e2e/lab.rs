@@ -10,21 +10,21 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{binary, heavy, require_tool};
 
-struct Lab {
-    prefix: String,
+pub(crate) struct Lab {
+    pub(crate) prefix: String,
     /// regions.sh (torn down with `down`), or None: the namespaces in `namespaces` are deleted
-    script: Option<PathBuf>,
-    namespaces: Vec<String>,
-    procs: Vec<Child>,
-    dir: PathBuf,
+    pub(crate) script: Option<PathBuf>,
+    pub(crate) namespaces: Vec<String>,
+    pub(crate) procs: Vec<Child>,
+    pub(crate) dir: PathBuf,
 }
 
 impl Lab {
-    fn ns(&self, name: &str) -> String {
+    pub(crate) fn ns(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
 
-    fn spawn(&mut self, ns: &str, args: &[&str]) {
+    pub(crate) fn spawn(&mut self, ns: &str, args: &[&str]) {
         let log = std::fs::File::create(self.dir.join(format!("{ns}-{}.log", self.procs.len())))
             .expect("log file");
         let child = Command::new("ip")
@@ -40,7 +40,7 @@ impl Lab {
     }
 
     /// `curl` inside a namespace: (status line + headers, body).
-    fn curl(&self, ns: &str, args: &[&str]) -> String {
+    pub(crate) fn curl(&self, ns: &str, args: &[&str]) -> String {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns(ns), "curl", "-s", "-m", "20"])
             .args(args)
@@ -62,7 +62,7 @@ impl Lab {
             .unwrap_or_else(|| panic!("no tx bytes for {dev}: {text}"))
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut all = String::new();
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for e in entries.flatten() {
@@ -101,7 +101,7 @@ impl Drop for Lab {
 }
 
 /// Whether network namespaces can be made here (root, iproute2); says why not otherwise.
-fn netns_available(what: &str) -> bool {
+pub(crate) fn netns_available(what: &str) -> bool {
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -124,7 +124,7 @@ fn netns_available(what: &str) -> bool {
     netns
 }
 
-fn wait_until(what: &str, lab: &Lab, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, lab: &Lab, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(
@@ -391,7 +391,7 @@ fn regions_lab_steers_players_and_crosses_the_long_link_once() {
     );
 }
 
-fn ip(args: &[&str]) {
+pub(crate) fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip");
     assert!(
         out.status.success(),

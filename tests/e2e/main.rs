@@ -12,5 +12,6 @@ mod edge;
 mod lab;
 mod live_spine;
 mod ll_hls;
+mod nat;
 mod rooms;
 mod turn;

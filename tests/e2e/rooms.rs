@@ -344,7 +344,7 @@ fn signaling_tokens_relay_resume_and_bad_input() {
 }
 
 /// A 1280x720 y4m clip for Chromium's fake camera.
-fn camera_clip(dir: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn camera_clip(dir: &std::path::Path) -> std::path::PathBuf {
     crate::harness::require_tool("ffmpeg", "apt-get install ffmpeg");
     let clip = dir.join("camera-720p.y4m");
     let out = std::process::Command::new("ffmpeg")

@@ -1,0 +1,341 @@
+//! The NAT scenarios, for real (`ip netns` + iptables NAT): tidecast on the lab's "public"
+//! subnet 203.0.113.0/24 (a bridge in its namespace), two room clients — Chromium, each started
+//! inside its own client namespace — each behind a NAT router namespace of its own:
+//!
+//! ```text
+//!   cli-a 192.168.10.2 ── nat-a (192.168.10.1 | 203.0.113.10) ─┐
+//!                                                               ├─ pub: sw0 203.0.113.1 (tidecast)
+//!   cli-b 192.168.20.2 ── nat-b (192.168.20.1 | 203.0.113.20) ─┘
+//! ```
+//!
+//! (a) endpoint-independent NATs (`MASQUERADE`): the call connects peer to peer on the address
+//! tidecast's STUN reflected; (b) endpoint-dependent ones (`MASQUERADE --random-fully`, i.e.
+//! symmetric): direct checks fail and the call goes through tidecast's TURN relay; (c) all UDP
+//! dropped at A's router: A reaches the TURN server over TCP. The relay addresses are in the
+//! public subnet, which the test's TURN config allow-lists as a deployment allows its own.
+//! Skipped, with the reason, where network namespaces or iptables are unavailable.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{binary, heavy, require_tool};
+use crate::lab::{ip, netns_available, wait_until, Lab};
+
+const PUBLIC: &str = "203.0.113.1";
+
+fn in_ns(ns: &str, args: &[&str]) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("ip netns exec");
+    assert!(
+        out.status.success(),
+        "{ns}: {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// veth `a` in namespace `na` ↔ `b` in `nb`, both up.
+fn veth(a: &str, na: &str, b: &str, nb: &str) {
+    ip(&[
+        "link", "add", a, "netns", na, "type", "veth", "peer", "name", b, "netns", nb,
+    ]);
+    ip(&["-n", na, "link", "set", a, "up"]);
+    ip(&["-n", nb, "link", "set", b, "up"]);
+}
+
+/// One side's NAT rules: `symmetric` picks the endpoint-dependent mapping, `no_udp` drops every
+/// UDP datagram the router would forward (a firewall that lets only TCP out).
+fn nat_rules(lab: &Lab, side: &str, symmetric: bool, no_udp: bool) {
+    let ns = lab.ns(&format!("nat-{side}"));
+    in_ns(&ns, &["iptables", "-t", "nat", "-F"]);
+    in_ns(&ns, &["iptables", "-F", "FORWARD"]);
+    in_ns(&ns, &["iptables", "-F", "INPUT"]);
+    // unsolicited datagrams to the router itself are dropped, as home routers do: answered with
+    // port-unreachable they would leave a conntrack entry holding the very port the inside host's
+    // mapping needs, and the NAT would pick another one (behaving symmetric)
+    in_ns(
+        &ns,
+        &[
+            "iptables", "-A", "INPUT", "-i", "wan0", "-p", "udp", "-j", "DROP",
+        ],
+    );
+    let mut masq = vec![
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        "wan0",
+        "-j",
+    ];
+    masq.push("MASQUERADE");
+    if symmetric {
+        masq.push("--random-fully");
+    }
+    in_ns(&ns, &masq);
+    if no_udp {
+        in_ns(
+            &ns,
+            &["iptables", "-A", "FORWARD", "-p", "udp", "-j", "DROP"],
+        );
+    }
+}
+
+/// A 1:1 call between page A (in cli-a) and page B (in cli-b): room.mjs's report.
+fn call(lab: &Lab, room: &str, wrappers: &(PathBuf, PathBuf), direct: bool) -> Value {
+    let clip = crate::rooms::camera_clip(&lab.dir);
+    let url = format!(
+        "http://{PUBLIC}:7880/demo/room.html?room={room}-{}",
+        std::process::id()
+    );
+    let out = Command::new("node")
+        .arg(crate::browser::browser_dir().join("room.mjs"))
+        .args([
+            &url,
+            &clip.display().to_string(),
+            "60",
+            "-",
+            "2",
+            "udp",
+            "-",
+        ])
+        .env("CHROMIUM_A", &wrappers.0)
+        .env("CHROMIUM_B", &wrappers.1)
+        .env("ROOM_WANT_DIRECT", if direct { "1" } else { "0" })
+        .output()
+        .expect("node room.mjs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}): {stdout} {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            lab.logs()
+        )
+    });
+    eprintln!(
+        "{room}: connected {} then A {} B {}",
+        report["steps"]["connected"], report["steps"]["pair"], report["steps"]["pair_b"]
+    );
+    assert_eq!(report["ok"], true, "{room}: {report}\n{}", lab.logs());
+    assert_eq!(report["steps"]["connected"]["mode"], "p2p", "{report}");
+    report
+}
+
+fn turn_relayed(lab: &Lab) -> u64 {
+    let text = lab.curl("pub", &["http://127.0.0.1:8080/metrics"]);
+    text.lines()
+        .find(|l| l.starts_with("tidecast_turn_relayed_packets_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+#[test]
+fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_firewalls_over_tcp()
+{
+    if !netns_available("NAT lab") {
+        return;
+    }
+    crate::browser::browser_dir();
+    require_tool("iptables", "apt-get install iptables (or: make test)");
+    let _guard = heavy();
+    let prefix = format!("n{}-", std::process::id() % 100_000);
+    let dir = std::env::temp_dir().join(format!("tidecast-natlab-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("lab dir");
+    let names = ["pub", "nat-a", "nat-b", "cli-a", "cli-b"];
+    let mut lab = Lab {
+        prefix: prefix.clone(),
+        script: None,
+        namespaces: names.iter().map(|n| format!("{prefix}{n}")).collect(),
+        procs: Vec::new(),
+        dir: dir.clone(),
+    };
+    for ns in &lab.namespaces {
+        ip(&["netns", "add", ns]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    let ns = |n: &str| format!("{prefix}{n}");
+    // the public subnet: a bridge in `pub` with tidecast's address, the routers' WAN ports on it
+    ip(&["-n", &ns("pub"), "link", "add", "sw0", "type", "bridge"]);
+    ip(&[
+        "-n",
+        &ns("pub"),
+        "addr",
+        "add",
+        &format!("{PUBLIC}/24"),
+        "dev",
+        "sw0",
+    ]);
+    ip(&["-n", &ns("pub"), "link", "set", "sw0", "up"]);
+    for (side, octet) in [("a", "10"), ("b", "20")] {
+        let (nat, cli) = (ns(&format!("nat-{side}")), ns(&format!("cli-{side}")));
+        veth("wan0", &nat, &format!("port-{side}"), &ns("pub"));
+        ip(&[
+            "-n",
+            &ns("pub"),
+            "link",
+            "set",
+            &format!("port-{side}"),
+            "master",
+            "sw0",
+        ]);
+        ip(&[
+            "-n",
+            &nat,
+            "addr",
+            "add",
+            &format!("203.0.113.{octet}/24"),
+            "dev",
+            "wan0",
+        ]);
+        veth("lan0", &nat, "eth0", &cli);
+        ip(&[
+            "-n",
+            &nat,
+            "addr",
+            "add",
+            &format!("192.168.{octet}.1/24"),
+            "dev",
+            "lan0",
+        ]);
+        ip(&[
+            "-n",
+            &cli,
+            "addr",
+            "add",
+            &format!("192.168.{octet}.2/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            &cli,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("192.168.{octet}.1"),
+        ]);
+        in_ns(&nat, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    }
+    // each page's browser runs inside its client's namespace; the page is not on localhost, so
+    // its origin is declared secure (camera access needs a secure context)
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let wrapper = |side: &str| {
+        let path = dir.join(format!("chromium-{side}"));
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\nexec ip netns exec {} {chromium} \
+                 --unsafely-treat-insecure-origin-as-secure=http://{PUBLIC}:7880 \"$@\"\n",
+                ns(&format!("cli-{side}"))
+            ),
+        )
+        .expect("wrapper");
+        let _ = Command::new("chmod").arg("+x").arg(&path).status();
+        path
+    };
+    let wrappers = (wrapper("a"), wrapper("b"));
+
+    let bin = binary().display().to_string();
+    let data = dir.join("data").display().to_string();
+    let mut tidecast = Command::new("ip");
+    tidecast
+        .args([
+            "netns",
+            "exec",
+            &ns("pub"),
+            &bin,
+            "all",
+            "--data-dir",
+            &data,
+        ])
+        .args([
+            "--rooms-listen",
+            "0.0.0.0:7880",
+            "--http-listen",
+            "127.0.0.1:8080",
+        ])
+        .env("TIDECAST_TURN__SECRET", "nat-lab-secret")
+        .env("TIDECAST_TURN__LISTEN_UDP", "0.0.0.0:3478")
+        .env("TIDECAST_TURN__LISTEN_TCP", "0.0.0.0:3478")
+        .env("TIDECAST_TURN__LISTEN_TLS", "0.0.0.0:5349")
+        .env("TIDECAST_TURN__RELAY_ADDRESS", PUBLIC)
+        .env("TIDECAST_TURN__PUBLIC_HOST", PUBLIC)
+        .env("TIDECAST_TURN__ALLOWED_PEERS", "[\"203.0.113.0/24\"]")
+        .env("TIDECAST_ROOMS__MEDIA_LISTEN", format!("{PUBLIC}:50000"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("tidecast.log")).expect("log"));
+    lab.procs.push(tidecast.spawn().expect("tidecast all"));
+    wait_until("tidecast", &lab, Duration::from_secs(30), || {
+        lab.curl("pub", &[&format!("http://{PUBLIC}:7880/healthz")])
+            .contains("ok")
+    });
+
+    // (a) cone NATs: peer to peer, on the other side's NAT-mapped (server-reflexive) address
+    nat_rules(&lab, "a", false, false);
+    nat_rules(&lab, "b", false, false);
+    let relayed_before = turn_relayed(&lab);
+    let r = call(&lab, "cone", &wrappers, true);
+    let (pa, pb) = (&r["steps"]["pair"], &r["steps"]["pair_b"]);
+    for (pair, other) in [(pa, "203.0.113.20"), (pb, "203.0.113.10")] {
+        assert_ne!(
+            pair["local"]["type"], "relay",
+            "cone NAT call relayed: {pair}"
+        );
+        assert_ne!(
+            pair["remote"]["type"], "relay",
+            "cone NAT call relayed: {pair}"
+        );
+        assert!(
+            matches!(pair["remote"]["type"].as_str(), Some("srflx" | "prflx")),
+            "the other side is reached on its NAT mapping: {pair}"
+        );
+        // Chromium hides a peer-reflexive candidate's address
+        let address = pair["remote"]["address"].as_str().unwrap_or("");
+        assert!(address.is_empty() || address == other, "{pair}");
+    }
+    let relayed_cone = turn_relayed(&lab) - relayed_before;
+    assert!(
+        relayed_cone < 50,
+        "TURN relayed {relayed_cone} packets of a direct call"
+    );
+
+    // (b) symmetric NATs: the mappings differ per destination, only the relay gets through
+    nat_rules(&lab, "a", true, false);
+    nat_rules(&lab, "b", true, false);
+    let before = turn_relayed(&lab);
+    let r = call(&lab, "symmetric", &wrappers, false);
+    for side in ["a", "b"] {
+        let pair = &r["steps"]["connected"][side];
+        assert!(
+            pair["local"]["type"] == "relay" || pair["remote"]["type"] == "relay",
+            "symmetric NATs: {side}'s pair has no relay end: {pair}"
+        );
+    }
+    let relayed = turn_relayed(&lab) - before;
+    assert!(relayed > 200, "TURN relayed only {relayed} packets");
+
+    // (c) no UDP out of A's network: A's relay is reached over TCP
+    nat_rules(&lab, "a", false, true);
+    nat_rules(&lab, "b", false, false);
+    let before = turn_relayed(&lab);
+    let r = call(&lab, "tcp-only", &wrappers, false);
+    let pa = &r["steps"]["connected"]["a"];
+    assert_eq!(pa["local"]["type"], "relay", "A without UDP: {pa}");
+    assert!(
+        matches!(pa["local"]["relayProtocol"].as_str(), Some("tcp" | "tls")),
+        "A reaches its relay over TCP/TLS: {pa}"
+    );
+    let relayed = turn_relayed(&lab) - before;
+    assert!(relayed > 200, "TURN relayed only {relayed} packets");
+}
