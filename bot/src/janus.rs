@@ -262,7 +262,7 @@ pub async fn run(
         .await?;
     let mut pcs: Vec<Arc<RTCPeerConnection>> = Vec::new();
     if opts.publish {
-        let pc = peer_connection().await?;
+        let pc = peer_connection(Vec::new()).await?;
         publish(&pc, &identity, &media).await?;
         let offer = pc.create_offer(None).await?;
         let sdp = gathered(&pc, offer).await?;
@@ -383,7 +383,7 @@ async fn subscribe(
             video.push(mid.to_string());
         }
     }
-    let pc = peer_connection().await?;
+    let pc = peer_connection(Vec::new()).await?;
     watch_tracks(&pc, stats.clone(), started, Some(names.clone()));
     pc.set_remote_description(RTCSessionDescription::offer(sdp_of(&offer)?)?)
         .await?;

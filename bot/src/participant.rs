@@ -20,6 +20,7 @@ use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
 use webrtc::ice::network_type::NetworkType;
+use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
 use webrtc::media::Sample;
 use webrtc::peer_connection::configuration::RTCConfiguration;
@@ -119,7 +120,11 @@ struct SfuConnection {
     video_mid: Arc<Mutex<Option<String>>>,
 }
 
-pub(crate) async fn peer_connection() -> Result<Arc<RTCPeerConnection>, BotError> {
+/// A webrtc-rs peer connection with the codecs and extensions the bots use; `ice_servers` are
+/// the STUN/TURN servers signaling handed out (none for Janus, on loopback).
+pub(crate) async fn peer_connection(
+    ice_servers: Vec<RTCIceServer>,
+) -> Result<Arc<RTCPeerConnection>, BotError> {
     let mut m = MediaEngine::default();
     m.register_default_codecs()?;
     // retransmissions for VP8 (96): the SFU also probes the bandwidth with RTX padding, so
@@ -167,8 +172,36 @@ pub(crate) async fn peer_connection() -> Result<Arc<RTCPeerConnection>, BotError
         .with_setting_engine(settings)
         .build();
     Ok(Arc::new(
-        api.new_peer_connection(RTCConfiguration::default()).await?,
+        api.new_peer_connection(RTCConfiguration {
+            ice_servers,
+            ..Default::default()
+        })
+        .await?,
     ))
+}
+
+/// `joined.ice_servers` (signaling protocol v1) as webrtc-rs servers; entries without URLs are
+/// skipped.
+fn ice_servers_of(v: &Value) -> Vec<RTCIceServer> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let urls: Vec<String> = match &s["urls"] {
+                Value::String(u) => vec![u.clone()],
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(|u| u.as_str().map(str::to_string))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            (!urls.is_empty()).then(|| RTCIceServer {
+                urls,
+                username: s["username"].as_str().unwrap_or_default().to_string(),
+                credential: s["credential"].as_str().unwrap_or_default().to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Who published a received track: the msid stream id (tidecast's SFU names the publisher
@@ -358,8 +391,9 @@ impl SfuConnection {
         stats: Stats,
         started: Instant,
         publish_media: bool,
+        ice_servers: Vec<RTCIceServer>,
     ) -> Result<(SfuConnection, String), BotError> {
-        let pc = peer_connection().await?;
+        let pc = peer_connection(ice_servers).await?;
         let publishing = if publish_media {
             publish(&pc, identity, media).await?
         } else {
@@ -608,6 +642,8 @@ pub async fn run(
     let mut report = ParticipantReport::new(&identity);
     let mut others: Vec<String> = Vec::new();
     let mut sfu: Option<SfuConnection> = None;
+    // the STUN/TURN servers `joined` hands out, used by the SFU connection
+    let mut ice_servers: Vec<RTCIceServer> = Vec::new();
     let mut steps = Steps::new(&opts.schedule, started);
     // with --pin, `high` is for the first of the others only (a pinned tile), the rest low
     let subscribe_all = |others: &[String], layer: &str| {
@@ -660,17 +696,18 @@ pub async fn run(
                 let from_sfu = m["from"] == "sfu";
                 match m["type"].as_str().unwrap_or_default() {
                     "joined" => {
+                        ice_servers = ice_servers_of(&m["ice_servers"]);
                         others = m["participants"].as_array().into_iter().flatten()
                             .filter_map(|p| p["id"].as_str().map(str::to_string)).collect();
                         subscribe_all(&others, &steps.layer());
                         if m["mode"] == "sfu" && sfu.is_none() {
-                            let (c, sdp) = SfuConnection::open(&identity, &media, stats.clone(), started, opts.publish).await?;
+                            let (c, sdp) = SfuConnection::open(&identity, &media, stats.clone(), started, opts.publish, ice_servers.clone()).await?;
                             send(json!({ "type": "offer", "to": "sfu", "sdp": sdp }));
                             sfu = Some(c);
                         }
                     }
                     "mode" if m["mode"] == "sfu" && sfu.is_none() => {
-                        let (c, sdp) = SfuConnection::open(&identity, &media, stats.clone(), started, opts.publish).await?;
+                        let (c, sdp) = SfuConnection::open(&identity, &media, stats.clone(), started, opts.publish, ice_servers.clone()).await?;
                         send(json!({ "type": "offer", "to": "sfu", "sdp": sdp }));
                         sfu = Some(c);
                         subscribe_all(&others, &steps.layer());

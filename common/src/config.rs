@@ -157,6 +157,11 @@ pub struct RoomsConfig {
     pub media_addresses: Vec<String>,
     /// Also accept ICE-TCP on the media port (for clients behind UDP-blocking firewalls).
     pub media_tcp: bool,
+    /// A STUN server (`host:port`, e.g. a `tidecast turn` outside the NAT) the SFU asks, from
+    /// each media socket on a non-loopback address, for the address the world sees; a mapped
+    /// address that differs from the socket's own is announced as a server-reflexive candidate.
+    /// Empty: no STUN (the host candidates, or `media_addresses`, are the public ones).
+    pub stun_server: String,
 }
 
 impl Default for RoomsConfig {
@@ -172,6 +177,7 @@ impl Default for RoomsConfig {
             media_listen: "0.0.0.0:50000".into(),
             media_addresses: Vec::new(),
             media_tcp: true,
+            stun_server: String::new(),
         }
     }
 }

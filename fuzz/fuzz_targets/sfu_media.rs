@@ -117,7 +117,7 @@ fn connect() -> Option<Pair> {
     change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
     let video = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
     let (offer, pending) = change.apply()?;
-    let (peer, answer) = Peer::accept("pub", &offer.to_sdp_string(), &[addr(SFU)], false, now).ok()?;
+    let (peer, answer) = Peer::accept("pub", &offer.to_sdp_string(), &[addr(SFU)], &[], false, now).ok()?;
     client
         .sdp_api()
         .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).ok()?)

@@ -123,6 +123,9 @@ fn sfu_settings(config: &RoomsConfig) -> std::io::Result<SfuSettings> {
         port: listen.port(),
         addresses,
         tcp: config.media_tcp,
+        stun_server: Some(config.stun_server.trim())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
     })
 }
 

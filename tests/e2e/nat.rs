@@ -137,20 +137,14 @@ fn turn_relayed(lab: &Lab) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_firewalls_over_tcp()
-{
-    if !netns_available("NAT lab") {
-        return;
-    }
-    crate::browser::browser_dir();
-    require_tool("iptables", "apt-get install iptables (or: make test)");
-    let _guard = heavy();
-    let prefix = format!("n{}-", std::process::id() % 100_000);
-    let dir = std::env::temp_dir().join(format!("tidecast-natlab-{}", std::process::id()));
+/// The lab's namespaces and links (see the module docs), no NAT rules yet; `tag` keeps two
+/// tests' namespaces apart.
+fn topology(tag: &str) -> Lab {
+    let prefix = format!("n{}{tag}-", std::process::id() % 100_000);
+    let dir = std::env::temp_dir().join(format!("tidecast-natlab{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("lab dir");
     let names = ["pub", "nat-a", "nat-b", "cli-a", "cli-b"];
-    let mut lab = Lab {
+    let lab = Lab {
         prefix: prefix.clone(),
         script: None,
         namespaces: names.iter().map(|n| format!("{prefix}{n}")).collect(),
@@ -225,6 +219,21 @@ fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_f
         ]);
         in_ns(&nat, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
     }
+    lab
+}
+
+#[test]
+fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_firewalls_over_tcp()
+{
+    if !netns_available("NAT lab") {
+        return;
+    }
+    crate::browser::browser_dir();
+    require_tool("iptables", "apt-get install iptables (or: make test)");
+    let _guard = heavy();
+    let mut lab = topology("");
+    let (prefix, dir) = (lab.prefix.clone(), lab.dir.clone());
+    let ns = |n: &str| format!("{prefix}{n}");
     // each page's browser runs inside its client's namespace; the page is not on localhost, so
     // its origin is declared secure (camera access needs a secure context)
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -338,4 +347,128 @@ fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_f
     );
     let relayed = turn_relayed(&lab) - before;
     assert!(relayed > 200, "TURN relayed only {relayed} packets");
+}
+
+/// An SFU behind NAT learns its public address from tidecast's STUN: the rooms node runs in
+/// cli-b behind nat-b, a 1:1 NAT as cloud hosts have (everything to 203.0.113.20 is forwarded
+/// to 192.168.20.2), with `rooms.stun_server` pointing at a `tidecast turn` on the public
+/// subnet. Three bots behind nat-a (a cone NAT) join a room: they can reach the SFU only at
+/// the server-reflexive address it announces (its host address is private and unrouted) — and
+/// every bot receives the two others.
+#[test]
+fn an_sfu_behind_nat_announces_the_public_address_tidecasts_stun_reports() {
+    if !netns_available("NAT lab (SFU behind NAT)") {
+        return;
+    }
+    require_tool("iptables", "apt-get install iptables (or: make test)");
+    let _guard = heavy();
+    let mut lab = topology("s");
+    let prefix = lab.prefix.clone();
+    let ns = |n: &str| format!("{prefix}{n}");
+    nat_rules(&lab, "a", false, false);
+    nat_rules(&lab, "b", false, false);
+    in_ns(
+        &ns("nat-b"),
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-i",
+            "wan0",
+            "-d",
+            "203.0.113.20",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            "192.168.20.2",
+        ],
+    );
+    in_ns(&ns("nat-b"), &["iptables", "-F", "INPUT"]);
+
+    let bin = binary().display().to_string();
+    let data = lab.dir.join("data").display().to_string();
+    lab.spawn(
+        "pub",
+        &[
+            "env",
+            "TIDECAST_TURN__LISTEN_UDP=0.0.0.0:3478",
+            "TIDECAST_TURN__LISTEN_TCP=0.0.0.0:3478",
+            "TIDECAST_TURN__LISTEN_TLS=",
+            "TIDECAST_ORIGIN__HTTP_LISTEN=127.0.0.1:8080",
+            &bin,
+            "turn",
+            "--data-dir",
+            &format!("{data}-turn"),
+        ],
+    );
+    let stun = format!("{PUBLIC}:3478");
+    let ice = format!("TIDECAST_ROOMS__ICE_SERVERS=[\"stun:{stun}\"]");
+    lab.spawn(
+        "cli-b",
+        &[
+            "env",
+            "TIDECAST_ROOMS__MEDIA_LISTEN=192.168.20.2:50000",
+            "TIDECAST_ROOMS__MEDIA_TCP=false",
+            &format!("TIDECAST_ROOMS__STUN_SERVER={stun}"),
+            &ice,
+            &bin,
+            "rooms",
+            "--rooms-listen",
+            "0.0.0.0:7880",
+            "--data-dir",
+            &data,
+        ],
+    );
+    wait_until(
+        "the rooms node behind NAT",
+        &lab,
+        Duration::from_secs(30),
+        || {
+            lab.curl("cli-a", &["http://203.0.113.20:7880/healthz"])
+                .contains("ok")
+        },
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns("cli-a"), &bin, "bot"])
+        .args(["--server", "203.0.113.20:7880", "--room", "behind-nat"])
+        .args(["--participants", "3", "--duration", "12", "--json"])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("tidecast bot");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no bot report ({e}): {text} {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            lab.logs()
+        )
+    });
+    let logs = lab.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("SFU public address (STUN)") && l.contains("203.0.113.20:50000")),
+        "the SFU did not learn its public address\n{logs}"
+    );
+    assert_eq!(report["failures"], serde_json::json!([]), "{report}");
+    let participants = report["participants"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(participants.len(), 3, "{report}");
+    for p in &participants {
+        let video: Vec<&Value> = p["tracks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["kind"] == "video" && t["packets"].as_u64().unwrap_or(0) > 50)
+            .collect();
+        assert_eq!(
+            video.len(),
+            2,
+            "{} receives the two others: {p}",
+            p["identity"]
+        );
+    }
 }

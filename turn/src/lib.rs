@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod binding;
 pub mod core;
 pub mod filter;
 pub mod server;

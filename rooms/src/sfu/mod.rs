@@ -9,6 +9,7 @@
 //! * [`media`]: one room's peers, published tracks and forwarding table.
 //! * [`codec`]: keyframe detection on payloads.
 //! * [`speaker`]: the active speaker from audio levels.
+//! * `stun`: the sockets' public addresses from a STUN server, at start.
 //! * [`tcp`]: ICE-TCP connections (passive candidates on the same port) for UDP-blocked clients.
 //! * this module: the handle signaling talks to and the loop that owns the sockets.
 //!
@@ -19,6 +20,7 @@ pub mod codec;
 pub mod media;
 pub mod peer;
 pub mod speaker;
+mod stun;
 pub mod tcp;
 
 use std::cell::RefCell;
@@ -66,6 +68,8 @@ pub struct SfuSettings {
     pub addresses: Vec<IpAddr>,
     /// Also accept ICE-TCP on the same port (passive TCP candidates).
     pub tcp: bool,
+    /// STUN server to learn the sockets' public addresses from (`host:port`).
+    pub stun_server: Option<String>,
 }
 
 /// From signaling to the SFU.
@@ -173,6 +177,7 @@ impl Sfu {
         let (commands, rx) = mpsc::unbounded_channel();
         let (signals, signal_rx) = mpsc::unbounded_channel();
         let (registry, tcp) = (registry.clone(), settings.tcp);
+        let stun_server = settings.stun_server.clone();
         let local = addrs.clone();
         // the media loop has a thread and a runtime of its own: its sockets, timers and peers
         // are polled there without waking other threads for each datagram
@@ -181,9 +186,18 @@ impl Sfu {
                 .into_iter()
                 .map(UdpSocket::from_std)
                 .collect::<std::io::Result<Vec<_>>>()?;
+            let mut reflexive = Vec::new();
+            if let Some(server) = &stun_server {
+                for socket in &sockets {
+                    if let Some(found) = stun::reflexive(socket, server).await {
+                        reflexive.push(found);
+                    }
+                }
+            }
             let router = Router {
                 wire: Wire {
                     batches: sockets.iter().map(|_| RefCell::default()).collect(),
+                    reflexive,
                     sockets: Arc::from(sockets),
                     local,
                     tcp_conns: HashMap::new(),
@@ -227,6 +241,8 @@ struct Wire {
     tcp_conns: HashMap<(SocketAddr, SocketAddr), mpsc::Sender<bytes::Bytes>>,
     /// UDP datagrams of this pass of the loop, by socket index, sent together by [`Wire::flush`]
     batches: Vec<RefCell<SendBatch>>,
+    /// (public address STUN reported, socket address) where they differ
+    reflexive: Vec<(SocketAddr, SocketAddr)>,
 }
 
 impl Wire {
@@ -394,7 +410,14 @@ impl Router {
                             }
                             info!(%room, %participant, "new peer connection replaces the old one");
                         }
-                        match Peer::accept(&participant, &sdp, &self.wire.local, self.tcp, now) {
+                        match Peer::accept(
+                            &participant,
+                            &sdp,
+                            &self.wire.local,
+                            &self.wire.reflexive,
+                            self.tcp,
+                            now,
+                        ) {
                             Ok((mut peer, answer)) => {
                                 media.outputs_for(&mut peer);
                                 media.peers.insert(participant.clone(), peer);

@@ -88,12 +88,14 @@ fn ufrag(sdp: &str) -> String {
 }
 
 impl Peer {
-    /// A peer for `id`'s offer, with host candidates on the SFU's sockets. Returns the peer and
-    /// the SDP answer.
+    /// A peer for `id`'s offer, with host candidates on the SFU's sockets and the
+    /// server-reflexive ones STUN found for them (`(public, socket)`). Returns the peer and the
+    /// SDP answer.
     pub fn accept(
         id: &str,
         sdp: &str,
         candidates: &[SocketAddr],
+        reflexive: &[(SocketAddr, SocketAddr)],
         tcp: bool,
         now: Instant,
     ) -> Result<(Peer, String), SfuError> {
@@ -119,6 +121,11 @@ impl Peer {
                     .map_err(|e| SfuError::Sdp(e.to_string()))?;
                 rtc.add_local_candidate(c);
             }
+        }
+        for (public, base) in reflexive {
+            let c = Candidate::server_reflexive(*public, *base, "udp")
+                .map_err(|e| SfuError::Sdp(e.to_string()))?;
+            rtc.add_local_candidate(c);
         }
         let answer = rtc
             .sdp_api()
