@@ -5,6 +5,7 @@
 // A's paint time of that value (one machine, one clock). Prints one JSON line.
 //   node bench/g2g_room.mjs ROOM_PAGE_URL SECONDS
 import { launchChromium } from '../tests/browser/chromium.mjs';
+import { readFrameCounter } from './frame_counter.mjs';
 
 const [url, secondsArg] = process.argv.slice(2);
 const seconds = Number(secondsArg || 20);
@@ -25,30 +26,7 @@ try {
     && window.roomState.peers.A.framesDecoded > 0, null, { timeout: 30000 });
   await b.click('.tile[data-id="A"]');
   await b.waitForTimeout(3000);
-  await b.evaluate(() => {
-    const v = document.querySelector('.tile[data-id="A"] video');
-    const c = document.createElement('canvas');
-    c.width = 16; c.height = 16;
-    const ctx = c.getContext('2d', { willReadFrequently: true });
-    window.g2g = { events: [], last: -1 };
-    const onFrame = (now) => {
-      ctx.drawImage(v, 0, 0, 16, 16);
-      const d = ctx.getImageData(0, 0, 16, 16).data;
-      let value = 0;
-      let clear = true;
-      for (let bit = 0; bit < 4; bit++) {
-        const luma = d[((bit * 4 + 2) * 16 + 8) * 4];
-        if (luma > 64 && luma < 192) clear = false;
-        if (luma >= 128) value |= 1 << (3 - bit);
-      }
-      if (clear && value !== window.g2g.last) {
-        window.g2g.events.push([value, performance.timeOrigin + now]);
-        window.g2g.last = value;
-      }
-      v.requestVideoFrameCallback(onFrame);
-    };
-    v.requestVideoFrameCallback(onFrame);
-  });
+  await readFrameCounter(b, '.tile[data-id="A"] video');
   await b.waitForTimeout(seconds * 1000);
   const seen = await b.evaluate(() => window.g2g.events);
   const flips = await a.evaluate(() => window.clockFlips);

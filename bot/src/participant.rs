@@ -431,6 +431,9 @@ impl SfuConnection {
     }
 }
 
+/// Write each active layer's loop at the loop's frame rate until the connection closes (all
+/// layers on one clock, so a keyframe request moves them to the same keyframe); a layer that
+/// resumes makes the whole set jump to the next keyframe.
 fn spawn_video(
     layers: Vec<Arc<TrackLocalStaticSample>>,
     loops: Vec<MediaLoop>,
@@ -481,27 +484,19 @@ fn spawn_video(
 }
 
 fn spawn_audio(track: Arc<TrackLocalStaticSample>, lp: MediaLoop, pc: Arc<RTCPeerConnection>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(lp.frame_duration);
-        let mut i = 0usize;
-        loop {
-            tick.tick().await;
-            if pc.connection_state()
-                == webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState::Closed
-            {
-                return;
-            }
-            let frame = &lp.frames[i % lp.frames.len()];
-            let _ = track
-                .write_sample(&Sample {
-                    data: frame.data.clone(),
-                    duration: lp.frame_duration,
-                    ..Default::default()
-                })
-                .await;
-            i += 1;
-        }
-    });
+    // one layer, always on, never asked for a keyframe
+    let on = Arc::new([
+        AtomicBool::new(true),
+        AtomicBool::new(false),
+        AtomicBool::new(false),
+    ]);
+    spawn_video(
+        vec![track],
+        vec![lp],
+        on,
+        Arc::new(AtomicBool::new(false)),
+        pc,
+    );
 }
 
 /// The schedule's steps and the packets received in each (counted from `SETTLE` after a step

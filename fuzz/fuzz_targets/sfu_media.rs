@@ -36,6 +36,27 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().expect("address")
 }
 
+/// `data` as a datagram from the client to the SFU's peer (if it is one the peer accepts).
+fn to_sfu(p: &mut Pair, data: &[u8]) {
+    let Ok(contents) = data.try_into() else {
+        return;
+    };
+    let input = Input::Receive(
+        p.now,
+        Receive {
+            proto: Protocol::Udp,
+            source: addr(CLIENT),
+            destination: addr(SFU),
+            contents,
+        },
+    );
+    if let Some(peer) = p.media.peers.get_mut("pub") {
+        if peer.rtc.accepts(&input) {
+            let _ = peer.rtc.handle_input(input);
+        }
+    }
+}
+
 /// Move packets both ways and events into the SFU's room media until both sides wait.
 fn pump(p: &mut Pair) {
     for _ in 0..200 {
@@ -45,22 +66,7 @@ fn pump(p: &mut Pair) {
                 Ok(Output::Transmit(t)) => {
                     moved = true;
                     let data = t.contents.to_vec();
-                    if let Ok(contents) = data.as_slice().try_into() {
-                        let input = Input::Receive(
-                            p.now,
-                            Receive {
-                                proto: Protocol::Udp,
-                                source: addr(CLIENT),
-                                destination: addr(SFU),
-                                contents,
-                            },
-                        );
-                        if let Some(peer) = p.media.peers.get_mut("pub") {
-                            if peer.rtc.accepts(&input) {
-                                let _ = peer.rtc.handle_input(input);
-                            }
-                        }
-                    }
+                    to_sfu(p, &data);
                 }
                 Ok(Output::Timeout(_)) | Err(_) => break,
                 Ok(Output::Event(_)) => {}
@@ -117,7 +123,8 @@ fn connect() -> Option<Pair> {
     change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
     let video = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
     let (offer, pending) = change.apply()?;
-    let (peer, answer) = Peer::accept("pub", &offer.to_sdp_string(), &[addr(SFU)], &[], false, now).ok()?;
+    let (peer, answer) =
+        Peer::accept("pub", &offer.to_sdp_string(), &[addr(SFU)], &[], false, now).ok()?;
     client
         .sdp_api()
         .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).ok()?)
@@ -157,22 +164,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // (a) the bytes as one datagram from the client's address
-    if let Ok(contents) = data.try_into() {
-        let input = Input::Receive(
-            p.now,
-            Receive {
-                proto: Protocol::Udp,
-                source: addr(CLIENT),
-                destination: addr(SFU),
-                contents,
-            },
-        );
-        if let Some(peer) = p.media.peers.get_mut("pub") {
-            if peer.rtc.accepts(&input) {
-                let _ = peer.rtc.handle_input(input);
-            }
-        }
-    }
+    to_sfu(p, data);
     // (b) the bytes as RTP packets: [seq step, ts (4), marker, len, payload…]…
     let mut rest = data;
     while rest.len() >= 7 {
@@ -193,9 +185,7 @@ fuzz_target!(|data: &[u8]| {
         };
         let mut api = p.client.direct_api();
         if let Some(stream) = api.stream_tx_by_mid(p.video, None) {
-            stream.write_rtp(
-                RtpWrite::new(pt, p.seq.into(), ts, p.now, payload).marker(marker),
-            );
+            stream.write_rtp(RtpWrite::new(pt, p.seq.into(), ts, p.now, payload).marker(marker));
         }
     }
     pump(p);

@@ -8,9 +8,11 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use tidecast_turn::auth::Credentials;
-use tidecast_turn::core::{FiveTuple, Limits, Out, TurnCore, Transport};
+use tidecast_turn::core::{FiveTuple, Limits, Out, Transport, TurnCore};
 use tidecast_turn::filter::PeerFilter;
-use tidecast_turn::stun::{attr, frame_length, method, parse_channel_data, Builder, Class, Message};
+use tidecast_turn::stun::{
+    attr, frame_length, method, parse_channel_data, Builder, Class, Message,
+};
 
 const UNIX: u64 = 1_800_000_000;
 
@@ -26,7 +28,11 @@ fuzz_target!(|data: &[u8]| {
     let creds = Credentials::new("secret", "fuzz");
     let mut core = TurnCore::new(creds.clone(), PeerFilter::default(), Limits::default());
     let now = Instant::now();
-    let transport = if data.first().is_some_and(|b| b & 1 == 1) { Transport::Tcp } else { Transport::Udp };
+    let transport = if data.first().is_some_and(|b| b & 1 == 1) {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    };
     let five = FiveTuple {
         client: SocketAddr::from(([198, 51, 100, 1], 5000)),
         server: SocketAddr::from(([192, 0, 2, 1], 3478)),
@@ -46,7 +52,8 @@ fuzz_target!(|data: &[u8]| {
             .fingerprint()
     };
     let allocate = sign(
-        Builder::new(method::ALLOCATE, Class::Request, [1; 12]).add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
+        Builder::new(method::ALLOCATE, Class::Request, [1; 12])
+            .add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
     );
     let relay = SocketAddr::from(([192, 0, 2, 1], 50000));
     for out in core.client(five, &allocate, now, UNIX) {
@@ -57,7 +64,15 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Message::parse(data) {
         let mut b = Builder::new(m.method, m.class, m.transaction);
         for (t, v) in &m.attributes {
-            if ![attr::MESSAGE_INTEGRITY, attr::FINGERPRINT, attr::USERNAME, attr::REALM, attr::NONCE].contains(t) {
+            if ![
+                attr::MESSAGE_INTEGRITY,
+                attr::FINGERPRINT,
+                attr::USERNAME,
+                attr::REALM,
+                attr::NONCE,
+            ]
+            .contains(t)
+            {
                 b = b.add(*t, v);
             }
         }
