@@ -85,6 +85,11 @@ fn send_chunk(
     bytes: &[u8],
     chunk: &[(SocketAddr, usize, usize)],
 ) -> io::Result<usize> {
+    if let [(to, start, len)] = chunk {
+        // one datagram: a plain sendto, without building the message vector
+        rustix::net::sendto(socket, &bytes[*start..start + len], SendFlags::NOSIGNAL, to)?;
+        return Ok(1);
+    }
     let addrs: Vec<SocketAddrAny> = chunk
         .iter()
         .map(|&(to, _, _)| SocketAddrAny::from(to))
