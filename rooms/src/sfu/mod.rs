@@ -133,6 +133,44 @@ pub struct Signal {
     pub message: ServerMessage,
 }
 
+/// The media sockets: UDP on the port of `settings` on every address, and ICE-TCP listeners on
+/// the same port. With port 0 the kernel picks the UDP port, and that number may already be
+/// taken for TCP (by any connection's local end): then everything is let go and bound again on a
+/// new port, a few times.
+fn bind_media(
+    settings: &SfuSettings,
+) -> std::io::Result<(Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>)> {
+    let attempts = if settings.port == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        match bind_media_once(settings) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            done => return done,
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no media port")))
+}
+
+fn bind_media_once(
+    settings: &SfuSettings,
+) -> std::io::Result<(Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>)> {
+    let mut sockets = Vec::new();
+    let mut tcp_listeners = Vec::new();
+    let mut port = settings.port;
+    for ip in &settings.addresses {
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(*ip, port))?;
+        socket.set_nonblocking(true)?;
+        port = socket.local_addr()?.port();
+        if settings.tcp {
+            let listener = std::net::TcpListener::bind(SocketAddr::new(*ip, port))?;
+            listener.set_nonblocking(true)?;
+            tcp_listeners.push(listener);
+        }
+        sockets.push(socket);
+    }
+    Ok((sockets, tcp_listeners))
+}
+
 /// The handle signaling holds.
 #[derive(Debug, Clone)]
 pub struct Sfu {
@@ -147,20 +185,11 @@ impl Sfu {
         settings: &SfuSettings,
         registry: &Registry,
     ) -> std::io::Result<(Sfu, mpsc::UnboundedReceiver<Signal>)> {
-        let mut sockets = Vec::new();
-        let mut tcp_listeners = Vec::new();
-        let mut port = settings.port;
-        for ip in &settings.addresses {
-            let socket = std::net::UdpSocket::bind(SocketAddr::new(*ip, port))?;
-            socket.set_nonblocking(true)?;
-            port = socket.local_addr()?.port();
-            if settings.tcp {
-                let std = std::net::TcpListener::bind(SocketAddr::new(*ip, port))?;
-                std.set_nonblocking(true)?;
-                tcp_listeners.push(tokio::net::TcpListener::from_std(std)?);
-            }
-            sockets.push(socket);
-        }
+        let (sockets, tcp_listeners) = bind_media(settings)?;
+        let tcp_listeners = tcp_listeners
+            .into_iter()
+            .map(tokio::net::TcpListener::from_std)
+            .collect::<std::io::Result<Vec<_>>>()?;
         if sockets.is_empty() {
             return Err(std::io::Error::other("the SFU has no address to listen on"));
         }
@@ -820,5 +849,32 @@ fn handle_event(
             dead.push((room.to_string(), id.to_string()));
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(port: u16) -> SfuSettings {
+        SfuSettings {
+            port,
+            addresses: vec![IpAddr::from([127, 0, 0, 1])],
+            tcp: true,
+            stun_server: None,
+        }
+    }
+
+    #[test]
+    fn media_sockets_share_one_port_for_udp_and_tcp_and_a_taken_fixed_port_is_an_error() {
+        let (udp, tcp) = bind_media(&settings(0)).expect("any free port");
+        let port = udp[0].local_addr().unwrap().port();
+        assert_eq!(tcp[0].local_addr().unwrap().port(), port);
+        // that port is now taken for TCP: asking for it explicitly fails, and says why
+        drop(udp);
+        let err = bind_media(&settings(port)).expect_err("TCP port in use");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        drop(tcp);
+        assert!(bind_media(&settings(port)).is_ok());
     }
 }
