@@ -153,6 +153,10 @@ pub struct RoomsConfig {
     /// binds and announces 127.0.0.1 and the address of the default route; set `media_addresses`
     /// to announce others (a public IP behind 1:1 NAT, several interfaces).
     pub media_listen: String,
+    /// A range of UDP (and ICE-TCP) ports instead of the one of `media_listen`, e.g.
+    /// `"50000-50099"`: every port is bound, each new peer connection is given the next in turn
+    /// (for firewalls or load balancers that spread by port). Empty: the one port.
+    pub media_ports: String,
     /// Addresses the SFU binds and announces as host candidates (empty: from `media_listen`).
     pub media_addresses: Vec<String>,
     /// Also accept ICE-TCP on the media port (for clients behind UDP-blocking firewalls).
@@ -175,6 +179,7 @@ impl Default for RoomsConfig {
             ice_servers: Vec::new(),
             sfu: true,
             media_listen: "0.0.0.0:50000".into(),
+            media_ports: String::new(),
             media_addresses: Vec::new(),
             media_tcp: true,
             stun_server: String::new(),

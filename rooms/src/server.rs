@@ -119,14 +119,31 @@ fn sfu_settings(config: &RoomsConfig) -> std::io::Result<SfuSettings> {
             .map(|a| a.parse().map_err(|_| bad("media_addresses")))
             .collect::<Result<_, _>>()?
     };
+    let port_range = media_ports(&config.media_ports).ok_or_else(|| bad("media_ports"))?;
     Ok(SfuSettings {
         port: listen.port(),
+        port_range,
         addresses,
         tcp: config.media_tcp,
         stun_server: Some(config.stun_server.trim())
             .filter(|s| !s.is_empty())
             .map(str::to_string),
     })
+}
+
+/// Most ports `rooms.media_ports` may span (each is a socket the media loop polls).
+const MAX_MEDIA_PORTS: u16 = 1024;
+
+/// `rooms.media_ports`: empty for none, else `first-last` (both non-zero, at most
+/// [`MAX_MEDIA_PORTS`]); `None` when it is not valid.
+fn media_ports(text: &str) -> Option<Option<std::ops::RangeInclusive<u16>>> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Some(None);
+    }
+    let (first, last) = text.split_once('-')?;
+    let (first, last): (u16, u16) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+    (first > 0 && first <= last && last - first < MAX_MEDIA_PORTS).then_some(Some(first..=last))
 }
 
 fn now_secs() -> u64 {
@@ -785,6 +802,16 @@ impl Routes for Rooms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_ports_is_a_bounded_range_or_nothing() {
+        assert_eq!(media_ports(""), Some(None));
+        assert_eq!(media_ports(" 50000-50099 "), Some(Some(50000..=50099)));
+        assert_eq!(media_ports("50000-50000"), Some(Some(50000..=50000)));
+        for bad in ["0-10", "10-5", "50000", "a-b", "1-70000", "1000-3000"] {
+            assert_eq!(media_ports(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn rate_limit_allows_a_burst_then_the_rate() {

@@ -40,6 +40,16 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
 }
 
+/// The first of `n` consecutive free ports (see [`free_port`]).
+pub fn free_ports(n: u16) -> u16 {
+    loop {
+        let first = free_port();
+        if (1..n).all(|i| free_port() == first + i) {
+            return first;
+        }
+    }
+}
+
 /// Fails the test with an install hint when a tool is missing.
 pub fn require_tool(tool: &str, hint: &str) {
     let found = Command::new("sh")

@@ -510,10 +510,13 @@ fn third_page_moves_the_call_to_the_sfu_and_pinning_switches_the_simulcast_layer
 /// and Opus; each receives the two others' audio and video; the layer each asks for moves
 /// low → high → off → low, and what arrives follows — 180p, then 720p with sequence numbers
 /// continuous across the switch, nothing while off, 180p again; leaving frees the SFU's state.
+/// The SFU has a range of three media ports (`rooms.media_ports`): each peer is on its own.
 #[test]
 fn bots_publish_simulcast_and_subscriber_preferences_switch_the_forwarded_layer() {
     let _guard = crate::harness::heavy();
-    let t = Tidecast::start(&[], &[]);
+    let first = crate::harness::free_ports(3);
+    let range = format!("{first}-{}", first + 2);
+    let t = Tidecast::start(&[], &[("TIDECAST_ROOMS__MEDIA_PORTS", &range)]);
     let room = format!("bots-{}", std::process::id());
     let out = std::process::Command::new(binary())
         .args(["bot", "--server"])
@@ -627,4 +630,15 @@ fn bots_publish_simulcast_and_subscriber_preferences_switch_the_forwarded_layer(
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(Tidecast::metric(t.rooms_port, "tidecast_sfu_layer_switches_total", "") >= 9);
+    // the three peer connections were given the three ports of the range, one each
+    let log = t.log();
+    let mut ports: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("peer connecting to the SFU"))
+        .filter_map(|l| l.split("port=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    ports.sort();
+    let want: Vec<String> = (first..=first + 2).map(|p| p.to_string()).collect();
+    assert_eq!(ports, want, "{log}");
 }

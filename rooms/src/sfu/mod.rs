@@ -64,6 +64,9 @@ pub enum SfuError {
 pub struct SfuSettings {
     /// UDP port (0: any free one).
     pub port: u16,
+    /// A range of ports instead (`rooms.media_ports`): every port of it is bound on every
+    /// address, and each new peer connection is given the next one in turn.
+    pub port_range: Option<std::ops::RangeInclusive<u16>>,
     /// Addresses to bind and announce as host candidates.
     pub addresses: Vec<IpAddr>,
     /// Also accept ICE-TCP on the same port (passive TCP candidates).
@@ -156,19 +159,51 @@ fn bind_media_once(
 ) -> std::io::Result<(Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>)> {
     let mut sockets = Vec::new();
     let mut tcp_listeners = Vec::new();
-    let mut port = settings.port;
-    for ip in &settings.addresses {
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(*ip, port))?;
-        socket.set_nonblocking(true)?;
-        port = socket.local_addr()?.port();
-        if settings.tcp {
-            let listener = std::net::TcpListener::bind(SocketAddr::new(*ip, port))?;
-            listener.set_nonblocking(true)?;
-            tcp_listeners.push(listener);
+    let ports: Vec<u16> = match &settings.port_range {
+        Some(range) => range.clone().collect(),
+        None => vec![settings.port],
+    };
+    for wanted in ports {
+        let mut port = wanted;
+        for ip in &settings.addresses {
+            let socket = std::net::UdpSocket::bind(SocketAddr::new(*ip, port))?;
+            socket.set_nonblocking(true)?;
+            port = socket.local_addr()?.port();
+            if settings.tcp {
+                let listener = std::net::TcpListener::bind(SocketAddr::new(*ip, port))?;
+                listener.set_nonblocking(true)?;
+                tcp_listeners.push(listener);
+            }
+            sockets.push(socket);
         }
-        sockets.push(socket);
     }
     Ok((sockets, tcp_listeners))
+}
+
+/// The media ports in the order peers are given them, and the next one's index.
+#[derive(Debug, Default)]
+struct PortTurns {
+    ports: Vec<u16>,
+    next: usize,
+}
+
+impl PortTurns {
+    fn new(local: &[SocketAddr]) -> PortTurns {
+        let mut ports: Vec<u16> = Vec::new();
+        for a in local {
+            if !ports.contains(&a.port()) {
+                ports.push(a.port());
+            }
+        }
+        PortTurns { ports, next: 0 }
+    }
+
+    /// The port for the next peer connection (one port: always it).
+    fn take(&mut self) -> Option<u16> {
+        let port = self.ports.get(self.next % self.ports.len().max(1)).copied();
+        self.next = self.next.wrapping_add(1);
+        port
+    }
 }
 
 /// The handle signaling holds.
@@ -217,12 +252,15 @@ impl Sfu {
                 .collect::<std::io::Result<Vec<_>>>()?;
             let mut reflexive = Vec::new();
             if let Some(server) = &stun_server {
-                for socket in &sockets {
-                    if let Some(found) = stun::reflexive(socket, server).await {
-                        reflexive.push(found);
-                    }
-                }
+                // all sockets at once: a range of ports must not wait for each in turn
+                let asked = sockets.iter().map(|socket| stun::reflexive(socket, server));
+                reflexive = futures_util::future::join_all(asked)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
             }
+            let ports = PortTurns::new(&local);
             let router = Router {
                 wire: Wire {
                     batches: sockets.iter().map(|_| RefCell::default()).collect(),
@@ -238,6 +276,7 @@ impl Sfu {
                 registry,
                 last_second: Instant::now(),
                 switches: HashMap::new(),
+                ports,
             };
             Ok(((), router.run(rx, tcp_rx)))
         })?;
@@ -314,6 +353,8 @@ struct Router {
     last_second: Instant,
     /// layer switches reported so far, per room
     switches: HashMap<String, u64>,
+    /// which media port the next peer connection gets
+    ports: PortTurns,
 }
 
 async fn recv_any(
@@ -439,18 +480,20 @@ impl Router {
                             }
                             info!(%room, %participant, "new peer connection replaces the old one");
                         }
-                        match Peer::accept(
-                            &participant,
-                            &sdp,
-                            &self.wire.local,
-                            &self.wire.reflexive,
-                            self.tcp,
-                            now,
-                        ) {
+                        let port = self.ports.take();
+                        let on_port = |a: &SocketAddr| Some(a.port()) == port;
+                        let local: Vec<SocketAddr> =
+                            self.wire.local.iter().copied().filter(on_port).collect();
+                        let reflexive: Vec<(SocketAddr, SocketAddr)> = (self.wire.reflexive)
+                            .iter()
+                            .copied()
+                            .filter(|(_, base)| on_port(base))
+                            .collect();
+                        match Peer::accept(&participant, &sdp, &local, &reflexive, self.tcp, now) {
                             Ok((mut peer, answer)) => {
                                 media.outputs_for(&mut peer);
                                 media.peers.insert(participant.clone(), peer);
-                                info!(%room, %participant, "peer connecting to the SFU");
+                                info!(%room, %participant, port, "peer connecting to the SFU");
                                 Ok(answer)
                             }
                             Err(e) => Err(e),
@@ -859,6 +902,7 @@ mod tests {
     fn settings(port: u16) -> SfuSettings {
         SfuSettings {
             port,
+            port_range: None,
             addresses: vec![IpAddr::from([127, 0, 0, 1])],
             tcp: true,
             stun_server: None,
@@ -876,5 +920,39 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
         drop(tcp);
         assert!(bind_media(&settings(port)).is_ok());
+    }
+
+    #[test]
+    fn a_port_range_binds_every_port_and_peers_take_them_in_turn() {
+        let free = bind_media(&settings(0)).expect("a free port").0[0]
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = settings(0);
+        // three ports just above a free one (retry further up if one is taken)
+        let mut bound = None;
+        for start in (free..free.saturating_add(200)).step_by(3) {
+            s.port_range = Some(start..=start + 2);
+            if let Ok(b) = bind_media(&s) {
+                bound = Some((start, b));
+                break;
+            }
+        }
+        let (start, (udp, tcp)) = bound.expect("three free ports");
+        let local: Vec<SocketAddr> = udp.iter().map(|u| u.local_addr().unwrap()).collect();
+        assert_eq!(
+            local.iter().map(|a| a.port()).collect::<Vec<_>>(),
+            vec![start, start + 1, start + 2]
+        );
+        assert_eq!(tcp.len(), 3);
+        let mut turns = PortTurns::new(&local);
+        let given: Vec<_> = (0..4).map(|_| turns.take()).collect();
+        assert_eq!(
+            given,
+            vec![Some(start), Some(start + 1), Some(start + 2), Some(start)]
+        );
+        // one port: every peer gets it
+        let mut one = PortTurns::new(&local[..1]);
+        assert_eq!((one.take(), one.take()), (Some(start), Some(start)));
     }
 }
