@@ -82,19 +82,38 @@ function capabilities() {
   return { video_codecs: codecs, max_height: maxHeight };
 }
 
-// Offer only the room's codec (with its retransmission/FEC companions).
+// The video codecs a transceiver may use. Peer-to-peer: the room's codec (the weaker side
+// decides). Through the SFU: every codec this client handles, the room's first — a negotiated
+// media section keeps its payload types (str0m fixes them at the first answer), so a codec
+// change mid-call (someone who decodes only another one joins, or leaves) is a switch of the
+// sender's codec (useRoomCodec) within what was negotiated, and receivers take any of them.
 function applyCodec(p) {
-  const chosen = state.constraints.video_codec || onlyCodecs[0];
-  if (!chosen) return;
   const all = RTCRtpReceiver.getCapabilities('video').codecs;
-  const main = all.filter((c) => c.mimeType.toUpperCase() === `VIDEO/${chosen}`);
+  const named = (names) => names.flatMap((n) => all.filter((c) => c.mimeType.toUpperCase() === `VIDEO/${n}`));
   const extra = all.filter((c) => /\/(rtx|red|ulpfec)$/i.test(c.mimeType));
+  const roomCodec = state.constraints.video_codec || onlyCodecs[0];
+  const handled = onlyCodecs.length ? onlyCodecs : ['VP8', 'H264'];
   for (const t of p.pc.getTransceivers()) {
-    if (t.receiver.track && t.receiver.track.kind === 'video' && t.setCodecPreferences && main.length
-      && t.currentDirection !== 'stopped') {
-      try { t.setCodecPreferences([...main, ...extra]); } catch (e) { /* not for this one */ }
-    }
+    if (!t.setCodecPreferences || t.currentDirection === 'stopped' || !t.receiver.track
+      || t.receiver.track.kind !== 'video') continue;
+    let names = roomCodec ? [roomCodec] : [];
+    if (p === state.sfu) names = [...names, ...handled.filter((c) => c !== roomCodec)];
+    const main = named(names);
+    try { t.setCodecPreferences(main.length ? [...main, ...extra] : []); } catch (e) { /* not for this one */ }
   }
+}
+
+// Send the room's codec to the SFU (one of those negotiated; no renegotiation).
+async function useRoomCodec() {
+  const t = state.sfu && state.sfu.video;
+  const want = state.constraints.video_codec;
+  if (!t || !want) return;
+  const sp = t.sender.getParameters();
+  const codec = (sp.codecs || []).find((c) => c.mimeType.toUpperCase() === `VIDEO/${want}`);
+  if (!codec || !sp.encodings || !sp.encodings.length) return;
+  if (sp.encodings.every((e) => e.codec && e.codec.mimeType === codec.mimeType)) return;
+  for (const e of sp.encodings) e.codec = codec;
+  try { await t.sender.setParameters(sp); } catch (e) { state.errors.push(`codec: ${e}`); }
 }
 
 async function applyLayer(p, layer) {
@@ -250,10 +269,12 @@ const handlers = {
     subscribe(m.participant.id);
     render();
   },
-  constraints(m) {
-    // applies at the next negotiation (a newcomer's offer already carries it)
+  async constraints(m) {
+    // a newcomer's offer already carries them; through the SFU a new codec means a new offer
+    const before = state.constraints.video_codec;
     state.constraints = m.constraints || {};
     for (const p of Object.values(state.peers)) applyLayer(p, p.sentLayer);
+    if (state.constraints.video_codec !== before) await useRoomCodec();
   },
   participant_updated(m) { state.participants[m.participant.id] = m.participant; render(); },
   participant_left(m) { delete state.participants[m.id]; closePeer(m.id); render(); },
@@ -278,6 +299,7 @@ const handlers = {
     const p = m.from === 'sfu' ? state.sfu : state.peers[m.from];
     const sdp = m.from === 'sfu' ? onlyTcp(m.sdp) : m.sdp;
     if (p) await remoteDescription(p, { type: 'answer', sdp });
+    if (p && p === state.sfu) await useRoomCodec();
   },
   async candidate(m) {
     const p = peer(m.from);

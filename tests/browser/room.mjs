@@ -6,6 +6,8 @@
 // PAGE_A_QUERY (e.g. `codecs=h264`) makes page A a weaker client; the report has each side's
 // received codec. C_TRANSPORT `tcp` makes page C behave as behind a UDP-blocking firewall
 // (`&transport=tcp`: no UDP candidates towards the SFU): it must reach the SFU over ICE-TCP.
+// With 4 pages: after that, D joins declaring only H.264; the room's codec changes mid-call and
+// every page receives the three others in H.264.
 // ALL_QUERY goes to every page (e.g. `policy=relay`: media only through the TURN server).
 import { launchChromium } from './chromium.mjs';
 
@@ -74,9 +76,10 @@ try {
   const pa = await until(a, 'A pair', peerOf('B', direct));
   result.steps.pair = pa.pair;
   result.steps.pair_b = (await until(b, 'B pair', peerOf('A', direct))).pair;
+  let c = null;
   if (pages >= 3) {
     const joinedAt = Date.now();
-    const c = await open('C', transportC === 'tcp' ? 'transport=tcp' : null);
+    c = await open('C', transportC === 'tcp' ? 'transport=tcp' : null);
     const all = { A: a, B: b, C: c };
     const seen = {};
     for (const [name, page] of Object.entries(all)) {
@@ -100,6 +103,25 @@ try {
   const unpinned = await until(a, 'unpinned lowers', peerOf('B', (p) => p && p.frameHeight > 0
     && p.frameHeight <= 360 && p.frameHeight < pinned.frameHeight));
   result.steps.unpinned = unpinned.frameHeight;
+  if (pages >= 4) {
+    // D decodes only H.264: the room's codec changes mid-call and everyone publishes in it
+    const joinedAt = Date.now();
+    const all = { A: a, B: b, C: c, D: await open('D', 'codecs=h264') };
+    const seen = {};
+    for (const [name, page] of Object.entries(all)) {
+      const others = Object.keys(all).filter((x) => x !== name);
+      const h264 = (p) => receiving(p) && p.codec === 'video/H264';
+      const s = await until(page, `${name} receives ${others} in H.264`, (s) =>
+        others.every((o) => h264(s.peers[o])) && s);
+      // and frames keep coming in it
+      const frames = Object.fromEntries(others.map((o) => [o, s.peers[o].framesDecoded]));
+      await until(page, `${name} decodes H.264 from ${others}`, (s) =>
+        others.every((o) => h264(s.peers[o]) && s.peers[o].framesDecoded >= frames[o] + 10));
+      seen[name] = Object.fromEntries(others.map((o) => [o, s.peers[o].codec]));
+    }
+    result.steps.recodec = { ms: Date.now() - joinedAt, constraints: (await state(a)).constraints,
+      pages: seen };
+  }
   result.errors = [...(await state(a)).errors, ...(await state(b)).errors];
   result.ok = true;
 } catch (e) {

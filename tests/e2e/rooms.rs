@@ -469,14 +469,16 @@ fn a_relay_only_call_goes_through_tidecasts_turn_server() {
 /// Group calls: two pages call peer-to-peer, a third joins and all three move to the SFU by
 /// renegotiation (no reload) — every page receives the two others from tidecast's one media
 /// port, A and B over UDP, C (whose browser may not use UDP) over ICE-TCP — and the simulcast
-/// layer A receives of B follows A's layout: pinned → 720p, thumbnail → 180p.
+/// layer A receives of B follows A's layout: pinned → 720p, thumbnail → 180p. Then a fourth
+/// page that decodes only H.264 joins: the room's codec changes mid-call (the others publish
+/// again, in H.264, without a reload) and every page receives the three others in it.
 #[test]
 fn third_page_moves_the_call_to_the_sfu_and_pinning_switches_the_simulcast_layer() {
     crate::browser::browser_dir();
     let _guard = crate::harness::heavy();
     let t = Tidecast::start(&[], &[]);
     // C's browser may not use UDP (as behind a corporate firewall): it comes in over ICE-TCP
-    let report = room_pages(&t, "sfu", "-", 3, "tcp", "-");
+    let report = room_pages(&t, "sfu", "-", 4, "tcp", "-");
     let steps = &report["steps"];
     assert_eq!(steps["connected"]["mode"], "p2p", "{steps}");
     let media_port = t
@@ -504,6 +506,26 @@ fn third_page_moves_the_call_to_the_sfu_and_pinning_switches_the_simulcast_layer
     let switches = Tidecast::metric(t.rooms_port, "tidecast_sfu_layer_switches_total", "");
     assert!(forwarded > 1000, "forwarded {forwarded} packets");
     assert!(switches >= 4, "{switches} layer switches");
+    // the codec changed mid-call: VP8 before D came, H.264 for everyone after
+    assert_eq!(
+        steps["sfu"]["pages"]["A"]["codecs"]["B"], "video/VP8",
+        "{steps}"
+    );
+    assert_eq!(
+        steps["recodec"]["constraints"]["video_codec"], "H264",
+        "{steps}"
+    );
+    for page in ["A", "B", "C", "D"] {
+        let seen = &steps["recodec"]["pages"][page];
+        assert_eq!(
+            seen.as_object().map(|o| o.len()),
+            Some(3),
+            "{page}: {steps}"
+        );
+        for (_, codec) in seen.as_object().into_iter().flatten() {
+            assert_eq!(codec, "video/H264", "{page}: {steps}");
+        }
+    }
 }
 
 /// webrtc-rs peers (`tidecast bot`) against the SFU: three participants publish simulcast VP8

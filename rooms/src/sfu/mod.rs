@@ -472,7 +472,10 @@ impl Router {
                     .entry(room.clone())
                     .or_insert_with(|| RoomMedia::new(&room));
                 let answer = match media.peers.get_mut(&participant) {
-                    Some(peer) if peer.same_connection(&sdp) => peer.accept_offer(&sdp),
+                    Some(peer) if peer.same_connection(&sdp) => {
+                        debug!(%room, %participant, "renegotiation offer from the peer");
+                        peer.accept_offer(&sdp)
+                    }
                     _ => {
                         if let Some(old) = media.disconnect(&participant) {
                             for a in &old.addrs {
