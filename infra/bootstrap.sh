@@ -27,6 +27,7 @@ if [ "$want_test" = 1 ]; then
   packages+=(chromium iproute2 python3)  # the browser tests; the regions lab (ip netns, delay_link.py)
   packages+=(coturn)  # coturn's turnutils_* clients for the TURN tests (its server stays off)
   packages+=(iptables)  # the NAT lab (MASQUERADE / --random-fully routers in network namespaces)
+  packages+=(libnss3-tools openssl)  # the NAT lab trusts its own CA for TURN over TLS (certutil)
   command -v node >/dev/null 2>&1 || packages+=(nodejs)
   command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi

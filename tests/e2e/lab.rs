@@ -449,28 +449,21 @@ fn sfu_serves_a_capped_subscriber_the_low_layer_and_raises_it_when_the_cap_lifts
 
     let bin = binary().display().to_string();
     let data = dir.join("data").display().to_string();
-    let mut tidecast = Command::new("ip");
-    tidecast
-        .args([
-            "netns",
-            "exec",
-            &sfu,
+    lab.spawn(
+        "sfu",
+        &[
+            "env",
+            "TIDECAST_ROOMS__MEDIA_LISTEN=0.0.0.0:50000",
+            "TIDECAST_ROOMS__MEDIA_ADDRESSES=[\"10.79.0.1\", \"127.0.0.1\"]",
+            "RUST_LOG=info,tidecast_rooms=debug",
             &bin,
             "rooms",
             "--rooms-listen",
             "0.0.0.0:7880",
-        ])
-        .args(["--data-dir", &data])
-        .env("TIDECAST_ROOMS__MEDIA_LISTEN", "0.0.0.0:50000")
-        .env(
-            "TIDECAST_ROOMS__MEDIA_ADDRESSES",
-            "[\"10.79.0.1\", \"127.0.0.1\"]",
-        )
-        .env("RUST_LOG", "info,tidecast_rooms=debug")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("tidecast.log")).expect("log"));
-    lab.procs.push(tidecast.spawn().expect("tidecast rooms"));
+            "--data-dir",
+            &data,
+        ],
+    );
     wait_until("the rooms node", &lab, Duration::from_secs(20), || {
         lab.curl("sfu", &["http://127.0.0.1:7880/healthz"])
             .contains("ok")

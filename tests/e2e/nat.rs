@@ -11,7 +11,8 @@
 //! (a) endpoint-independent NATs (`MASQUERADE`): the call connects peer to peer on the address
 //! tidecast's STUN reflected; (b) endpoint-dependent ones (`MASQUERADE --random-fully`, i.e.
 //! symmetric): direct checks fail and the call goes through tidecast's TURN relay; (c) all UDP
-//! dropped at A's router: A reaches the TURN server over TCP. The relay addresses are in the
+//! dropped at A's router: A reaches the TURN server over TCP; (d) UDP and TCP 3478 dropped there:
+//! over TLS (5349), with a certificate from a lab CA the browsers' NSS databases trust. The relay addresses are in the
 //! public subnet, which the test's TURN config allow-lists as a deployment allows its own.
 //! Skipped, with the reason, where network namespaces or iptables are unavailable.
 
@@ -48,9 +49,19 @@ fn veth(a: &str, na: &str, b: &str, nb: &str) {
     ip(&["-n", nb, "link", "set", b, "up"]);
 }
 
-/// One side's NAT rules: `symmetric` picks the endpoint-dependent mapping, `no_udp` drops every
-/// UDP datagram the router would forward (a firewall that lets only TCP out).
-fn nat_rules(lab: &Lab, side: &str, symmetric: bool, no_udp: bool) {
+/// What a side's router lets out.
+#[derive(Clone, Copy, PartialEq)]
+enum Firewall {
+    Open,
+    /// every UDP datagram is dropped (only TCP gets out)
+    NoUdp,
+    /// no UDP and no TCP to port 3478: TURN gets through only over TLS (5349)
+    TlsOnly,
+}
+
+/// One side's NAT rules: `symmetric` picks the endpoint-dependent mapping; `firewall` what the
+/// router forwards.
+fn nat_rules(lab: &Lab, side: &str, symmetric: bool, firewall: Firewall) {
     let ns = lab.ns(&format!("nat-{side}"));
     in_ns(&ns, &["iptables", "-t", "nat", "-F"]);
     in_ns(&ns, &["iptables", "-F", "FORWARD"]);
@@ -79,12 +90,116 @@ fn nat_rules(lab: &Lab, side: &str, symmetric: bool, no_udp: bool) {
         masq.push("--random-fully");
     }
     in_ns(&ns, &masq);
-    if no_udp {
+    if firewall != Firewall::Open {
         in_ns(
             &ns,
             &["iptables", "-A", "FORWARD", "-p", "udp", "-j", "DROP"],
         );
     }
+    if firewall == Firewall::TlsOnly {
+        in_ns(
+            &ns,
+            &[
+                "iptables", "-A", "FORWARD", "-p", "tcp", "--dport", "3478", "-j", "DROP",
+            ],
+        );
+    }
+}
+
+fn run(what: &str, cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA of the lab's own and a certificate it signed for the TURN server's public address:
+/// (certificate, key) paths. The CA is `dir/ca.pem`.
+fn lab_ca(dir: &std::path::Path) -> (String, String) {
+    let at = |f: &str| dir.join(f).display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(
+        "openssl: the lab CA",
+        Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .args([
+                "-keyout",
+                &at("ca.key"),
+                "-out",
+                &at("ca.pem"),
+                "-days",
+                "2",
+            ])
+            .args(["-subj", "/CN=tidecast NAT lab CA"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]),
+    );
+    run(
+        "openssl: the TURN server's request",
+        Command::new("openssl")
+            .arg("req")
+            .args(ec)
+            .args(["-keyout", &at("turn.key"), "-out", &at("turn.csr")])
+            .args(["-subj", &format!("/CN={PUBLIC}")]),
+    );
+    std::fs::write(
+        dir.join("turn.ext"),
+        format!(
+            "subjectAltName=IP:{PUBLIC}\nextendedKeyUsage=serverAuth\n\
+             keyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n"
+        ),
+    )
+    .expect("turn.ext");
+    run(
+        "openssl: the TURN server's certificate",
+        Command::new("openssl")
+            .args(["x509", "-req", "-in", &at("turn.csr")])
+            .args([
+                "-CA",
+                &at("ca.pem"),
+                "-CAkey",
+                &at("ca.key"),
+                "-CAcreateserial",
+            ])
+            .args([
+                "-out",
+                &at("turn.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &at("turn.ext"),
+            ]),
+    );
+    (at("turn.pem"), at("turn.key"))
+}
+
+/// A home directory whose NSS database (where Chromium on Linux looks for the roots a user
+/// added) trusts the lab CA.
+fn home_trusting_lab_ca(dir: &std::path::Path, side: &str) -> PathBuf {
+    let home = dir.join(format!("home-{side}"));
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db).expect("nssdb dir");
+    let db = format!("sql:{}", db.display());
+    run(
+        "certutil: a new NSS database",
+        Command::new("certutil").args(["-N", "--empty-password", "-d", &db]),
+    );
+    run(
+        "certutil: trust the lab CA",
+        Command::new("certutil")
+            .args(["-A", "-n", "tidecast-nat-lab", "-t", "C,,", "-d", &db, "-i"])
+            .arg(dir.join("ca.pem")),
+    );
+    home
 }
 
 /// A 1:1 call between page A (in cli-a) and page B (in cli-b): room.mjs's report.
@@ -223,13 +338,15 @@ fn topology(tag: &str) -> Lab {
 }
 
 #[test]
-fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_firewalls_over_tcp()
-{
+fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_firewalls_over_tcp_and_tls(
+) {
     if !netns_available("NAT lab") {
         return;
     }
     crate::browser::browser_dir();
     require_tool("iptables", "apt-get install iptables (or: make test)");
+    require_tool("certutil", "apt-get install libnss3-tools (or: make test)");
+    require_tool("openssl", "apt-get install openssl (or: make test)");
     let _guard = heavy();
     let mut lab = topology("");
     let (prefix, dir) = (lab.prefix.clone(), lab.dir.clone());
@@ -237,13 +354,16 @@ fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_f
     // each page's browser runs inside its client's namespace; the page is not on localhost, so
     // its origin is declared secure (camera access needs a secure context)
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let (cert, key) = lab_ca(&dir);
     let wrapper = |side: &str| {
         let path = dir.join(format!("chromium-{side}"));
+        let home = home_trusting_lab_ca(&dir, side);
         std::fs::write(
             &path,
             format!(
-                "#!/bin/sh\nexec ip netns exec {} {chromium} \
+                "#!/bin/sh\nHOME={} exec ip netns exec {} {chromium} \
                  --unsafely-treat-insecure-origin-as-secure=http://{PUBLIC}:7880 \"$@\"\n",
+                home.display(),
                 ns(&format!("cli-{side}"))
             ),
         )
@@ -253,46 +373,41 @@ fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_f
     };
     let wrappers = (wrapper("a"), wrapper("b"));
 
+    // TURN over TLS with the certificate of the lab CA the browsers trust
     let bin = binary().display().to_string();
     let data = dir.join("data").display().to_string();
-    let mut tidecast = Command::new("ip");
-    tidecast
-        .args([
-            "netns",
-            "exec",
-            &ns("pub"),
+    lab.spawn(
+        "pub",
+        &[
+            "env",
+            "TIDECAST_TURN__SECRET=nat-lab-secret",
+            "TIDECAST_TURN__LISTEN_UDP=0.0.0.0:3478",
+            "TIDECAST_TURN__LISTEN_TCP=0.0.0.0:3478",
+            "TIDECAST_TURN__LISTEN_TLS=0.0.0.0:5349",
+            &format!("TIDECAST_TURN__TLS_CERT={cert}"),
+            &format!("TIDECAST_TURN__TLS_KEY={key}"),
+            &format!("TIDECAST_TURN__RELAY_ADDRESS={PUBLIC}"),
+            &format!("TIDECAST_TURN__PUBLIC_HOST={PUBLIC}"),
+            "TIDECAST_TURN__ALLOWED_PEERS=[\"203.0.113.0/24\"]",
+            &format!("TIDECAST_ROOMS__MEDIA_LISTEN={PUBLIC}:50000"),
             &bin,
             "all",
             "--data-dir",
             &data,
-        ])
-        .args([
             "--rooms-listen",
             "0.0.0.0:7880",
             "--http-listen",
             "127.0.0.1:8080",
-        ])
-        .env("TIDECAST_TURN__SECRET", "nat-lab-secret")
-        .env("TIDECAST_TURN__LISTEN_UDP", "0.0.0.0:3478")
-        .env("TIDECAST_TURN__LISTEN_TCP", "0.0.0.0:3478")
-        .env("TIDECAST_TURN__LISTEN_TLS", "0.0.0.0:5349")
-        .env("TIDECAST_TURN__RELAY_ADDRESS", PUBLIC)
-        .env("TIDECAST_TURN__PUBLIC_HOST", PUBLIC)
-        .env("TIDECAST_TURN__ALLOWED_PEERS", "[\"203.0.113.0/24\"]")
-        .env("TIDECAST_ROOMS__MEDIA_LISTEN", format!("{PUBLIC}:50000"))
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("tidecast.log")).expect("log"));
-    lab.procs.push(tidecast.spawn().expect("tidecast all"));
+        ],
+    );
     wait_until("tidecast", &lab, Duration::from_secs(30), || {
         lab.curl("pub", &[&format!("http://{PUBLIC}:7880/healthz")])
             .contains("ok")
     });
 
     // (a) cone NATs: peer to peer, on the other side's NAT-mapped (server-reflexive) address
-    nat_rules(&lab, "a", false, false);
-    nat_rules(&lab, "b", false, false);
+    nat_rules(&lab, "a", false, Firewall::Open);
+    nat_rules(&lab, "b", false, Firewall::Open);
     let relayed_before = turn_relayed(&lab);
     let r = call(&lab, "cone", &wrappers, true);
     let (pa, pb) = (&r["steps"]["pair"], &r["steps"]["pair_b"]);
@@ -320,8 +435,8 @@ fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_f
     );
 
     // (b) symmetric NATs: the mappings differ per destination, only the relay gets through
-    nat_rules(&lab, "a", true, false);
-    nat_rules(&lab, "b", true, false);
+    nat_rules(&lab, "a", true, Firewall::Open);
+    nat_rules(&lab, "b", true, Firewall::Open);
     let before = turn_relayed(&lab);
     let r = call(&lab, "symmetric", &wrappers, false);
     for side in ["a", "b"] {
@@ -335,8 +450,8 @@ fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_f
     assert!(relayed > 200, "TURN relayed only {relayed} packets");
 
     // (c) no UDP out of A's network: A's relay is reached over TCP
-    nat_rules(&lab, "a", false, true);
-    nat_rules(&lab, "b", false, false);
+    nat_rules(&lab, "a", false, Firewall::NoUdp);
+    nat_rules(&lab, "b", false, Firewall::Open);
     let before = turn_relayed(&lab);
     let r = call(&lab, "tcp-only", &wrappers, false);
     let pa = &r["steps"]["connected"]["a"];
@@ -344,6 +459,20 @@ fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_f
     assert!(
         matches!(pa["local"]["relayProtocol"].as_str(), Some("tcp" | "tls")),
         "A reaches its relay over TCP/TLS: {pa}"
+    );
+    let relayed = turn_relayed(&lab) - before;
+    assert!(relayed > 200, "TURN relayed only {relayed} packets");
+
+    // (d) neither UDP nor TCP 3478 out of A's network: only TURN over TLS gets through, with
+    // the certificate checked against the CA the browser trusts
+    nat_rules(&lab, "a", false, Firewall::TlsOnly);
+    let before = turn_relayed(&lab);
+    let r = call(&lab, "tls-only", &wrappers, false);
+    let pa = &r["steps"]["connected"]["a"];
+    assert_eq!(pa["local"]["type"], "relay", "A with only TLS: {pa}");
+    assert_eq!(
+        pa["local"]["relayProtocol"], "tls",
+        "A reaches its relay over TLS: {pa}"
     );
     let relayed = turn_relayed(&lab) - before;
     assert!(relayed > 200, "TURN relayed only {relayed} packets");
@@ -365,8 +494,8 @@ fn an_sfu_behind_nat_announces_the_public_address_tidecasts_stun_reports() {
     let mut lab = topology("s");
     let prefix = lab.prefix.clone();
     let ns = |n: &str| format!("{prefix}{n}");
-    nat_rules(&lab, "a", false, false);
-    nat_rules(&lab, "b", false, false);
+    nat_rules(&lab, "a", false, Firewall::Open);
+    nat_rules(&lab, "b", false, Firewall::Open);
     in_ns(
         &ns("nat-b"),
         &[
