@@ -205,6 +205,7 @@ impl TurnServer {
             events,
             counters: Counters::new(registry),
             udp_out: SendBatch::default(),
+            udp_relayed_out: SendBatch::default(),
             relays_to_flush: Vec::new(),
         };
         Ok((server, lp.run(rx)))
@@ -369,6 +370,8 @@ struct Loop {
     counters: Counters,
     /// UDP datagrams to clients, sent together once per batch of events
     udp_out: SendBatch,
+    /// relayed data to UDP clients (apart from answers, so what is sent of it can be counted)
+    udp_relayed_out: SendBatch,
     /// relays with datagrams to peers queued
     relays_to_flush: Vec<SocketAddr>,
 }
@@ -403,6 +406,11 @@ impl Loop {
             Event::Client(five, data) => self.core.client(five, &data, now, unix),
             Event::Peer(relay, peer, data) => {
                 if let Some(Out::Client(five, bytes)) = self.core.peer(relay, peer, &data, now) {
+                    if five.transport == Transport::Udp {
+                        // counted when flushed: what the socket took
+                        self.udp_relayed_out.push(five.client, &bytes);
+                        return;
+                    }
                     let len = bytes.len();
                     if self.send_client(five, bytes) {
                         self.counters.to_client_packets.inc();
@@ -476,13 +484,25 @@ impl Loop {
 
     /// Send the UDP datagrams to clients and to peers queued during this batch of events.
     fn flush_udp(&mut self) {
-        if let (Some(socket), false) = (&self.udp, self.udp_out.is_empty()) {
-            let flushed = self.udp_out.flush(socket);
-            if flushed.dropped > 0 {
-                debug!(
-                    dropped = flushed.dropped,
-                    "TURN datagrams to clients dropped"
-                );
+        if let Some(socket) = &self.udp {
+            for (relayed, out) in [
+                (true, &mut self.udp_relayed_out),
+                (false, &mut self.udp_out),
+            ] {
+                if out.is_empty() {
+                    continue;
+                }
+                let flushed = out.flush(socket);
+                if relayed {
+                    self.counters.to_client_packets.add(flushed.sent as i64);
+                    self.counters.to_client_bytes.add(flushed.sent_bytes as i64);
+                }
+                if flushed.dropped > 0 {
+                    debug!(
+                        dropped = flushed.dropped,
+                        "TURN datagrams to clients dropped"
+                    );
+                }
             }
         }
         for relay in self.relays_to_flush.drain(..) {
