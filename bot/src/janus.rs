@@ -19,6 +19,7 @@ use webrtc::peer_connection::RTCPeerConnection;
 
 use crate::participant::{
     gathered, lock, peer_connection, publish, watch_tracks, Media, ParticipantReport, Stats, Steps,
+    TrackNames,
 };
 use crate::{BotError, BotOptions};
 
@@ -384,7 +385,12 @@ async fn subscribe(
         }
     }
     let pc = peer_connection(Vec::new()).await?;
-    watch_tracks(&pc, stats.clone(), started, Some(names.clone()));
+    watch_tracks(
+        &pc,
+        stats.clone(),
+        started,
+        TrackNames::ByMid(names.clone()),
+    );
     pc.set_remote_description(RTCSessionDescription::offer(sdp_of(&offer)?)?)
         .await?;
     let answer = pc.create_answer(None).await?;

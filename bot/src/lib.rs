@@ -1,7 +1,9 @@
 //! `tidecast bot`: synthetic room participants on webrtc-rs — the load generator operators run
 //! against a deployment (like LiveKit's `lk load-test`) and the independent WebRTC peer the
-//! tests drive the SFU with. Each bot joins over the signaling WebSocket, publishes simulcast
-//! VP8 (180p/360p/720p) and Opus from loops encoded once at start, subscribes to everyone with
+//! tests drive the SFU with. Each bot joins over the signaling WebSocket; two bots call each
+//! other peer-to-peer (one VP8 track at the layer the other asks for), from three on they
+//! publish simulcast VP8 (180p/360p/720p) and Opus to the SFU — from loops encoded once at
+//! start — and subscribe to everyone with
 //! the layer a schedule gives, and reports per received track: bitrate, frame height and its
 //! switches, sequence continuity, loss, freezes and RTT.
 //!

@@ -1,10 +1,11 @@
 //! One synthetic participant: joins over the room's WebSocket signaling like the room page
-//! does, and once the room is in SFU mode publishes simulcast VP8 (three layers, paused and
+//! does; while the room is peer-to-peer calls the other participant directly (one VP8 track at
+//! the layer it asks for, and Opus); once the room is in SFU mode publishes simulcast VP8 (three layers, paused and
 //! resumed as the SFU asks) and Opus through a webrtc-rs peer connection, subscribes to the
 //! others with the layer the schedule says, and measures what it receives.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
 use webrtc::ice::network_type::NetworkType;
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
 use webrtc::media::Sample;
@@ -204,9 +206,16 @@ fn ice_servers_of(v: &Value) -> Vec<RTCIceServer> {
         .collect()
 }
 
-/// Who published a received track: the msid stream id (tidecast's SFU names the publisher
-/// there), or a name looked up by the transceiver's mid (Janus).
-pub(crate) type TrackNames = Option<Arc<Mutex<BTreeMap<String, String>>>>;
+/// Who published a received track.
+#[derive(Clone)]
+pub(crate) enum TrackNames {
+    /// the msid stream id (tidecast's SFU names the publisher there)
+    StreamId,
+    /// a name looked up by the transceiver's mid (Janus)
+    ByMid(Arc<Mutex<BTreeMap<String, String>>>),
+    /// the one other side of a peer-to-peer call
+    Peer(String),
+}
 
 /// Count what arrives on `pc`'s remote tracks into `stats`.
 pub(crate) fn watch_tracks(
@@ -220,11 +229,12 @@ pub(crate) fn watch_tracks(
         let names = names.clone();
         Box::pin(async move {
             let publisher = match &names {
-                Some(n) => {
+                TrackNames::ByMid(n) => {
                     let mid = transceiver.mid().map(|m| m.to_string()).unwrap_or_default();
                     lock(n).get(&mid).cloned().unwrap_or(mid)
                 }
-                None => track.stream_id(),
+                TrackNames::StreamId => track.stream_id(),
+                TrackNames::Peer(id) => id.clone(),
             };
             let kind = match track.kind() {
                 RTPCodecType::Audio => "audio",
@@ -360,7 +370,7 @@ pub(crate) async fn publish(
     spawn_video(
         layers,
         media.video.clone(),
-        active.clone(),
+        Sends::Simulcast(active.clone()),
         want_key,
         pc.clone(),
     );
@@ -417,7 +427,7 @@ impl SfuConnection {
             }
         };
         // receive what the SFU offers later
-        watch_tracks(&pc, stats, started, None);
+        watch_tracks(&pc, stats, started, TrackNames::StreamId);
         let offer = pc.create_offer(None).await?;
         let sdp = gathered(&pc, offer).await?;
         Ok((
@@ -431,13 +441,100 @@ impl SfuConnection {
     }
 }
 
-/// Write each active layer's loop at the loop's frame rate until the connection closes (all
-/// layers on one clock, so a keyframe request moves them to the same keyframe); a layer that
-/// resumes makes the whole set jump to the next keyframe.
+/// A call with one other participant while the room is peer-to-peer (mode `p2p`), as between
+/// two room pages: Opus and one VP8 track at the layer the other side asks for
+/// (`subscription`), and what it sends back.
+struct PeerCall {
+    pc: Arc<RTCPeerConnection>,
+    /// index into `LAYERS` to send; `LAYERS.len()`: none (`off`)
+    layer: Arc<AtomicUsize>,
+}
+
+impl PeerCall {
+    /// The connection to `peer` with our tracks on it (sendrecv).
+    async fn new(
+        identity: &str,
+        peer: &str,
+        media: &Media,
+        stats: Stats,
+        started: Instant,
+        ice_servers: Vec<RTCIceServer>,
+    ) -> Result<PeerCall, BotError> {
+        let pc = peer_connection(ice_servers).await?;
+        let track = |mime: &str, clock_rate: u32, channels: u16, kind: &str| {
+            Arc::new(TrackLocalStaticSample::new(
+                RTCRtpCodecCapability {
+                    mime_type: mime.to_string(),
+                    clock_rate,
+                    channels,
+                    ..Default::default()
+                },
+                kind.into(),
+                identity.to_string(),
+            ))
+        };
+        let audio = track(MIME_TYPE_OPUS, 48_000, 1, "audio");
+        let video = track(MIME_TYPE_VP8, 90_000, 0, "video");
+        pc.add_track(audio.clone() as Arc<dyn TrackLocal + Send + Sync>)
+            .await?;
+        let sender = pc
+            .add_track(video.clone() as Arc<dyn TrackLocal + Send + Sync>)
+            .await?;
+        let want_key = Arc::new(AtomicBool::new(false));
+        let wk = want_key.clone();
+        tokio::spawn(async move {
+            while let Ok((packets, _)) = sender.read_rtcp().await {
+                let any_key = packets.iter().any(|p| {
+                    let any = p.as_any();
+                    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+                });
+                if any_key {
+                    wk.store(true, Ordering::Relaxed);
+                }
+            }
+        });
+        watch_tracks(&pc, stats, started, TrackNames::Peer(peer.to_string()));
+        let layer = Arc::new(AtomicUsize::new(0));
+        spawn_video(
+            vec![video],
+            media.video.clone(),
+            Sends::OneOf(layer.clone()),
+            want_key,
+            pc.clone(),
+        );
+        spawn_audio(audio, media.audio.clone(), pc.clone());
+        Ok(PeerCall { pc, layer })
+    }
+
+    /// The layer the other side's `subscription` asks for.
+    fn subscription(&self, layer: &str) {
+        let index = match layer {
+            "high" => LAYERS.len() - 1,
+            "off" => LAYERS.len(),
+            _ => 0,
+        };
+        self.layer.store(index, Ordering::Relaxed);
+    }
+}
+
+/// What a video writer sends each frame.
+#[derive(Clone)]
+enum Sends {
+    /// one track per layer, each while its flag is on (simulcast to the SFU)
+    Simulcast(Arc<[AtomicBool; 3]>),
+    /// one track carrying the layer at this index, nothing at `LAYERS.len()` (a peer-to-peer
+    /// call: the layer the other side's `subscription` asks for)
+    OneOf(Arc<AtomicUsize>),
+}
+
+/// Write the loops at their frame rate until the connection closes (all layers on one clock,
+/// so a keyframe request moves them to the same keyframe): per layer track as `Simulcast` says
+/// — a layer that resumes makes the whole set jump to the next keyframe — or the one chosen
+/// layer on one track, which jumps to the next keyframe when the choice changes.
 fn spawn_video(
-    layers: Vec<Arc<TrackLocalStaticSample>>,
+    tracks: Vec<Arc<TrackLocalStaticSample>>,
     loops: Vec<MediaLoop>,
-    active: Arc<[AtomicBool; 3]>,
+    sends: Sends,
     want_key: Arc<AtomicBool>,
     pc: Arc<RTCPeerConnection>,
 ) {
@@ -448,6 +545,7 @@ fn spawn_video(
         let mut tick = tokio::time::interval(first.frame_duration);
         let mut i = 0usize;
         let mut was_active = [true; 3];
+        let mut chosen = None;
         loop {
             tick.tick().await;
             if pc.connection_state()
@@ -458,17 +556,37 @@ fn spawn_video(
             if want_key.swap(false, Ordering::Relaxed) {
                 i = first.next_key(i);
             }
-            for (n, (track, lp)) in layers.iter().zip(&loops).enumerate() {
-                let on = active[n].load(Ordering::Relaxed);
-                if !on {
-                    was_active[n] = false;
-                    continue;
+            // (track, loop) pairs to write this tick
+            let mut writes: Vec<(&Arc<TrackLocalStaticSample>, &MediaLoop)> = Vec::new();
+            match &sends {
+                Sends::Simulcast(active) => {
+                    for (n, (track, lp)) in tracks.iter().zip(&loops).enumerate() {
+                        if !active[n].load(Ordering::Relaxed) {
+                            was_active[n] = false;
+                            continue;
+                        }
+                        // a resumed layer starts on a keyframe: the whole call jumps to the next
+                        if !was_active[n] {
+                            was_active[n] = true;
+                            want_key.store(true, Ordering::Relaxed);
+                        }
+                        writes.push((track, lp));
+                    }
                 }
-                // a resumed layer starts on a keyframe: the whole call jumps to the next one
-                if !was_active[n] {
-                    was_active[n] = true;
-                    want_key.store(true, Ordering::Relaxed);
+                Sends::OneOf(layer) => {
+                    let n = layer.load(Ordering::Relaxed);
+                    if let (Some(track), Some(lp)) = (tracks.first(), loops.get(n)) {
+                        if chosen != Some(n) {
+                            chosen = Some(n);
+                            i = lp.next_key(i);
+                        }
+                        writes.push((track, lp));
+                    } else {
+                        chosen = None;
+                    }
                 }
+            }
+            for (track, lp) in writes {
                 let frame = &lp.frames[i % lp.frames.len()];
                 let _ = track
                     .write_sample(&Sample {
@@ -485,15 +603,10 @@ fn spawn_video(
 
 fn spawn_audio(track: Arc<TrackLocalStaticSample>, lp: MediaLoop, pc: Arc<RTCPeerConnection>) {
     // one layer, always on, never asked for a keyframe
-    let on = Arc::new([
-        AtomicBool::new(true),
-        AtomicBool::new(false),
-        AtomicBool::new(false),
-    ]);
     spawn_video(
         vec![track],
         vec![lp],
-        on,
+        Sends::OneOf(Arc::new(AtomicUsize::new(0))),
         Arc::new(AtomicBool::new(false)),
         pc,
     );
@@ -637,6 +750,10 @@ pub async fn run(
     let mut report = ParticipantReport::new(&identity);
     let mut others: Vec<String> = Vec::new();
     let mut sfu: Option<SfuConnection> = None;
+    // peer-to-peer calls (mode p2p), by the other participant
+    let mut calls: BTreeMap<String, PeerCall> = BTreeMap::new();
+    // the layer each other participant last asked us for (it may ask before its call exists)
+    let mut asked: BTreeMap<String, String> = BTreeMap::new();
     // the STUN/TURN servers `joined` hands out, used by the SFU connection
     let mut ice_servers: Vec<RTCIceServer> = Vec::new();
     let mut steps = Steps::new(&opts.schedule, started);
@@ -670,13 +787,15 @@ pub async fn run(
                 if let Some(layer) = steps.tick(&stats, Instant::now()) {
                     subscribe_all(&others, &layer);
                 }
-                if let Some(c) = &sfu {
-                    if report.connected_ms.is_none()
-                        && c.pc.connection_state()
-                            == webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState::Connected
-                    {
+                let connected = |pc: &RTCPeerConnection| pc.connection_state()
+                    == webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState::Connected;
+                if report.connected_ms.is_none() {
+                    if sfu.as_ref().is_some_and(|c| connected(&c.pc)) {
                         report.connected_ms = Some(started.elapsed().as_millis() as u64);
                         info!(%identity, "connected to the SFU");
+                    } else if calls.values().any(|c| connected(&c.pc)) {
+                        report.connected_ms = Some(started.elapsed().as_millis() as u64);
+                        info!(%identity, "connected peer-to-peer");
                     }
                 }
             }
@@ -699,9 +818,24 @@ pub async fn run(
                             let (c, sdp) = SfuConnection::open(&identity, &media, stats.clone(), started, opts.publish, ice_servers.clone()).await?;
                             send(json!({ "type": "offer", "to": "sfu", "sdp": sdp }));
                             sfu = Some(c);
+                        } else if m["mode"] == "p2p" {
+                            // the newcomer offers to the one already there
+                            for o in &others {
+                                let call = PeerCall::new(&identity, o, &media, stats.clone(), started, ice_servers.clone()).await?;
+                                call.subscription(asked.get(o).map_or("low", String::as_str));
+                                let offer = call.pc.create_offer(None).await?;
+                                let sdp = gathered(&call.pc, offer).await?;
+                                send(json!({ "type": "offer", "to": o, "sdp": sdp }));
+                                calls.insert(o.clone(), call);
+                            }
                         }
                     }
                     "mode" if m["mode"] == "sfu" && sfu.is_none() => {
+                        // peer-to-peer calls end: everything goes through the SFU now
+                        for (_, call) in std::mem::take(&mut calls) {
+                            let _ = call.pc.close().await;
+                        }
+                        lock(&stats).clear();
                         let (c, sdp) = SfuConnection::open(&identity, &media, stats.clone(), started, opts.publish, ice_servers.clone()).await?;
                         send(json!({ "type": "offer", "to": "sfu", "sdp": sdp }));
                         sfu = Some(c);
@@ -715,6 +849,49 @@ pub async fn run(
                     }
                     "participant_left" => {
                         others.retain(|o| m["id"].as_str() != Some(o.as_str()));
+                        if let Some(call) = m["id"].as_str().and_then(|id| calls.remove(id)) {
+                            let _ = call.pc.close().await;
+                        }
+                    }
+                    "offer" if !from_sfu && sfu.is_none() => {
+                        if let (Some(from), Some(sdp)) = (m["from"].as_str(), m["sdp"].as_str()) {
+                            // a new call (or one the other side starts again)
+                            if let Some(old) = calls.remove(from) {
+                                let _ = old.pc.close().await;
+                            }
+                            let call = PeerCall::new(&identity, from, &media, stats.clone(), started, ice_servers.clone()).await?;
+                            call.subscription(asked.get(from).map_or("low", String::as_str));
+                            call.pc.set_remote_description(RTCSessionDescription::offer(sdp.to_string())?).await?;
+                            let answer = call.pc.create_answer(None).await?;
+                            let sdp = gathered(&call.pc, answer).await?;
+                            send(json!({ "type": "answer", "to": from, "sdp": sdp }));
+                            calls.insert(from.to_string(), call);
+                        }
+                    }
+                    "answer" if !from_sfu => {
+                        let call = m["from"].as_str().and_then(|f| calls.get(f));
+                        if let (Some(call), Some(sdp)) = (call, m["sdp"].as_str()) {
+                            call.pc.set_remote_description(RTCSessionDescription::answer(sdp.to_string())?).await?;
+                        }
+                    }
+                    "candidate" if !from_sfu => {
+                        // a trickling peer (a room page); bots put theirs in the SDP
+                        let call = m["from"].as_str().and_then(|f| calls.get(f));
+                        let init = serde_json::from_value::<RTCIceCandidateInit>(m["candidate"].clone());
+                        if let (Some(call), Ok(init)) = (call, init) {
+                            if let Err(e) = call.pc.add_ice_candidate(init).await {
+                                debug!(%identity, "candidate ignored: {e}");
+                            }
+                        }
+                    }
+                    "subscription" => {
+                        if let (Some(from), Some(layer)) = (m["from"].as_str(), m["layer"].as_str()) {
+                            debug!(%identity, %from, layer, "peer asks for a layer");
+                            if let Some(call) = calls.get(from) {
+                                call.subscription(layer);
+                            }
+                            asked.insert(from.to_string(), layer.to_string());
+                        }
                     }
                     "offer" if from_sfu => {
                         if let (Some(c), Some(sdp)) = (&sfu, m["sdp"].as_str()) {
@@ -762,6 +939,9 @@ pub async fn run(
     );
     if let Some(c) = sfu {
         let _ = c.pc.close().await;
+    }
+    for (_, call) in calls {
+        let _ = call.pc.close().await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(report)

@@ -528,28 +528,15 @@ fn third_page_moves_the_call_to_the_sfu_and_pinning_switches_the_simulcast_layer
     }
 }
 
-/// webrtc-rs peers (`tidecast bot`) against the SFU: three participants publish simulcast VP8
-/// and Opus; each receives the two others' audio and video; the layer each asks for moves
-/// low → high → off → low, and what arrives follows — 180p, then 720p with sequence numbers
-/// continuous across the switch, nothing while off, 180p again; leaving frees the SFU's state.
-/// The SFU has a range of three media ports (`rooms.media_ports`): each peer is on its own.
-#[test]
-fn bots_publish_simulcast_and_subscriber_preferences_switch_the_forwarded_layer() {
-    let _guard = crate::harness::heavy();
-    let first = crate::harness::free_ports(3);
-    let range = format!("{first}-{}", first + 2);
-    let t = Tidecast::start(&[], &[("TIDECAST_ROOMS__MEDIA_PORTS", &range)]);
-    let room = format!("bots-{}", std::process::id());
+/// `tidecast bot` with `participants` in `room` for `seconds`, subscribing on `schedule`
+/// (`--pin`): its JSON report.
+fn run_bots(t: &Tidecast, room: &str, participants: u32, seconds: u32, schedule: &str) -> Value {
     let out = std::process::Command::new(binary())
         .args(["bot", "--server"])
         .arg(format!("127.0.0.1:{}", t.rooms_port))
-        .args(["--room", &room, "--participants", "3", "--duration", "22"])
-        .args([
-            "--schedule",
-            "0=low,6=high,14=off,17=low",
-            "--pin",
-            "--json",
-        ])
+        .args(["--room", room, "--participants", &participants.to_string()])
+        .args(["--duration", &seconds.to_string(), "--schedule", schedule])
+        .args(["--pin", "--json"])
         .env("RUST_LOG", "warn,tidecast_bot=debug,webrtc=warn")
         .env("NO_COLOR", "1")
         .output()
@@ -564,6 +551,86 @@ fn bots_publish_simulcast_and_subscriber_preferences_switch_the_forwarded_layer(
     });
     eprintln!("bot log:\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{report}");
+    report
+}
+
+/// Two bots are a peer-to-peer call (no SFU): each receives the other's audio and video
+/// directly, and the video follows what the receiver's `subscribe` asks for — 180p, then 720p
+/// (the sender switches its one track on a keyframe), nothing while off, 180p again.
+#[test]
+fn two_bots_call_peer_to_peer_and_the_sent_layer_follows_the_subscription() {
+    let _guard = crate::harness::heavy();
+    let t = Tidecast::start(&[], &[]);
+    let room = format!("p2p-bots-{}", std::process::id());
+    let report = run_bots(&t, &room, 2, 14, "0=low,4=high,8=off,11=low");
+    let participants = report["participants"].as_array().expect("participants");
+    assert_eq!(participants.len(), 2, "{report}");
+    for p in participants {
+        let me = p["identity"].as_str().unwrap_or_default();
+        assert!(p["connected_ms"].as_u64().is_some(), "{me}: {p}");
+        let tracks = p["tracks"].as_array().expect("tracks");
+        assert_eq!(
+            tracks.len(),
+            2,
+            "{me} receives the other's audio and video: {p}"
+        );
+        for track in tracks {
+            let key = format!(
+                "{}/{}",
+                track["publisher"].as_str().unwrap_or_default(),
+                track["kind"].as_str().unwrap_or_default()
+            );
+            assert_ne!(track["publisher"], me, "{p}");
+            let steps: Vec<u64> = p["packets_by_step"][&key]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            assert_eq!(steps.len(), 4, "{me} {key}: {steps:?}");
+            if track["kind"] == "audio" {
+                assert!(steps.iter().all(|n| *n > 30), "{me} {key}: {steps:?}");
+                continue;
+            }
+            assert!(
+                steps[0] > 30 && steps[1] > 30 && steps[3] > 20,
+                "{me} {key}: {steps:?}"
+            );
+            assert!(steps[2] < steps[1] / 10, "{me} {key} while off: {steps:?}");
+            let heights: Vec<u64> = track["heights"]
+                .as_array()
+                .expect("heights")
+                .iter()
+                .filter_map(|h| h["height"].as_u64())
+                .collect();
+            assert_eq!(heights.first(), Some(&180), "{me} {key}: {heights:?}");
+            assert!(heights.contains(&720), "{me} {key}: {heights:?}");
+            assert_eq!(heights.last(), Some(&180), "{me} {key}: {heights:?}");
+        }
+    }
+    // nothing went through the SFU
+    assert!(
+        !t.log().contains("peer connecting to the SFU"),
+        "{}",
+        t.log()
+    );
+    assert_eq!(
+        Tidecast::metric(t.rooms_port, "tidecast_sfu_forwarded_packets_total", ""),
+        0
+    );
+}
+
+/// webrtc-rs peers (`tidecast bot`) against the SFU: three participants publish simulcast VP8
+/// and Opus; each receives the two others' audio and video; the layer each asks for moves
+/// low → high → off → low, and what arrives follows — 180p, then 720p with sequence numbers
+/// continuous across the switch, nothing while off, 180p again; leaving frees the SFU's state.
+/// The SFU has a range of three media ports (`rooms.media_ports`): each peer is on its own.
+#[test]
+fn bots_publish_simulcast_and_subscriber_preferences_switch_the_forwarded_layer() {
+    let _guard = crate::harness::heavy();
+    let first = crate::harness::free_ports(3);
+    let range = format!("{first}-{}", first + 2);
+    let t = Tidecast::start(&[], &[("TIDECAST_ROOMS__MEDIA_PORTS", &range)]);
+    let room = format!("bots-{}", std::process::id());
+    let report = run_bots(&t, &room, 3, 22, "0=low,6=high,14=off,17=low");
     let participants = report["participants"].as_array().expect("participants");
     assert_eq!(participants.len(), 3, "{report}");
     for p in participants {
