@@ -4,11 +4,14 @@
 # ports and allowing the loopback peer) and against `tidecast turn`, one after the other:
 # relayed packets, loss, the server's CPU-seconds (user + system, all threads, from /proc) and
 # relayed packets per server CPU-second, then the ratio (goal: >= 1.2x coturn at zero loss).
+# Both servers run side by side and the loads alternate, RUNS=3 rounds; the ratio is of the
+# medians (single runs on a 2-core VM vary by ±10 %).
 #   bench/turn.sh [clients] [messages]        (make bench-turn; needs coturn: bootstrap --test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 clients="${1:-50}"
 messages="${2:-2000}"
+runs="${RUNS:-3}"
 target="${CARGO_TARGET_DIR:-$HOME/.cache/tidecast/target}"
 bin="${TIDECAST_BIN:-$target/release/tidecast}"
 [ -x "$bin" ] || { echo "build first: cargo build --release -p tidecast" >&2; exit 1; }
@@ -53,16 +56,13 @@ open(path + ".figure", "w").write(f"{per_cpu}")
 PY
 }
 
-echo "== TURN relay: $clients clients x $messages messages of 200 bytes every 20 ms, UDP, channels"
+echo "== TURN relay: $clients clients x $messages messages of 200 bytes every 20 ms, UDP, channels; $runs rounds"
 cport=$((base + 1))
 turnserver --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$cport" \
   --min-port $((base + 100)) --max-port $((base + 2100)) --use-auth-secret \
   --static-auth-secret "$secret" --realm tidecast --allow-loopback-peers --no-tls --no-dtls \
   --no-cli --fingerprint --log-file stdout --simple-log >"$work/coturn.log" 2>&1 & pids+=($!)
 coturn=$!
-run coturn "coturn $(dpkg-query -W -f '${Version}' coturn 2>/dev/null || echo '?')" "$coturn" "$cport"
-kill "$coturn" 2>/dev/null || true
-
 tport=$((base + 3))
 TIDECAST_TURN__SECRET="$secret" TIDECAST_TURN__LISTEN_UDP="127.0.0.1:$tport" \
   TIDECAST_TURN__LISTEN_TCP="127.0.0.1:$tport" TIDECAST_TURN__LISTEN_TLS= \
@@ -71,10 +71,17 @@ TIDECAST_TURN__SECRET="$secret" TIDECAST_TURN__LISTEN_UDP="127.0.0.1:$tport" \
   TIDECAST_TURN__MAX_ALLOCATIONS_PER_USER=1000 TIDECAST_ORIGIN__HTTP_LISTEN="127.0.0.1:$((base + 4))" \
   RUST_LOG=warn "$bin" turn 2>"$work/tidecast.log" & pids+=($!)
 tc=$!
-run tidecast tidecast "$tc" "$tport"
-python3 - "$work/coturn.out.figure" "$work/tidecast.out.figure" <<'PY'
-import sys
-c, t = (float(open(p).read()) for p in sys.argv[1:3])
-print(f"  => tidecast {t:,.0f} vs coturn {c:,.0f} relayed packets per CPU-second: {t / c:.2f}x "
-      f"(goal >= 1.2x at zero loss)")
+coturn_label="coturn $(dpkg-query -W -f '${Version}' coturn 2>/dev/null || echo '?')"
+for r in $(seq 1 "$runs"); do
+  echo " round $r"
+  run "coturn-$r" "$coturn_label" "$coturn" "$cport"
+  run "tidecast-$r" tidecast "$tc" "$tport"
+done
+python3 - "$work" "$runs" <<'PY'
+import statistics, sys
+work, runs = sys.argv[1], int(sys.argv[2])
+fig = lambda k: [float(open(f"{work}/{k}-{r}.out.figure").read()) for r in range(1, runs + 1)]
+c, t = statistics.median(fig("coturn")), statistics.median(fig("tidecast"))
+print(f"  => medians: tidecast {t:,.0f} vs coturn {c:,.0f} relayed packets per CPU-second: "
+      f"{t / c:.2f}x (goal >= 1.2x at zero loss)")
 PY

@@ -35,6 +35,31 @@ pub struct Flushed {
     pub dropped: usize,
 }
 
+/// Kernel buffer each way asked for on a busy UDP socket (`net.core.rmem_max`/`wmem_max` cap
+/// it; Debian's default max is 208 KiB, raise them for large deployments).
+pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// Ask for [`SOCKET_BUFFER_BYTES`] of kernel buffer each way on `socket`, so a burst that
+/// arrives while its loop is busy waits there rather than being dropped. A refusal leaves the
+/// defaults, which still work: it is logged, not returned.
+pub fn large_buffers(socket: impl std::os::fd::AsFd) {
+    use rustix::net::sockopt;
+    for (what, r) in [
+        (
+            "receive",
+            sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER_BYTES),
+        ),
+        (
+            "send",
+            sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER_BYTES),
+        ),
+    ] {
+        if let Err(e) = r {
+            tracing::debug!("UDP {what} buffer size not set: {e}");
+        }
+    }
+}
+
 impl SendBatch {
     /// Queue `data` for `to`.
     pub fn push(&mut self, to: SocketAddr, data: &[u8]) {

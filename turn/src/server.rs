@@ -163,7 +163,12 @@ impl TurnServer {
     ) -> std::io::Result<(TurnServer, impl std::future::Future<Output = ()>)> {
         let (events, rx) = mpsc::channel::<Event>(8192);
         let udp = match listeners.udp {
-            Some(a) => Some(Arc::new(UdpSocket::bind(a).await?)),
+            Some(a) => {
+                let socket = UdpSocket::bind(a).await?;
+                // every client's datagrams arrive here
+                tidecast_common::udp_batch::large_buffers(&socket);
+                Some(Arc::new(socket))
+            }
             None => None,
         };
         let tcp = match listeners.tcp {

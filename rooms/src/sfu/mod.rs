@@ -168,6 +168,7 @@ fn bind_media_once(
         for ip in &settings.addresses {
             let socket = std::net::UdpSocket::bind(SocketAddr::new(*ip, port))?;
             socket.set_nonblocking(true)?;
+            tidecast_common::udp_batch::large_buffers(&socket);
             port = socket.local_addr()?.port();
             if settings.tcp {
                 let listener = std::net::TcpListener::bind(SocketAddr::new(*ip, port))?;
@@ -397,15 +398,27 @@ impl Router {
     ) {
         let mut buf = vec![0u8; 2048];
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // one timer, moved when the deadline does (a new one per pass would be a timer-wheel
+        // insert and removal on every wake-up)
+        let sleep = tokio::time::sleep_until(far_future(Instant::now()).into());
+        tokio::pin!(sleep);
+        let sockets = self.wire.sockets.clone();
         loop {
-            let deadline = self.drive(Instant::now());
+            let deadline = tokio::time::Instant::from(self.drive(Instant::now()));
             self.wire.flush();
-            let sockets = self.wire.sockets.clone();
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            // in this order (no random start): the rare branches first, so a busy socket
+            // cannot starve them
             tokio::select! {
+                biased;
                 c = commands.recv() => match c {
                     Some(c) => self.command(c, Instant::now()),
                     None => return,
                 },
+                _ = tick.tick() => self.second(Instant::now()),
+                _ = &mut sleep => {}
                 r = recv_any(&sockets, &mut buf) => match r {
                     Ok((i, n, source)) => {
                         let now = Instant::now();
@@ -432,8 +445,6 @@ impl Router {
                         self.wire.tcp_conns.remove(&(local, remote));
                     }
                 },
-                _ = tokio::time::sleep_until(deadline.into()) => {}
-                _ = tick.tick() => self.second(Instant::now()),
             }
         }
     }
