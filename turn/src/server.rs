@@ -189,9 +189,6 @@ impl TurnServer {
         };
         info!(udp = ?server.udp, tcp = ?server.tcp, tls = ?server.tls, relay = %listeners.relay_ip,
               ports = ?listeners.relay_ports, "TURN listening");
-        if let Some(s) = &udp {
-            tokio::spawn(read_udp(s.clone(), events.clone()));
-        }
         let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         if let Some(l) = tcp {
             tokio::spawn(accept_stream(l, None, events.clone(), open.clone()));
@@ -217,26 +214,19 @@ impl TurnServer {
     }
 }
 
-async fn read_udp(socket: Arc<UdpSocket>, events: mpsc::Sender<Event>) {
-    let Ok(server) = socket.local_addr() else {
-        return;
-    };
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    loop {
-        match socket.recv_from(&mut buf).await {
-            Ok((n, client)) => {
-                let five = FiveTuple {
-                    client,
-                    server,
-                    transport: Transport::Udp,
-                };
-                // a full queue drops the datagram, as a full socket buffer would
-                let _ = events.try_send(Event::Client(five, buf[..n].to_vec()));
-            }
-            Err(e) => debug!("TURN UDP receive: {e}"),
-        }
+/// A datagram on the UDP listener, if there is one (else never).
+async fn recv_listener(
+    udp: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match udp {
+        Some(socket) => socket.recv_from(buf).await,
+        None => std::future::pending().await,
     }
 }
+
+/// Datagrams taken from the UDP listener per wake-up.
+const LISTENER_BATCH: usize = 64;
 
 /// A TLS handshake may take this long.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
@@ -385,6 +375,10 @@ impl Loop {
     async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut batch = Vec::with_capacity(64);
+        // UDP clients are read here, in the loop: no hop through a queue for every datagram
+        let udp = self.udp.clone();
+        let server = udp.as_ref().and_then(|s| s.local_addr().ok());
+        let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
             tokio::select! {
                 n = rx.recv_many(&mut batch, 64) => {
@@ -394,6 +388,31 @@ impl Loop {
                     let (now, unix) = (Instant::now(), unix_now());
                     for e in batch.drain(..) {
                         self.event(e, now, unix).await;
+                    }
+                }
+                r = recv_listener(udp.as_deref(), &mut buf) => {
+                    let (now, unix) = (Instant::now(), unix_now());
+                    let mut next = r;
+                    // this datagram and those already queued behind it
+                    for _ in 0..LISTENER_BATCH {
+                        let (n, client) = match next {
+                            Ok(got) => got,
+                            Err(e) => {
+                                if e.kind() != std::io::ErrorKind::WouldBlock {
+                                    debug!("TURN UDP receive: {e}");
+                                }
+                                break;
+                            }
+                        };
+                        if let Some(server) = server {
+                            let five = FiveTuple { client, server, transport: Transport::Udp };
+                            let outs = self.core.client(five, &buf[..n], now, unix);
+                            self.carry_out(outs).await;
+                        }
+                        next = match &udp {
+                            Some(socket) => socket.try_recv_from(&mut buf),
+                            None => break,
+                        };
                     }
                 }
                 _ = tick.tick() => {
