@@ -889,6 +889,9 @@ fn handle_event(
         }
         Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
             if let Some(peer) = media.peers.get_mut(id) {
+                if estimate.as_u64().abs_diff(peer.estimate_bps) > peer.estimate_bps / 10 {
+                    debug!(%room, participant = %id, bps = estimate.as_u64(), "bandwidth estimate");
+                }
                 peer.estimate_bps = estimate.as_u64();
                 if peer.budget.estimate(peer.estimate_bps, now) {
                     peer.reselect = true;
