@@ -189,13 +189,37 @@ impl Budget {
 /// When to probe the bandwidth for a layer held back by it: every second while probes pay off
 /// (the estimate rose since the last), backing off to every [`ProbePacer::MAX`] while they do
 /// not (a capped link: each probe only fills its queue).
+///
+/// A probe is asked for by raising the desired bitrate (str0m, like libwebrtc, probes on an
+/// allocation increase). str0m reads the desired bitrate on its own BWE timer, so the rise must
+/// be seen there: a probe first dips the desired bitrate for [`ProbePacer::DIP`] (the shell
+/// sets half while [`ProbePacer::dipping`]), then restores it.
 #[derive(Debug, Clone, Default)]
 pub struct ProbePacer {
     last: Option<(Instant, u64)>,
     interval_ms: u64,
+    /// the dip of the probe under way ends then
+    dip_until: Option<Instant>,
 }
 
 impl ProbePacer {
+    /// How long the desired bitrate stays dipped before a probe (several of str0m's BWE
+    /// timer periods).
+    pub const DIP: std::time::Duration = std::time::Duration::from_millis(150);
+
+    /// Whether the desired bitrate should be dipped now (a probe's first half); false once the
+    /// dip is over, when the full desired bitrate is the rise that makes the probe.
+    pub fn dipping(&mut self, now: Instant) -> bool {
+        match self.dip_until {
+            Some(t) if now < t => true,
+            Some(_) => {
+                self.dip_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Shortest interval between probes.
     pub const MIN: std::time::Duration = std::time::Duration::from_secs(1);
     /// Longest: a lifted cap is found within this (and a capped link sees a probe's queue no
@@ -221,6 +245,7 @@ impl ProbePacer {
             self.interval_ms = min;
         }
         self.last = Some((now, estimate_bps));
+        self.dip_until = Some(now + Self::DIP);
         true
     }
 }
@@ -652,6 +677,21 @@ mod tests {
         assert!(p.due(300_000, at(5000)));
         assert!(p.due(600_000, at(7000))); // it grew: every second again
         assert!(p.due(900_000, at(8000)));
+    }
+
+    #[test]
+    fn a_probe_dips_the_desired_bitrate_first_then_restores_it() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut p = ProbePacer::default();
+        assert!(!p.dipping(at(0)));
+        assert!(p.due(300_000, at(0)));
+        assert!(p.dipping(at(0)));
+        assert!(p.dipping(at(149)));
+        assert!(!p.dipping(at(150)), "the rise after the dip is the probe");
+        assert!(!p.dipping(at(200)));
+        assert!(!p.due(300_000, at(500)));
+        assert!(!p.dipping(at(500)));
     }
 
     #[test]

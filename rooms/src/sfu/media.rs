@@ -309,14 +309,18 @@ impl RoomMedia {
                 str0m::bwe::Bitrate::bps(minimum),
                 str0m::bwe::Bitrate::bps(desired),
             );
-            if capped && peer.probe.due(peer.estimate_bps, now) {
-                // a held-back layer: ask GCC to probe for it now (a probe is requested when the
-                // desired rate rises, so dip it first) rather than wait for the estimate to creep
+            // a held-back layer: ask GCC to probe for it now rather than wait for the estimate
+            // to creep — str0m probes when it sees the desired rate rise on its BWE timer, so
+            // dip it for a moment first (and come back here to raise it)
+            let dip = capped && (peer.probe.dipping(now) || peer.probe.due(peer.estimate_bps, now));
+            if dip {
                 peer.rtc
                     .bwe()
                     .set_bitrate(min, str0m::bwe::Bitrate::bps(desired / 2));
+                peer.reselect = true;
+            } else {
+                peer.rtc.bwe().set_bitrate(min, want);
             }
-            peer.rtc.bwe().set_bitrate(min, want);
             let actions = self.table.set(&id, &chosen);
             if !actions.is_empty() {
                 self.layers_changed = true;
