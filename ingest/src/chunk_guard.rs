@@ -307,7 +307,7 @@ impl ChunkStreamGuard {
                 Ok(())
             }
             // data messages: AMF0 (type 15, flagged AMF3, is read as AMF0 too)
-            15 | 18 => check_amf0(&body).map(drop),
+            15 | 18 => check_data(&body),
             20 => check_command(&body),
             // "AMF3" commands: AMF0 after a 0 format byte, when there is one (as rml_rtmp reads)
             17 => check_command(body.strip_prefix(&[0]).unwrap_or(&body)),
@@ -330,6 +330,21 @@ pub fn check_amf0(mut data: &[u8]) -> Result<usize, GuardError> {
         values += 1;
     }
     Ok(values)
+}
+
+/// A data message. rml_rtmp reads `@setDataFrame` as `@setDataFrame`, `onMetaData`, metadata
+/// and indexes the last two without checking they are there (`data[0]`, `data.remove(1)`).
+fn check_data(data: &[u8]) -> Result<(), GuardError> {
+    let values = check_amf0(data)?;
+    let set_data_frame = data.first() == Some(&0x02)
+        && data.get(1..3) == Some(&[0, 13])
+        && data.get(3..16) == Some(b"@setDataFrame");
+    if set_data_frame && values < 3 {
+        return Err(GuardError::Amf(
+            "@setDataFrame without a handler name and metadata",
+        ));
+    }
+    Ok(())
 }
 
 /// A command: name (string), transaction id (number), command object, then arguments.
@@ -519,6 +534,33 @@ mod tests {
             })
             .collect();
         assert_eq!(g.check(&many), Err(GuardError::TooManyChunkStreams));
+    }
+
+    #[test]
+    fn set_data_frame_needs_a_name_and_metadata() {
+        let string = |t: &str| {
+            let mut v = vec![0x02, 0, t.len() as u8];
+            v.extend_from_slice(t.as_bytes());
+            v
+        };
+        let sdf = string("@setDataFrame");
+        let name = string("onMetaData");
+        // a fuzzer found these: rml_rtmp panics on `data.remove(1)` / `data[0]`
+        assert!(check_data(&sdf).is_err());
+        assert!(check_data(&[sdf.clone(), name.clone()].concat()).is_err());
+        let meta = [
+            0x03, 0, 5, b'w', b'i', b'd', b't', b'h', 0x00, 0x40, 0x94, 0, 0, 0, 0, 0, 0, 0, 0, 9,
+        ];
+        assert_eq!(
+            check_data(&[sdf.clone(), name.clone(), meta.to_vec()].concat()),
+            Ok(())
+        );
+        // other data messages are only checked as AMF0
+        assert_eq!(check_data(&[name, meta.to_vec()].concat()), Ok(()));
+        assert_eq!(check_data(&string("@setDataFrameX")), Ok(()));
+        // and the whole chunk stream refuses it
+        let mut g = ChunkStreamGuard::new();
+        assert!(g.check(&chunk0(4, 18, 0, &sdf)).is_err());
     }
 
     #[test]
