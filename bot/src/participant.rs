@@ -33,6 +33,7 @@ use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndicat
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
@@ -345,17 +346,7 @@ pub(crate) async fn publish(
             .await?;
     }
     // keyframe requests from the SFU
-    let wk = want_key.clone();
-    tokio::spawn(async move {
-        while let Ok((packets, _)) = sender.read_rtcp().await {
-            for p in packets {
-                let any = p.as_any();
-                if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
-                    wk.store(true, Ordering::Relaxed);
-                }
-            }
-        }
-    });
+    flag_keyframe_requests(sender, want_key.clone());
     let vm = video_mid.clone();
     tokio::spawn(async move {
         // the mid is known once the offer is made
@@ -376,6 +367,21 @@ pub(crate) async fn publish(
     );
     spawn_audio(audio, media.audio.clone(), pc.clone());
     Ok(Publishing { active, video_mid })
+}
+
+/// Raise `want_key` whenever the receiving side asks `sender` for a keyframe (PLI or FIR).
+fn flag_keyframe_requests(sender: Arc<RTCRtpSender>, want_key: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        while let Ok((packets, _)) = sender.read_rtcp().await {
+            let asked = packets.iter().any(|p| {
+                let any = p.as_any();
+                any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+            });
+            if asked {
+                want_key.store(true, Ordering::Relaxed);
+            }
+        }
+    });
 }
 
 /// Set `description` (an offer or answer of ours) and wait for the candidates to be gathered
@@ -481,18 +487,7 @@ impl PeerCall {
             .add_track(video.clone() as Arc<dyn TrackLocal + Send + Sync>)
             .await?;
         let want_key = Arc::new(AtomicBool::new(false));
-        let wk = want_key.clone();
-        tokio::spawn(async move {
-            while let Ok((packets, _)) = sender.read_rtcp().await {
-                let any_key = packets.iter().any(|p| {
-                    let any = p.as_any();
-                    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-                });
-                if any_key {
-                    wk.store(true, Ordering::Relaxed);
-                }
-            }
-        });
+        flag_keyframe_requests(sender, want_key.clone());
         watch_tracks(&pc, stats, started, TrackNames::Peer(peer.to_string()));
         let layer = Arc::new(AtomicUsize::new(0));
         spawn_video(
