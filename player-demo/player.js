@@ -52,21 +52,50 @@
   // position, not as soon as the manifest is parsed. Starting at once can leave the playhead a
   // few frames before the end of the first part loaded; the next part then arrives too late,
   // playback stalls, and hls.js adds a second to its target latency for the rest of the session.
+  // A buffered range that begins just after the playhead (the first part's audio and video start
+  // a few frames apart) counts: the playhead moves to its start.
   function startWhenBuffered(hls) {
     let started = false;
-    const start = function () {
+    const begin = Date.now();
+    const start = function (why) {
       if (started || state.hls !== hls) return;
       started = true;
+      state.startedBy = why;
+      state.startupMs = Date.now() - begin;
       video.play().catch(function () {});
     };
     hls.on(Hls.Events.FRAG_BUFFERED, function () {
       const b = video.buffered;
       const t = video.currentTime;
       for (let i = 0; i < b.length; i++) {
-        if (b.start(i) <= t + 0.05 && b.end(i) - t >= 0.6) start();
+        const from = Math.max(b.start(i), t);
+        if (b.start(i) <= t + 0.5 && b.end(i) - from >= 0.6) {
+          if (from > t) video.currentTime = from;
+          start('buffer');
+        }
       }
     });
-    setTimeout(start, 4000); // a stream too short to buffer that much still plays
+    setTimeout(function () { start('timeout'); }, 4000); // a stream too short to buffer that much still plays
+    keepNearLiveEdge(hls);
+  }
+
+  // hls.js speeds playback up (maxLiveSyncPlaybackRate) only while the latency is within one
+  // target duration of its target; further behind it counts as DVR playback and stays there.
+  // A live demo has no DVR: a slow start or a long stall that leaves the playhead that far
+  // behind jumps back to hls.js' live sync position.
+  function keepNearLiveEdge(hls) {
+    const timer = setInterval(function () {
+      if (state.hls !== hls) { clearInterval(timer); return; }
+      const level = hls.levels && hls.levels[hls.currentLevel];
+      const details = level && level.details;
+      const target = hls.targetLatency;
+      const sync = hls.liveSyncPosition;
+      if (!details || !details.live || target === null || sync === null || video.paused) return;
+      if (hls.latency - target > details.targetduration && sync > video.currentTime) {
+        state.resyncs = (state.resyncs || 0) + 1;
+        video.currentTime = sync;
+      }
+    }, 1000);
   }
 
   function play(name, src) {

@@ -58,6 +58,9 @@ try {
         latency: p.hls ? p.hls.latency : (p.dash && p.dash.getCurrentLiveLatency ? p.dash.getCurrentLiveLatency() : null),
         playback: window.__playback || null,
         targetLatency: p.hls ? p.hls.targetLatency : null,
+        startedBy: p.startedBy || null,
+        startupMs: p.startupMs || null,
+        resyncs: p.resyncs || 0,
         buffered: v && v.buffered.length ? v.buffered.end(v.buffered.length - 1) - v.currentTime : 0,
       };
     });
@@ -67,6 +70,9 @@ try {
     result.latency = s.latency;
     result.targetLatency = s.targetLatency;
     result.buffered = s.buffered;
+    result.startedBy = s.startedBy;
+    result.startupMs = s.startupMs;
+    result.resyncs = s.resyncs;
     if (s.playback) {
       result.stalled = Math.round(s.playback.stalled * 100) / 100;
       result.stalls = s.playback.stalls;
