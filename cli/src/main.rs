@@ -357,7 +357,7 @@ async fn main() -> Result<()> {
     let registry = Registry::default();
     // the ingest role only serves /metrics and /healthz: nothing to archive there
     let store = if config.origin.archive && matches!(command, Command::All | Command::Origin) {
-        let store = tidecast_common::ObjectStore::from_config(&config.store, &config.data_dir)
+        let store = tidecast_common::store::from_config(&config.store, &config.data_dir)
             .context("setting up the object store ([store] config)")?;
         info!(
             store = store.kind(),

@@ -13,6 +13,7 @@ pub mod net;
 pub mod own_thread;
 pub mod push;
 pub mod service;
+pub mod spool;
 pub mod store;
 pub mod time;
 pub mod token;
@@ -21,4 +22,4 @@ pub mod zero_copy;
 
 pub use config::{Config, ConfigError};
 pub use live::{CmafChunk, LiveEvent, RenditionInfo, TrackKind};
-pub use store::{ObjectKey, ObjectStore, StoreError};
+pub use store::{ObjectKey, ObjectStore, SharedStore, StoreError};

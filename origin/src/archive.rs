@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use tidecast_common::spool::StoreWrite;
 use tidecast_common::store::ObjectKey;
 use tidecast_common::TrackKind;
 use tracing::warn;
@@ -17,15 +18,6 @@ use crate::cmaf::TrackInfo;
 use crate::dash;
 use crate::packager::{PackagerOutput, StreamTable};
 use crate::playlist::{self, RenditionSummary};
-
-/// Write `data` under `key`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchiveWrite {
-    /// Where.
-    pub key: ObjectKey,
-    /// What.
-    pub data: Bytes,
-}
 
 /// One archived segment.
 #[derive(Debug, Clone, Copy)]
@@ -158,7 +150,7 @@ impl ArchiveRecorder {
         &mut self,
         table: &StreamTable,
         outputs: Vec<PackagerOutput>,
-    ) -> Vec<ArchiveWrite> {
+    ) -> Vec<StoreWrite> {
         let mut writes = Vec::new();
         for output in outputs {
             match output {
@@ -187,7 +179,7 @@ impl ArchiveRecorder {
         stream: &str,
         session: u64,
         rendition: &str,
-        writes: &mut Vec<ArchiveWrite>,
+        writes: &mut Vec<StoreWrite>,
     ) {
         let Some(s) = table.get(stream) else { return };
         let Some(track) = s.rendition(rendition) else {
@@ -212,7 +204,7 @@ impl ArchiveRecorder {
             },
         );
         if let Some(key) = key(stream, session, &[rendition, "init.mp4"]) {
-            writes.push(ArchiveWrite {
+            writes.push(StoreWrite {
                 key,
                 data: data.clone(),
             });
@@ -226,7 +218,7 @@ impl ArchiveRecorder {
         session: u64,
         rendition: &str,
         msn: u64,
-        writes: &mut Vec<ArchiveWrite>,
+        writes: &mut Vec<StoreWrite>,
     ) {
         let Some(record) = self
             .sessions
@@ -252,7 +244,7 @@ impl ArchiveRecorder {
         });
         let msn_file = format!("{msn}.m4s");
         if let Some(key) = key(stream, session, &[rendition, &msn_file]) {
-            writes.push(ArchiveWrite {
+            writes.push(StoreWrite {
                 key,
                 data: seg.data.clone(),
             });
@@ -262,20 +254,20 @@ impl ArchiveRecorder {
             key(stream, session, &[rendition, "media.m3u8"]),
             media_playlist(&record.segments, false),
         ) {
-            writes.push(ArchiveWrite {
+            writes.push(StoreWrite {
                 key,
                 data: Bytes::from(text),
             });
         }
     }
 
-    fn on_end(&mut self, stream: &str, session: u64, writes: &mut Vec<ArchiveWrite>) {
+    fn on_end(&mut self, stream: &str, session: u64, writes: &mut Vec<StoreWrite>) {
         let Some(record) = self.sessions.remove(&(stream.to_string(), session)) else {
             return;
         };
         let mut put = |rest: &[&str], text: String| {
             if let Some(key) = key(stream, session, rest) {
-                writes.push(ArchiveWrite {
+                writes.push(StoreWrite {
                     key,
                     data: Bytes::from(text),
                 });
@@ -335,7 +327,7 @@ mod tests {
     use super::*;
     use crate::packager::tests::{end, push, settings, start};
 
-    fn keys(writes: &[ArchiveWrite]) -> Vec<String> {
+    fn keys(writes: &[StoreWrite]) -> Vec<String> {
         writes.iter().map(|w| w.key.to_string()).collect()
     }
 
@@ -394,7 +386,7 @@ mod tests {
         assert_eq!(rec.sessions(), 0);
     }
 
-    fn step(rec: &mut ArchiveRecorder, t: &mut StreamTable) -> Vec<ArchiveWrite> {
+    fn step(rec: &mut ArchiveRecorder, t: &mut StreamTable) -> Vec<StoreWrite> {
         let outputs = t.take_outputs();
         rec.on_outputs(t, outputs)
     }

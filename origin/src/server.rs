@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tidecast_common::config::Config;
 use tidecast_common::metrics::{Metric, Registry};
 use tidecast_common::service::{Readiness, ResponseFuture, Routes, Service};
-use tidecast_common::store::ObjectStore;
+use tidecast_common::store::SharedStore;
 use tidecast_common::LiveEvent;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -107,7 +107,7 @@ impl RouteKind {
 impl Origin {
     /// Build the origin from config; with a store, every stream is archived to it (VOD) and
     /// `/vod/…` is served from it. Needs a tokio runtime when archiving.
-    pub fn new(config: &Config, registry: &Registry, store: Option<ObjectStore>) -> OriginHandle {
+    pub fn new(config: &Config, registry: &Registry, store: Option<SharedStore>) -> OriginHandle {
         let settings = WindowSettings {
             window: config.origin.window_segments.max(3),
             dvr: Duration::from_secs(config.origin.dvr_window_secs),
@@ -220,7 +220,7 @@ impl Origin {
     }
 
     /// The archive store, when archiving is on.
-    pub(crate) fn archive_store(&self) -> Option<&ObjectStore> {
+    pub(crate) fn archive_store(&self) -> Option<&SharedStore> {
         self.archive.as_ref().map(Archiver::store)
     }
 
