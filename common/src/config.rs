@@ -46,6 +46,8 @@ pub struct Config {
     pub rooms: RoomsConfig,
     /// STUN/TURN for the rooms' clients.
     pub turn: TurnConfig,
+    /// Event bus (call events for the archiver).
+    pub bus: BusConfig,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             edge: EdgeConfig::default(),
             rooms: RoomsConfig::default(),
             turn: TurnConfig::default(),
+            bus: BusConfig::default(),
         }
     }
 }
@@ -439,6 +442,42 @@ pub struct StoreConfig {
     pub local_dir: Option<PathBuf>,
     /// S3 settings (used when `kind = "s3"`).
     pub s3: S3Config,
+}
+
+/// Which event bus.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// In-process, durable under `bus.dir` (the embedded default).
+    #[default]
+    Local,
+    /// Kafka at `bus.brokers`.
+    Kafka,
+}
+
+/// Event bus settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// `local` (default) or `kafka`.
+    pub kind: BusKind,
+    /// Kafka bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Topic of call events (`call.ended`).
+    pub topic: String,
+    /// Directory of the local log and of the Kafka outbox; default `{data_dir}/bus`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            kind: BusKind::Local,
+            brokers: "127.0.0.1:9092".into(),
+            topic: "call-events".into(),
+            dir: None,
+        }
+    }
 }
 
 /// S3 bucket settings.

@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod body;
+pub mod bus;
 pub mod config;
 pub mod demo;
 pub mod http_server;

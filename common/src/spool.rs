@@ -47,7 +47,7 @@ pub struct QueuedRecord {
 #[derive(Debug)]
 pub struct DiskQueue {
     dir: PathBuf,
-    files: VecDeque<PathBuf>,
+    files: VecDeque<(u64, PathBuf)>,
     next_seq: u64,
 }
 
@@ -70,7 +70,7 @@ impl DiskQueue {
         let next_seq = files.last().map(|(s, _)| s + 1).unwrap_or(0);
         DiskQueue {
             dir,
-            files: files.into_iter().map(|(_, p)| p).collect(),
+            files: files.into_iter().collect(),
             next_seq,
         }
     }
@@ -85,8 +85,8 @@ impl DiskQueue {
         self.files.len()
     }
 
-    /// Append a record; it is on disk when this returns.
-    pub fn push(&mut self, name: &str, data: &[u8]) -> std::io::Result<()> {
+    /// Append a record; it is on disk when this returns. Returns its sequence number.
+    pub fn push(&mut self, name: &str, data: &[u8]) -> std::io::Result<u64> {
         let name = name.as_bytes();
         let len = u16::try_from(name.len()).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "record name too long")
@@ -101,15 +101,16 @@ impl DiskQueue {
         std::fs::write(&tmp, &buf)?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &path)?;
+        let seq = self.next_seq;
         self.next_seq += 1;
-        self.files.push_back(path);
-        Ok(())
+        self.files.push_back((seq, path));
+        Ok(seq)
     }
 
     /// The oldest record and its file; `None` inside when the file is unreadable or corrupt
     /// (pop it to skip it).
     pub fn front(&self) -> Option<(PathBuf, Option<QueuedRecord>)> {
-        let path = self.files.front()?.clone();
+        let (_, path) = self.files.front()?.clone();
         let record = read_record(&path);
         if record.is_none() {
             warn!(path = %path.display(), "unreadable spool file, skipping it");
@@ -119,10 +120,32 @@ impl DiskQueue {
 
     /// Remove the oldest record (the one [`front`](Self::front) returned as `path`).
     pub fn pop(&mut self, path: &Path) {
-        if self.files.front().is_some_and(|p| p == path) {
+        if self.files.front().is_some_and(|(_, p)| p == path) {
             self.files.pop_front();
         }
         let _ = std::fs::remove_file(path);
+    }
+
+    /// The first record with a sequence number above `after` (any, for `None`), with its
+    /// number; `None` inside when its file is unreadable (it is still passed over).
+    pub fn first_after(&self, after: Option<u64>) -> Option<(u64, Option<QueuedRecord>)> {
+        let i = match after {
+            None => 0,
+            Some(a) => self.files.partition_point(|(seq, _)| *seq <= a),
+        };
+        let (seq, path) = self.files.get(i)?;
+        Some((*seq, read_record(path)))
+    }
+
+    /// Remove every record numbered `seq` or lower.
+    pub fn pop_through(&mut self, seq: u64) {
+        while let Some((s, path)) = self.files.front() {
+            if *s > seq {
+                break;
+            }
+            let _ = std::fs::remove_file(path);
+            self.files.pop_front();
+        }
     }
 }
 
@@ -364,11 +387,14 @@ mod tests {
         queue.pop(&path);
         let mut queue = DiskQueue::open(dir.clone());
         assert_eq!(queue.len(), 2);
-        queue.push("x", &[]).unwrap();
+        assert_eq!(queue.push("x", &[]).unwrap(), 3);
+        assert_eq!(queue.first_after(Some(1)).map(|(seq, _)| seq), Some(2));
+        assert_eq!(queue.first_after(None).map(|(seq, _)| seq), Some(1));
+        assert!(queue.first_after(Some(3)).is_none());
         let names: Vec<String> = queue
             .files
             .iter()
-            .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+            .filter_map(|(_, p)| p.file_name()?.to_str().map(str::to_string))
             .collect();
         assert_eq!(
             names.last().map(String::as_str),
@@ -376,8 +402,11 @@ mod tests {
         );
         // a corrupt file is reported as such and skipped, not a panic
         std::fs::write(dir.join(&names[0]), [0xff]).unwrap();
-        let queue = DiskQueue::open(dir.clone());
+        let mut queue = DiskQueue::open(dir.clone());
         assert!(matches!(queue.front(), Some((_, None))));
+        queue.pop_through(2);
+        assert_eq!(queue.len(), 1);
+        assert_eq!(DiskQueue::open(dir.clone()).len(), 1);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -1,0 +1,300 @@
+//! [`KafkaBus`]: events to and from Kafka through `rdkafka`. Published events go to an outbox on
+//! local disk first ([`DiskQueue`] in `{dir}/outbox/`); one task forwards them in order and
+//! removes each once Kafka has acknowledged it, retrying while Kafka is down, so an event
+//! published during an outage (or before a restart) is delivered when Kafka is back.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use super::{check_name, io_error, BusError, BusFuture, Delivery, Event, EventBus, EventConsumer};
+use crate::metrics::{Metric, Registry};
+use crate::spool::DiskQueue;
+
+/// How long one send may wait for Kafka's acknowledgement before it is retried.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between forwarding attempts while Kafka is unreachable.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Kafka through an outbox.
+#[derive(Debug, Clone)]
+pub struct KafkaBus {
+    brokers: String,
+    outbox: Arc<Mutex<DiskQueue>>,
+    outbox_dir: PathBuf,
+    queued: Arc<Notify>,
+    pending: Arc<AtomicUsize>,
+}
+
+fn kafka_error(op: &'static str, e: KafkaError) -> BusError {
+    let retryable = !matches!(
+        e,
+        KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_)
+    );
+    BusError::Kafka {
+        op,
+        message: e.to_string(),
+        retryable,
+    }
+}
+
+/// Client settings every tidecast Kafka client uses.
+fn client_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("socket.connection.setup.timeout.ms", "3000")
+        .set("reconnect.backoff.max.ms", "2000");
+    c
+}
+
+/// Create `topic` (one partition) if the cluster does not have it; an existing one is fine.
+async fn ensure_topic(brokers: &str, topic: &str) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .map_err(|e| kafka_error("admin client", e))?;
+    let options = AdminOptions::new().operation_timeout(Some(SEND_TIMEOUT));
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await
+        .map_err(|e| kafka_error("create topic", e))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => {
+                return Err(BusError::Kafka {
+                    op: "create topic",
+                    message: format!("{t}: {code}"),
+                    retryable: true,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+struct BusMetrics {
+    published: Metric,
+    failures: Metric,
+    outbox: Metric,
+}
+
+impl KafkaBus {
+    /// Connect to `brokers` (`host:port,…`) and start forwarding the outbox in `dir`.
+    pub fn start(brokers: &str, dir: PathBuf, registry: &Registry) -> Result<KafkaBus, BusError> {
+        let producer: FutureProducer = client_config(brokers)
+            .set("message.timeout.ms", "10000")
+            .set("acks", "all")
+            .create()
+            .map_err(|e| kafka_error("producer", e))?;
+        let outbox_dir = dir.join("outbox");
+        let outbox = DiskQueue::open(outbox_dir.clone());
+        let labels = [("bus", "kafka")];
+        let metrics = BusMetrics {
+            published: registry.counter(
+                "tidecast_bus_published_total",
+                "Events the broker acknowledged.",
+                &labels,
+            ),
+            failures: registry.counter(
+                "tidecast_bus_publish_failures_total",
+                "Attempts to hand an event to the broker that failed (it stays in the outbox).",
+                &labels,
+            ),
+            outbox: registry.gauge(
+                "tidecast_bus_outbox_events",
+                "Events waiting in the outbox for the broker.",
+                &labels,
+            ),
+        };
+        let bus = KafkaBus {
+            brokers: brokers.to_string(),
+            pending: Arc::new(AtomicUsize::new(outbox.len())),
+            outbox: Arc::new(Mutex::new(outbox)),
+            outbox_dir,
+            queued: Arc::default(),
+        };
+        if bus.pending() > 0 {
+            info!(
+                events = bus.pending(),
+                "event outbox holds events from an earlier run; forwarding them"
+            );
+        }
+        tokio::spawn(bus.clone().forward(producer, metrics));
+        Ok(bus)
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, DiskQueue> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hand outbox events to Kafka oldest first; each leaves the outbox once acknowledged.
+    async fn forward(self, producer: FutureProducer, metrics: BusMetrics) {
+        let mut topics_made: HashSet<String> = HashSet::new();
+        let mut failing = false;
+        loop {
+            let queued = self.queued.notified();
+            tokio::pin!(queued);
+            queued.as_mut().enable();
+            let front = self.outbox().front();
+            metrics.outbox.set(self.pending() as i64);
+            let Some((path, record)) = front else {
+                queued.await;
+                continue;
+            };
+            // name = "{topic}/{key}" (topics have no '/')
+            let Some((topic, key, payload)) = record.and_then(|r| {
+                let (topic, key) = r.name.split_once('/')?;
+                Some((topic.to_string(), key.to_string(), r.data))
+            }) else {
+                self.outbox().pop(&path);
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            };
+            if !topics_made.contains(&topic) {
+                match ensure_topic(&self.brokers, &topic).await {
+                    Ok(()) => {
+                        topics_made.insert(topic.clone());
+                    }
+                    Err(e) => {
+                        metrics.failures.inc();
+                        if !failing {
+                            warn!(%topic, "kafka unreachable, events wait in the outbox: {e}");
+                            failing = true;
+                        }
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                }
+            }
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload[..]);
+            match producer.send(record, SEND_TIMEOUT).await {
+                Ok(_) => {
+                    self.outbox().pop(&path);
+                    self.pending.fetch_sub(1, Ordering::Relaxed);
+                    metrics.published.inc();
+                    if failing {
+                        info!(%topic, "kafka reachable again, forwarding the outbox");
+                        failing = false;
+                    }
+                }
+                Err((e, _)) => {
+                    metrics.failures.inc();
+                    if !failing {
+                        warn!(%topic, %key, "kafka send failed, event stays in the outbox: {e}");
+                        failing = true;
+                    }
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+}
+
+impl EventBus for KafkaBus {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn publish(&self, event: Event) -> Result<(), BusError> {
+        check_name(&event.topic)?;
+        let name = format!("{}/{}", event.topic, event.key);
+        self.outbox()
+            .push(&name, &event.payload)
+            .map_err(io_error(&self.outbox_dir))?;
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.queued.notify_waiters();
+        Ok(())
+    }
+
+    fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> BusFuture<'a, Box<dyn EventConsumer>> {
+        Box::pin(async move {
+            check_name(topic)?;
+            check_name(group)?;
+            ensure_topic(&self.brokers, topic).await?;
+            let consumer: StreamConsumer = client_config(&self.brokers)
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("session.timeout.ms", "6000")
+                .set("heartbeat.interval.ms", "1000")
+                .create()
+                .map_err(|e| kafka_error("consumer", e))?;
+            consumer
+                .subscribe(&[topic])
+                .map_err(|e| kafka_error("subscribe", e))?;
+            Ok(Box::new(KafkaConsumer {
+                consumer: Arc::new(consumer),
+            }) as Box<dyn EventConsumer>)
+        })
+    }
+}
+
+struct KafkaConsumer {
+    consumer: Arc<StreamConsumer>,
+}
+
+impl EventConsumer for KafkaConsumer {
+    fn next(&mut self) -> BusFuture<'_, Delivery> {
+        Box::pin(async move {
+            let m = self
+                .consumer
+                .recv()
+                .await
+                .map_err(|e| kafka_error("receive", e))?;
+            Ok(Delivery {
+                event: Event {
+                    topic: m.topic().to_string(),
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                },
+                partition: m.partition(),
+                offset: m.offset(),
+            })
+        })
+    }
+
+    fn commit<'a>(&'a mut self, delivery: &'a Delivery) -> BusFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(
+                &delivery.event.topic,
+                delivery.partition,
+                Offset::Offset(delivery.offset + 1),
+            )
+            .map_err(|e| kafka_error("commit", e))?;
+            let consumer = self.consumer.clone();
+            // a synchronous commit blocks on the broker's answer: off the async threads
+            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+                .await
+                .map_err(|e| BusError::Kafka {
+                    op: "commit",
+                    message: e.to_string(),
+                    retryable: true,
+                })?
+                .map_err(|e| kafka_error("commit", e))
+        })
+    }
+}
