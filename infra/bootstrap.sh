@@ -2,7 +2,7 @@
 # Installs every system package tidecast needs to build, run and test, on Debian 12. Idempotent:
 # packages already present are not reinstalled and apt is not touched when nothing is missing.
 #   infra/bootstrap.sh          # build + run dependencies (GStreamer 1.22, ffmpeg)
-#   infra/bootstrap.sh --test   # plus test tools (Chromium, Node/npm, s3s-fs, cargo-fuzz, iproute2, python3)
+#   infra/bootstrap.sh --test   # plus test tools (Chromium, Node/npm, s3s-fs, tansu, cargo-fuzz, iproute2, python3)
 #   infra/bootstrap.sh --bench  # plus benchmark anchors (nginx with the RTMP module, wrk; Janus for the SFU)
 set -euo pipefail
 
@@ -67,6 +67,12 @@ if [ "$want_test" = 1 ]; then
   if ! command -v s3s-fs >/dev/null 2>&1; then
     echo "bootstrap: installing s3s-fs (cargo install, ~2 min)"
     cargo install s3s-fs@0.14.1 --locked --features binary --quiet
+  fi
+  # Kafka-protocol broker for the event-bus tests (a real Kafka API implementation in Rust)
+  if ! command -v tansu >/dev/null 2>&1; then
+    echo "bootstrap: installing tansu (cargo install, ~15 min on 2 cores)"
+    cargo install tansu@0.6.0 --locked --features dynostore --quiet \
+      --target-dir "${HOME}/.cache/tidecast/tansu-target"
   fi
   # libFuzzer driver for the fuzz targets (fuzz/run.sh)
   if ! command -v cargo-fuzz >/dev/null 2>&1; then

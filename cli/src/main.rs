@@ -496,8 +496,15 @@ async fn main() -> Result<()> {
             }
             None => None,
         };
-        let rooms =
-            tidecast_rooms::Rooms::new(&config.rooms, &registry, turn).with_context(|| {
+        let bus = tidecast_common::bus::from_config(&config.bus, &config.data_dir, &registry)
+            .context("setting up the event bus ([bus] config)")?;
+        info!(bus = bus.kind(), topic = %config.bus.topic, "call events go to the event bus");
+        let events = tidecast_rooms::CallEvents {
+            bus,
+            topic: config.bus.topic.clone(),
+        };
+        let rooms = tidecast_rooms::Rooms::new(&config.rooms, &registry, turn, Some(events))
+            .with_context(|| {
                 format!(
                     "starting the SFU on {} (rooms.media_listen)",
                     config.rooms.media_listen

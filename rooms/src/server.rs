@@ -15,6 +15,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use tidecast_common::body::{full, Body};
+use tidecast_common::bus::SharedBus;
 use tidecast_common::config::RoomsConfig;
 use tidecast_common::demo::Demo;
 use tidecast_common::keys::random_hex;
@@ -27,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
+use crate::call_events::{CallLog, EndReason};
 use crate::room::{ConnId, Effect, Room, RoomSettings};
 use crate::sfu::{Sfu, SfuSettings, Signal};
 use crate::signal::{self, ClientMessage, IceServer, ServerMessage};
@@ -51,6 +53,16 @@ enum Outgoing {
 
 struct RoomEntry {
     room: Room,
+    call: CallLog,
+}
+
+/// Where ended calls are announced: the event bus and its topic (`bus.topic`).
+#[derive(Debug, Clone)]
+pub struct CallEvents {
+    /// The bus.
+    pub bus: SharedBus,
+    /// The topic of call events.
+    pub topic: String,
 }
 
 /// The rooms node.
@@ -69,6 +81,8 @@ pub struct Rooms {
     sfu: Option<Sfu>,
     /// TURN credentials for joining participants (None: no TURN server known).
     turn: Option<TurnHandout>,
+    /// Ended calls go here (None: not announced).
+    events: Option<CallEvents>,
 }
 
 /// TURN credentials handed to each joining participant: the TURN REST API scheme, scoped to
@@ -218,6 +232,7 @@ impl Rooms {
         config: &RoomsConfig,
         registry: &Registry,
         turn: Option<TurnHandout>,
+        events: Option<CallEvents>,
     ) -> std::io::Result<Arc<Rooms>> {
         let dev_mode = config.api_secret.is_empty();
         let secret = if dev_mode {
@@ -260,6 +275,7 @@ impl Rooms {
             pages: crate::client::pages(),
             sfu,
             turn,
+            events,
         });
         tokio::spawn(rooms.clone().ticker());
         if let Some(signals) = signals {
@@ -288,6 +304,42 @@ impl Rooms {
                 message: s.message,
             };
             self.apply(&entry.room, vec![effect]);
+        }
+    }
+
+    /// Announce the end of `entry`'s call on the event bus (when anyone was in it). Publishing
+    /// only writes to local disk; the bus delivers it later if its broker is down.
+    fn call_ended(&self, entry: &RoomEntry, reason: EndReason) {
+        if !entry.call.had_anyone() {
+            return;
+        }
+        let Some(events) = &self.events else {
+            return;
+        };
+        let ended = entry.call.ended(SystemTime::now(), reason, 0);
+        let labels = [("bus", events.bus.kind())];
+        match events.bus.publish(ended.to_event(&events.topic)) {
+            Ok(()) => {
+                info!(room = %ended.room, meeting = %ended.meeting_id, ?reason,
+                      participants = ended.participants.len(), "call ended");
+                self.registry
+                    .counter(
+                        "tidecast_call_events_published_total",
+                        "call.ended events handed to the event bus.",
+                        &labels,
+                    )
+                    .inc();
+            }
+            Err(e) => {
+                warn!(room = %ended.room, meeting = %ended.meeting_id, "call.ended not published: {e}");
+                self.registry
+                    .counter(
+                        "tidecast_call_event_failures_total",
+                        "call.ended events the event bus refused.",
+                        &labels,
+                    )
+                    .inc();
+            }
         }
     }
 
@@ -389,7 +441,9 @@ impl Rooms {
                 }
             }
             for name in ended {
-                rooms.remove(&name);
+                if let Some(entry) = rooms.remove(&name) {
+                    self.call_ended(&entry, EndReason::Empty);
+                }
                 self.gauges(&name, None);
                 info!(room = %name, "room closed (empty)");
             }
@@ -568,6 +622,7 @@ impl Rooms {
         };
         let effects = entry.room.end();
         self.apply(&entry.room, effects);
+        self.call_ended(&entry, EndReason::Ended);
         self.gauges(room, None);
         info!(%room, "room ended by the API");
         json(StatusCode::OK, &serde_json::json!({ "ended": room }))
@@ -718,6 +773,7 @@ impl Rooms {
                         info!(%room, "room opened");
                         RoomEntry {
                             room: Room::new(&room, self.settings.clone(), Instant::now()),
+                            call: CallLog::new(random_hex(16), &room, SystemTime::now()),
                         }
                     });
                     let effects = entry.room.join(
@@ -732,7 +788,10 @@ impl Rooms {
                     self.apply(&entry.room, effects);
                     self.gauges(&room, Some(&entry.room));
                     if joined {
-                        info!(%room, participant = %id, conn, "joined");
+                        let shown = entry.room.participants().into_iter().find(|p| p.id == id);
+                        let shown = shown.map(|p| p.name).unwrap_or_else(|| claims.name.clone());
+                        entry.call.joined(&id, &shown);
+                        info!(%room, participant = %id, conn, meeting = entry.call.meeting_id(), "joined");
                     } else if entry.room.is_empty() {
                         rooms.remove(&room);
                         self.gauges(&room, None);

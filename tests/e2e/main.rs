@@ -7,6 +7,7 @@ mod http;
 mod archive;
 mod bad_input;
 mod browser;
+mod bus;
 mod dash;
 mod edge;
 mod lab;

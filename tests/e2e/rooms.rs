@@ -530,7 +530,13 @@ fn third_page_moves_the_call_to_the_sfu_and_pinning_switches_the_simulcast_layer
 
 /// `tidecast bot` with `participants` in `room` for `seconds`, subscribing on `schedule`
 /// (`--pin`): its JSON report.
-fn run_bots(t: &Tidecast, room: &str, participants: u32, seconds: u32, schedule: &str) -> Value {
+pub fn run_bots(
+    t: &Tidecast,
+    room: &str,
+    participants: u32,
+    seconds: u32,
+    schedule: &str,
+) -> Value {
     let out = std::process::Command::new(binary())
         .args(["bot", "--server"])
         .arg(format!("127.0.0.1:{}", t.rooms_port))

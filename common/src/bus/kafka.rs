@@ -28,14 +28,36 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between forwarding attempts while Kafka is unreachable.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Kafka through an outbox.
+/// Kafka through an outbox. The forwarding task ends when the last handle is dropped.
 #[derive(Debug, Clone)]
 pub struct KafkaBus {
+    shared: Arc<Shared>,
+    _forwarder: Arc<AbortOnDrop>,
+}
+
+/// Stops the forwarding task (at its current await: no send is retried after this).
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
     brokers: String,
-    outbox: Arc<Mutex<DiskQueue>>,
+    outbox: Mutex<DiskQueue>,
     outbox_dir: PathBuf,
-    queued: Arc<Notify>,
-    pending: Arc<AtomicUsize>,
+    queued: Notify,
+    pending: AtomicUsize,
+}
+
+impl Shared {
+    fn outbox(&self) -> MutexGuard<'_, DiskQueue> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 fn kafka_error(op: &'static str, e: KafkaError) -> BusError {
@@ -121,12 +143,17 @@ impl KafkaBus {
                 &labels,
             ),
         };
-        let bus = KafkaBus {
+        let shared = Arc::new(Shared {
             brokers: brokers.to_string(),
-            pending: Arc::new(AtomicUsize::new(outbox.len())),
-            outbox: Arc::new(Mutex::new(outbox)),
+            pending: AtomicUsize::new(outbox.len()),
+            outbox: Mutex::new(outbox),
             outbox_dir,
-            queued: Arc::default(),
+            queued: Notify::new(),
+        });
+        let task = tokio::spawn(forward(shared.clone(), producer, metrics));
+        let bus = KafkaBus {
+            shared,
+            _forwarder: Arc::new(AbortOnDrop(task)),
         };
         if bus.pending() > 0 {
             info!(
@@ -134,24 +161,23 @@ impl KafkaBus {
                 "event outbox holds events from an earlier run; forwarding them"
             );
         }
-        tokio::spawn(bus.clone().forward(producer, metrics));
         Ok(bus)
     }
+}
 
-    fn outbox(&self) -> MutexGuard<'_, DiskQueue> {
-        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Hand outbox events to Kafka oldest first; each leaves the outbox once acknowledged.
-    async fn forward(self, producer: FutureProducer, metrics: BusMetrics) {
-        let mut topics_made: HashSet<String> = HashSet::new();
-        let mut failing = false;
-        loop {
-            let queued = self.queued.notified();
+/// Hand outbox events to Kafka oldest first; each leaves the outbox once acknowledged.
+async fn forward(bus: Arc<Shared>, producer: FutureProducer, metrics: BusMetrics) {
+    let mut topics_made: HashSet<String> = HashSet::new();
+    let mut failing = false;
+    loop {
+        {
+            let queued = bus.queued.notified();
             tokio::pin!(queued);
             queued.as_mut().enable();
-            let front = self.outbox().front();
-            metrics.outbox.set(self.pending() as i64);
+            let front = bus.outbox().front();
+            metrics
+                .outbox
+                .set(bus.pending.load(Ordering::Relaxed) as i64);
             let Some((path, record)) = front else {
                 queued.await;
                 continue;
@@ -161,12 +187,12 @@ impl KafkaBus {
                 let (topic, key) = r.name.split_once('/')?;
                 Some((topic.to_string(), key.to_string(), r.data))
             }) else {
-                self.outbox().pop(&path);
-                self.pending.fetch_sub(1, Ordering::Relaxed);
+                bus.outbox().pop(&path);
+                bus.pending.fetch_sub(1, Ordering::Relaxed);
                 continue;
             };
             if !topics_made.contains(&topic) {
-                match ensure_topic(&self.brokers, &topic).await {
+                match ensure_topic(&bus.brokers, &topic).await {
                     Ok(()) => {
                         topics_made.insert(topic.clone());
                     }
@@ -184,8 +210,8 @@ impl KafkaBus {
             let record = FutureRecord::to(&topic).key(&key).payload(&payload[..]);
             match producer.send(record, SEND_TIMEOUT).await {
                 Ok(_) => {
-                    self.outbox().pop(&path);
-                    self.pending.fetch_sub(1, Ordering::Relaxed);
+                    bus.outbox().pop(&path);
+                    bus.pending.fetch_sub(1, Ordering::Relaxed);
                     metrics.published.inc();
                     if failing {
                         info!(%topic, "kafka reachable again, forwarding the outbox");
@@ -213,16 +239,17 @@ impl EventBus for KafkaBus {
     fn publish(&self, event: Event) -> Result<(), BusError> {
         check_name(&event.topic)?;
         let name = format!("{}/{}", event.topic, event.key);
-        self.outbox()
+        self.shared
+            .outbox()
             .push(&name, &event.payload)
-            .map_err(io_error(&self.outbox_dir))?;
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        self.queued.notify_waiters();
+            .map_err(io_error(&self.shared.outbox_dir))?;
+        self.shared.pending.fetch_add(1, Ordering::Relaxed);
+        self.shared.queued.notify_waiters();
         Ok(())
     }
 
     fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        self.shared.pending.load(Ordering::Relaxed)
     }
 
     fn subscribe<'a>(
@@ -233,8 +260,8 @@ impl EventBus for KafkaBus {
         Box::pin(async move {
             check_name(topic)?;
             check_name(group)?;
-            ensure_topic(&self.brokers, topic).await?;
-            let consumer: StreamConsumer = client_config(&self.brokers)
+            ensure_topic(&self.shared.brokers, topic).await?;
+            let consumer: StreamConsumer = client_config(&self.shared.brokers)
                 .set("group.id", group)
                 .set("enable.auto.commit", "false")
                 .set("auto.offset.reset", "earliest")
