@@ -503,13 +503,34 @@ async fn main() -> Result<()> {
             bus,
             topic: config.bus.topic.clone(),
         };
-        let rooms = tidecast_rooms::Rooms::new(&config.rooms, &registry, turn, Some(events))
-            .with_context(|| {
-                format!(
-                    "starting the SFU on {} (rooms.media_listen)",
-                    config.rooms.media_listen
-                )
-            })?;
+        // recordings go to the same object store as the archive, through their own spool
+        let store = tidecast_common::store::from_config(&config.store, &config.data_dir)
+            .context("setting up the object store for recordings ([store] config)")?;
+        let writer = tidecast_common::spool::SpooledWriter::spawn(
+            store,
+            config.data_dir.join("spool-recording"),
+            std::time::Duration::from_secs(config.origin.archive_retry_secs),
+            &registry,
+            "recording",
+        );
+        let recorder = tidecast_rooms::recording::Recorder::spawn(
+            writer,
+            config.data_dir.join("recording-tmp"),
+            &registry,
+        );
+        let rooms = tidecast_rooms::Rooms::new(
+            &config.rooms,
+            &registry,
+            turn,
+            Some(events),
+            Some(recorder),
+        )
+        .with_context(|| {
+            format!(
+                "starting the SFU on {} (rooms.media_listen)",
+                config.rooms.media_listen
+            )
+        })?;
         let r = readiness.clone();
         tasks.spawn(async move { rooms.serve(listener, &r).await.context("rooms http") });
     }

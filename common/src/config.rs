@@ -169,6 +169,9 @@ pub struct RoomsConfig {
     /// address that differs from the socket's own is announced as a server-reflexive candidate.
     /// Empty: no STUN (the host candidates, or `media_addresses`, are the public ones).
     pub stun_server: String,
+    /// Record every call (through the SFU, into the object store of `[store]`); otherwise a
+    /// call is recorded from `POST /api/rooms/{room}/recording` on.
+    pub record: bool,
 }
 
 impl Default for RoomsConfig {
@@ -186,6 +189,7 @@ impl Default for RoomsConfig {
             media_addresses: Vec::new(),
             media_tcp: true,
             stun_server: String::new(),
+            record: false,
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod call_events;
 pub mod client;
 pub mod forwarding;
+pub mod recording;
 pub mod room;
 pub mod server;
 pub mod sfu;

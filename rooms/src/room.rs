@@ -275,6 +275,23 @@ impl Room {
         effects
     }
 
+    /// Move the call to the SFU now, whatever its size (a recorded call is recorded there):
+    /// everyone renegotiates with it, as when a third participant joins. Nothing when it is
+    /// there already or the node has no SFU.
+    pub fn use_sfu(&mut self) -> Vec<Effect> {
+        if self.mode == Mode::Sfu || !self.settings.sfu {
+            return Vec::new();
+        }
+        self.mode = Mode::Sfu;
+        self.participants
+            .keys()
+            .map(|id| Effect::Send {
+                to: id.clone(),
+                message: ServerMessage::Mode { mode: "sfu" },
+            })
+            .collect()
+    }
+
     fn joined(&self, id: &str, you: ParticipantInfo, session: String, resumed: bool) -> Effect {
         Effect::Send {
             to: id.to_string(),
@@ -803,6 +820,35 @@ mod tests {
             }]
         );
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_recorded_call_of_two_moves_to_the_sfu() {
+        let now = Instant::now();
+        let mut r = room(now);
+        let caps = Capabilities::default;
+        r.join(&claims("a"), None, None, caps(), 1, "s1".into());
+        r.join(&claims("b"), None, None, caps(), 2, "s2".into());
+        assert_eq!(r.mode(), Mode::P2p);
+        let e = r.use_sfu();
+        assert_eq!(r.mode(), Mode::Sfu);
+        for who in ["a", "b"] {
+            assert_eq!(sent_to(&e, who), vec![ServerMessage::Mode { mode: "sfu" }]);
+        }
+        assert!(r.use_sfu().is_empty());
+        // a newcomer is told at once
+        let mut r = room(now);
+        r.use_sfu();
+        let e = r.join(&claims("a"), None, None, caps(), 1, "s1".into());
+        assert!(matches!(
+            sent_to(&e, "a").last(),
+            Some(ServerMessage::Joined { mode: "sfu", .. })
+        ));
+        // no SFU on this node: the call stays peer-to-peer
+        let mut r = room(now);
+        r.settings.sfu = false;
+        assert!(r.use_sfu().is_empty());
+        assert_eq!(r.mode(), Mode::P2p);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
 use crate::call_events::{CallLog, EndReason};
+use crate::recording::Recorder;
 use crate::room::{ConnId, Effect, Room, RoomSettings};
 use crate::sfu::{Sfu, SfuSettings, Signal};
 use crate::signal::{self, ClientMessage, IceServer, ServerMessage};
@@ -54,6 +55,17 @@ enum Outgoing {
 struct RoomEntry {
     room: Room,
     call: CallLog,
+    /// When the call started (the recording's timeline starts here).
+    started: Instant,
+    recording: RecordingState,
+}
+
+/// A call's recording.
+enum RecordingState {
+    Off,
+    On,
+    /// Stopped: the chunk count once the last chunks are written.
+    Stopped(tokio::task::JoinHandle<u64>),
 }
 
 /// Where ended calls are announced: the event bus and its topic (`bus.topic`).
@@ -83,6 +95,8 @@ pub struct Rooms {
     turn: Option<TurnHandout>,
     /// Ended calls go here (None: not announced).
     events: Option<CallEvents>,
+    /// Records calls (None: no object store).
+    recorder: Option<Recorder>,
 }
 
 /// TURN credentials handed to each joining participant: the TURN REST API scheme, scoped to
@@ -233,6 +247,7 @@ impl Rooms {
         registry: &Registry,
         turn: Option<TurnHandout>,
         events: Option<CallEvents>,
+        recorder: Option<Recorder>,
     ) -> std::io::Result<Arc<Rooms>> {
         let dev_mode = config.api_secret.is_empty();
         let secret = if dev_mode {
@@ -276,6 +291,7 @@ impl Rooms {
             sfu,
             turn,
             events,
+            recorder,
         });
         tokio::spawn(rooms.clone().ticker());
         if let Some(signals) = signals {
@@ -307,40 +323,129 @@ impl Rooms {
         }
     }
 
-    /// Announce the end of `entry`'s call on the event bus (when anyone was in it). Publishing
-    /// only writes to local disk; the bus delivers it later if its broker is down.
-    fn call_ended(&self, entry: &RoomEntry, reason: EndReason) {
+    /// Start recording `entry`'s call: the call moves to the SFU and the SFU hands its
+    /// tracks to the recorder. Fails (status, code, message) without an SFU or a store, or when
+    /// this call was recorded and stopped already (a second recording would overwrite it).
+    fn start_recording(
+        &self,
+        room: &str,
+        entry: &mut RoomEntry,
+    ) -> Result<(), (StatusCode, &'static str, &'static str)> {
+        let (Some(recorder), Some(sfu)) = (&self.recorder, &self.sfu) else {
+            return Err((
+                StatusCode::CONFLICT,
+                "no_recording",
+                "recording needs the SFU (rooms.sfu) and an object store",
+            ));
+        };
+        match entry.recording {
+            RecordingState::On => return Ok(()),
+            RecordingState::Stopped(_) => {
+                return Err((
+                    StatusCode::CONFLICT,
+                    "recorded",
+                    "this call was recorded and stopped already",
+                ))
+            }
+            RecordingState::Off => {}
+        }
+        let tap = recorder.start(entry.call.meeting_id(), entry.started);
+        sfu.send(crate::sfu::Command::Record {
+            room: room.to_string(),
+            tap: Some(tap),
+        });
+        let effects = entry.room.use_sfu();
+        self.apply(&entry.room, effects);
+        entry.recording = RecordingState::On;
+        info!(%room, meeting = entry.call.meeting_id(), "recording the call");
+        Ok(())
+    }
+
+    /// Stop recording `entry`'s call; the chunk count comes when its last chunks are written.
+    fn stop_recording(&self, room: &str, entry: &mut RoomEntry) {
+        let (Some(recorder), Some(sfu)) = (&self.recorder, &self.sfu) else {
+            return;
+        };
+        if !matches!(entry.recording, RecordingState::On) {
+            return;
+        }
+        sfu.send(crate::sfu::Command::Record {
+            room: room.to_string(),
+            tap: None,
+        });
+        let recorder = recorder.clone();
+        let meeting = entry.call.meeting_id().to_string();
+        entry.recording =
+            RecordingState::Stopped(tokio::spawn(async move { recorder.finish(&meeting).await }));
+    }
+
+    /// `POST`/`DELETE /api/rooms/{room}/recording`.
+    fn record(&self, room: &str, on: bool) -> Response<Body> {
+        let mut rooms = self.rooms();
+        let Some(entry) = rooms.get_mut(room) else {
+            return error(StatusCode::NOT_FOUND, "no_room", "no such room");
+        };
+        if on {
+            if let Err((status, code, message)) = self.start_recording(room, entry) {
+                return error(status, code, message);
+            }
+        } else {
+            self.stop_recording(room, entry);
+        }
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "room": room,
+                "meeting_id": entry.call.meeting_id(),
+                "recording": matches!(entry.recording, RecordingState::On),
+            }),
+        )
+    }
+
+    /// Announce the end of `entry`'s call on the event bus (when anyone was in it), after its
+    /// recording (if any) has written its last chunks. Publishing only writes to local disk; the
+    /// bus delivers it later if its broker is down.
+    fn call_ended(&self, room: &str, mut entry: RoomEntry, reason: EndReason) {
+        self.stop_recording(room, &mut entry);
         if !entry.call.had_anyone() {
             return;
         }
-        let Some(events) = &self.events else {
+        let Some(events) = self.events.clone() else {
             return;
         };
-        let ended = entry.call.ended(SystemTime::now(), reason, 0);
-        let labels = [("bus", events.bus.kind())];
-        match events.bus.publish(ended.to_event(&events.topic)) {
-            Ok(()) => {
-                info!(room = %ended.room, meeting = %ended.meeting_id, ?reason,
-                      participants = ended.participants.len(), "call ended");
-                self.registry
-                    .counter(
-                        "tidecast_call_events_published_total",
-                        "call.ended events handed to the event bus.",
-                        &labels,
-                    )
-                    .inc();
+        let ended_at = SystemTime::now();
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            let chunks = match entry.recording {
+                RecordingState::Stopped(chunks) => chunks.await.unwrap_or(0),
+                _ => 0,
+            };
+            let ended = entry.call.ended(ended_at, reason, chunks);
+            let labels = [("bus", events.bus.kind())];
+            match events.bus.publish(ended.to_event(&events.topic)) {
+                Ok(()) => {
+                    info!(room = %ended.room, meeting = %ended.meeting_id, ?reason,
+                          participants = ended.participants.len(), chunks, "call ended");
+                    registry
+                        .counter(
+                            "tidecast_call_events_published_total",
+                            "call.ended events handed to the event bus.",
+                            &labels,
+                        )
+                        .inc();
+                }
+                Err(e) => {
+                    warn!(room = %ended.room, meeting = %ended.meeting_id, "call.ended not published: {e}");
+                    registry
+                        .counter(
+                            "tidecast_call_event_failures_total",
+                            "call.ended events the event bus refused.",
+                            &labels,
+                        )
+                        .inc();
+                }
             }
-            Err(e) => {
-                warn!(room = %ended.room, meeting = %ended.meeting_id, "call.ended not published: {e}");
-                self.registry
-                    .counter(
-                        "tidecast_call_event_failures_total",
-                        "call.ended events the event bus refused.",
-                        &labels,
-                    )
-                    .inc();
-            }
-        }
+        });
     }
 
     /// The join-token signer (for `tidecast token room` and tests).
@@ -442,7 +547,7 @@ impl Rooms {
             }
             for name in ended {
                 if let Some(entry) = rooms.remove(&name) {
-                    self.call_ended(&entry, EndReason::Empty);
+                    self.call_ended(&name, entry, EndReason::Empty);
                 }
                 self.gauges(&name, None);
                 info!(room = %name, "room closed (empty)");
@@ -473,6 +578,17 @@ impl Rooms {
                 let room = room.to_string();
                 self.mint(req, &room).await
             }
+            (Method::POST | Method::DELETE, ["api", "rooms", _, "recording"])
+                if !self.authorised(&req) =>
+            {
+                error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "API secret required",
+                )
+            }
+            (Method::POST, ["api", "rooms", room, "recording"]) => self.record(room, true),
+            (Method::DELETE, ["api", "rooms", room, "recording"]) => self.record(room, false),
             (m, ["api", "rooms", ..]) if !self.authorised(&req) && m != Method::POST => error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -622,7 +738,7 @@ impl Rooms {
         };
         let effects = entry.room.end();
         self.apply(&entry.room, effects);
-        self.call_ended(&entry, EndReason::Ended);
+        self.call_ended(room, entry, EndReason::Ended);
         self.gauges(room, None);
         info!(%room, "room ended by the API");
         json(StatusCode::OK, &serde_json::json!({ "ended": room }))
@@ -774,6 +890,8 @@ impl Rooms {
                         RoomEntry {
                             room: Room::new(&room, self.settings.clone(), Instant::now()),
                             call: CallLog::new(random_hex(16), &room, SystemTime::now()),
+                            started: Instant::now(),
+                            recording: RecordingState::Off,
                         }
                     });
                     let effects = entry.room.join(
@@ -791,6 +909,11 @@ impl Rooms {
                         let shown = entry.room.participants().into_iter().find(|p| p.id == id);
                         let shown = shown.map(|p| p.name).unwrap_or_else(|| claims.name.clone());
                         entry.call.joined(&id, &shown);
+                        if self.config.record && matches!(entry.recording, RecordingState::Off) {
+                            if let Err(e) = self.start_recording(&room, entry) {
+                                warn!(%room, "call not recorded: {}", e.2);
+                            }
+                        }
                         info!(%room, participant = %id, conn, meeting = entry.call.meeting_id(), "joined");
                     } else if entry.room.is_empty() {
                         rooms.remove(&room);

@@ -14,5 +14,6 @@ mod lab;
 mod live_spine;
 mod ll_hls;
 mod nat;
+mod recording;
 mod rooms;
 mod turn;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use str0m::format::Codec;
+use str0m::format::{Codec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use tracing::{debug, info};
@@ -15,8 +15,11 @@ use super::codec::{starts_keyframe, vp8_keyframe_size, VideoCodec};
 use super::peer::{OutState, Peer, INITIAL_ESTIMATE_BPS};
 use super::speaker::SpeakerDetector;
 use crate::forwarding::{
-    select_layers, sticky, target_layer, Action, ForwardingTable, LayerInfo, Need, TrackKey,
+    select_layers, sticky, target_layer, Action, ForwardingTable, LayerInfo, Need, RtpRewriter,
+    TrackKey,
 };
+use crate::recording::index::RecordedCodec;
+use crate::recording::{RecordTap, RecordedPacket};
 use crate::signal::Layer;
 
 /// A layer with no packet for this long is treated as paused by the publisher.
@@ -137,7 +140,17 @@ pub struct RoomMedia {
     pub layers_changed: bool,
     /// subscriber → publisher → what its layout needs
     needs: BTreeMap<String, BTreeMap<String, Need>>,
+    /// The room is recorded: its packets also go here.
+    recording: Option<RecordTap>,
+    /// One continuous stream per recorded track.
+    recorded: BTreeMap<TrackKey, RtpRewriter>,
+    /// Seconds since the recorder last asked for keyframes (one per chunk).
+    recording_seconds: u32,
 }
+
+/// The recorder's place in the forwarding table: a subscriber to the best layer of every video
+/// (not a valid identity, so no participant can have it).
+pub const RECORDER: &str = "\u{1}recorder";
 
 fn video_codec(codec: Codec) -> Option<VideoCodec> {
     match codec {
@@ -154,6 +167,102 @@ impl RoomMedia {
             name: name.to_string(),
             ..RoomMedia::default()
         }
+    }
+
+    /// Record the room into `tap` (or stop recording).
+    pub fn set_recording(&mut self, tap: Option<RecordTap>) {
+        let same = match (&self.recording, &tap) {
+            (Some(a), Some(b)) => a.meeting() == b.meeting(),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        if tap.is_none() {
+            self.table.remove_participant(RECORDER);
+            self.layers_changed = true;
+        }
+        self.recorded.clear();
+        self.recording = tap;
+        self.select_recorded(Instant::now());
+    }
+
+    /// The recorder takes the best layer each video has (a paused one resumes for it).
+    fn select_recorded(&mut self, now: Instant) {
+        if self.recording.is_none() {
+            return;
+        }
+        let chosen: BTreeMap<TrackKey, Option<usize>> = self
+            .published
+            .iter()
+            .filter(|(_, p)| p.kind == MediaKind::Video)
+            .map(|(k, p)| {
+                let infos = p.infos(now);
+                let best = infos.iter().rposition(|l| l.bitrate_bps != u64::MAX / 16);
+                (
+                    k.clone(),
+                    Some(best.unwrap_or(infos.len().saturating_sub(1))),
+                )
+            })
+            .collect();
+        let actions = self.table.set(RECORDER, &chosen);
+        if !actions.is_empty() {
+            self.layers_changed = true;
+        }
+        for action in actions {
+            if let Action::RequestKeyframe { track, layer } = action {
+                self.request_keyframe(&track, layer, now);
+            }
+        }
+    }
+
+    /// A packet of a recorded track to the recorder, on the track's continuous stream.
+    fn record(
+        &mut self,
+        key: &TrackKey,
+        layer: usize,
+        packet: &RtpPacket,
+        params: &PayloadParams,
+        now: Instant,
+    ) {
+        let Some(tap) = &self.recording else {
+            return;
+        };
+        let spec = params.spec();
+        let codec = match spec.codec {
+            Codec::Vp8 => RecordedCodec::Vp8,
+            Codec::H264 => RecordedCodec::H264,
+            Codec::Opus => RecordedCodec::Opus,
+            _ => return,
+        };
+        let clock_rate = spec.clock_rate.get();
+        let rewriter = self
+            .recorded
+            .entry(key.clone())
+            .or_insert_with(|| RtpRewriter::new(clock_rate));
+        let (seq, timestamp) = rewriter.rewrite(
+            layer,
+            packet.header.sequence_number,
+            packet.header.timestamp,
+            now,
+        );
+        let kind = if codec == RecordedCodec::Opus {
+            "audio"
+        } else {
+            "video"
+        };
+        tap.send(RecordedPacket {
+            publisher: key.publisher.clone(),
+            track: format!("{kind}-{}", key.track),
+            codec,
+            pt: *params.pt(),
+            clock_rate,
+            seq,
+            timestamp,
+            marker: packet.header.marker,
+            payload: packet.payload.clone(),
+        });
     }
 
     /// Poll every peer on the next drive (after a command or on the second tick).
@@ -189,6 +298,7 @@ impl RoomMedia {
                 peer.reselect = true;
             }
         }
+        self.select_recorded(Instant::now());
     }
 
     /// Tracks of others to send to a newly connected `peer`.
@@ -458,6 +568,11 @@ impl RoomMedia {
                     .cloned(),
             ),
         }
+        if self.recording.is_some()
+            && (kind != MediaKind::Video || self.receivers.iter().any(|r| r == RECORDER))
+        {
+            self.record(&key, layer, packet, &params, now);
+        }
         let ext = ExtensionValues {
             audio_level: packet.header.ext_vals.audio_level,
             voice_activity: packet.header.ext_vals.voice_activity,
@@ -542,6 +657,22 @@ impl RoomMedia {
         // a switch still waiting for its keyframe asks again
         for (track, layer) in self.table.waiting() {
             self.request_keyframe(&track, layer, now);
+        }
+        if self.recording.is_some() {
+            self.select_recorded(now);
+            // a keyframe per chunk: chunks of video start on one
+            self.recording_seconds += 1;
+            if u64::from(self.recording_seconds) >= crate::recording::track::CHUNK.as_secs() {
+                self.recording_seconds = 0;
+                let recorded: Vec<(TrackKey, usize)> = self
+                    .published
+                    .keys()
+                    .filter_map(|k| Some((k.clone(), self.table.current(RECORDER, k)?)))
+                    .collect();
+                for (track, layer) in recorded {
+                    self.request_keyframe(&track, layer, now);
+                }
+            }
         }
         for p in self.peers.values_mut() {
             // a steady estimate sends no events: the budget's hold ends here

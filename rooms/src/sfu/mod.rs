@@ -123,6 +123,13 @@ pub enum Command {
         /// Participant.
         participant: String,
     },
+    /// Record the room's tracks into `tap` from now on (`None`: stop).
+    Record {
+        /// Room.
+        room: String,
+        /// Where its packets go.
+        tap: Option<crate::recording::RecordTap>,
+    },
 }
 
 /// From the SFU to one participant (through its signaling socket).
@@ -278,6 +285,7 @@ impl Sfu {
                 last_second: Instant::now(),
                 switches: HashMap::new(),
                 ports,
+                taps: HashMap::new(),
             };
             Ok(((), router.run(rx, tcp_rx)))
         })?;
@@ -356,6 +364,8 @@ struct Router {
     switches: HashMap<String, u64>,
     /// which media port the next peer connection gets
     ports: PortTurns,
+    /// rooms being recorded (kept while a room has no peers)
+    taps: HashMap<String, crate::recording::RecordTap>,
 }
 
 async fn recv_any(
@@ -463,10 +473,12 @@ impl Router {
             | Command::Answer { room, .. }
             | Command::Candidate { room, .. }
             | Command::Subscribe { room, .. }
-            | Command::Leave { room, .. } => room.clone(),
+            | Command::Leave { room, .. }
+            | Command::Record { room, .. } => room.clone(),
         };
         self.apply(command, now);
         if let Some(media) = self.rooms.get_mut(&room) {
+            media.set_recording(self.taps.get(&room).cloned());
             media.touch_all();
         }
     }
@@ -588,6 +600,16 @@ impl Router {
                     .set_need(&subscriber, &publisher, need);
             }
             Command::Leave { room, participant } => self.leave(&room, &participant),
+            Command::Record { room, tap } => {
+                match &tap {
+                    Some(t) => info!(%room, meeting = t.meeting(), "recording the room's tracks"),
+                    None => info!(%room, "recording stopped"),
+                }
+                match tap {
+                    Some(tap) => self.taps.insert(room, tap),
+                    None => self.taps.remove(&room),
+                };
+            }
         }
     }
 
