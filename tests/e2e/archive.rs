@@ -9,19 +9,19 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{free_port, heavy, require_tool, Publisher, Tidecast};
 
-const BUCKET: &str = "tidecast";
-const ACCESS: &str = "AKIDTIDECASTTEST";
-const SECRET: &str = "tidecast-test-secret-key";
+pub const BUCKET: &str = "tidecast";
+pub const ACCESS: &str = "AKIDTIDECASTTEST";
+pub const SECRET: &str = "tidecast-test-secret-key";
 
 /// s3s-fs serving `root` (buckets are its subdirectories) on a loopback port.
-struct S3Server {
+pub struct S3Server {
     child: Option<Child>,
-    port: u16,
+    pub port: u16,
     root: PathBuf,
 }
 
 impl S3Server {
-    fn start(root: &Path, port: u16) -> S3Server {
+    pub fn start(root: &Path, port: u16) -> S3Server {
         require_tool(
             "s3s-fs",
             "cargo install s3s-fs@0.14.1 --locked --features binary",
@@ -36,7 +36,7 @@ impl S3Server {
         s
     }
 
-    fn restart(&mut self) {
+    pub fn restart(&mut self) {
         let child = Command::new("s3s-fs")
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", ACCESS, "--secret-key", SECRET])
@@ -53,15 +53,20 @@ impl S3Server {
         }
     }
 
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
+    /// The bucket's directory (objects are files under it).
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.root.join(BUCKET)
+    }
+
     fn object(&self, key: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.root.join(BUCKET).join(key)).ok()
+        std::fs::read(self.bucket_dir().join(key)).ok()
     }
 }
 

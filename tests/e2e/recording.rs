@@ -150,3 +150,95 @@ fn a_recorded_call_leaves_chunks_and_indexes_in_the_store() {
     let found = check_recording(&t.dir.join("data").join("store"), meeting, 3, secs);
     assert_eq!(found, chunks, "{ended}");
 }
+
+/// A two-person call (peer-to-peer) recorded from `POST /api/rooms/{room}/recording` on moves to
+/// the SFU and is recorded into S3 (s3s-fs); S3 is down for 10 s in the middle, and afterwards
+/// every chunk of every index is in the bucket.
+#[test]
+fn recording_started_by_the_api_reaches_s3_across_an_outage() {
+    use crate::archive::{S3Server, ACCESS, BUCKET, SECRET};
+    use crate::harness::free_port;
+    require_tool("ffprobe", "apt-get install ffmpeg");
+    let _guard = heavy();
+    let root = std::env::temp_dir().join(format!("tidecast-rec-s3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mut s3 = S3Server::start(&root, free_port());
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let t = Tidecast::start(
+        &[],
+        &[
+            ("TIDECAST_STORE__KIND", "s3"),
+            ("TIDECAST_STORE__S3__ENDPOINT", &endpoint),
+            ("TIDECAST_STORE__S3__BUCKET", BUCKET),
+            ("TIDECAST_STORE__S3__ACCESS_KEY_ID", ACCESS),
+            ("TIDECAST_STORE__S3__SECRET_ACCESS_KEY", SECRET),
+            ("TIDECAST_ORIGIN__ARCHIVE_RETRY_SECS", "1"),
+        ],
+    );
+    let room = format!("rec-api-{}", std::process::id());
+    let bots = {
+        let (rooms_port, room) = (t.rooms_port, room.clone());
+        std::thread::spawn(move || {
+            let out = Command::new(crate::harness::binary())
+                .args(["bot", "--server", &format!("127.0.0.1:{rooms_port}")])
+                .args(["--room", &room, "--participants", "2", "--duration", "24"])
+                .args(["--schedule", "0=low", "--json"])
+                .env("RUST_LOG", "warn")
+                .output()
+                .expect("tidecast bot");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        })
+    };
+    // the call is on: record it
+    let path = format!("/api/rooms/{room}/recording");
+    t.wait_for("the room", Duration::from_secs(20), || {
+        let r = crate::http::get(t.rooms_port, &format!("/api/rooms/{room}")).ok()?;
+        (r.status == 200 && r.text().contains("bot-2")).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let r = crate::http::request(t.rooms_port, "POST", &path, &[], b"").expect("POST recording");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("\"recording\": true") || r.text().contains("\"recording\":true"),
+        "{}",
+        r.text()
+    );
+    // S3 goes away for 10 s while chunks are being written
+    std::thread::sleep(Duration::from_secs(5));
+    s3.stop();
+    std::thread::sleep(Duration::from_secs(10));
+    s3.restart();
+    let report = bots.join().expect("bots");
+    assert!(report.contains("participants"), "bots: {report}");
+    let ended = call_ended(&t, &room, Duration::from_secs(30));
+    let meeting = ended["meeting_id"]
+        .as_str()
+        .expect("meeting_id")
+        .to_string();
+    let chunks = ended["chunks"].as_u64().unwrap_or(0);
+    assert!(chunks >= 8, "{ended}");
+    // the spool drains once S3 is back
+    t.wait_for(
+        "the recording spool to drain",
+        Duration::from_secs(40),
+        || {
+            let spooled =
+                Tidecast::metric(t.http_port, "tidecast_store_spooled_objects", "recording");
+            let failures = Tidecast::metric(
+                t.http_port,
+                "tidecast_store_write_failures_total",
+                "recording",
+            );
+            (failures > 0 && spooled == 0).then_some(())
+        },
+    );
+    // recorded from the API call on: the track starts a few seconds into the call
+    let secs = ended["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0 - 4.0;
+    let found = check_recording(&s3.bucket_dir(), &meeting, 2, secs);
+    assert_eq!(found, chunks, "{ended}");
+    let log = t.log();
+    assert!(log.contains("spooling"), "{log}");
+    drop(t);
+    drop(s3);
+    let _ = std::fs::remove_dir_all(&root);
+}
