@@ -73,6 +73,9 @@ pub struct BotOptions {
     /// Run against Janus's VideoRoom at this `host:port` (its REST API) instead of tidecast:
     /// the benchmark anchor.
     pub janus: Option<String>,
+    /// Each participant shows a solid colour of its own ([`media::COLOURS`] in turn) instead of
+    /// the test pattern.
+    pub colours: bool,
 }
 
 /// Parse `0=low,8=high,14=off` (seconds=layer).
@@ -121,15 +124,29 @@ pub struct BotReport {
 
 /// Run the bots and collect their reports.
 pub async fn run(options: BotOptions) -> Result<BotReport, BotError> {
-    let media = tokio::task::spawn_blocking(|| -> Result<participant::Media, BotError> {
-        Ok(participant::Media {
-            video: media::video_loops(2)?,
-            audio: media::audio_loop(2)?,
+    // one set of loops for everyone, or one per participant with its own colour
+    let pictures: Vec<media::Picture> = if options.colours {
+        (0..options.participants)
+            .map(|i| media::Picture::Solid(media::COLOURS[i % media::COLOURS.len()]))
+            .collect()
+    } else {
+        vec![media::Picture::TestPattern]
+    };
+    let media =
+        tokio::task::spawn_blocking(move || -> Result<Vec<Arc<participant::Media>>, BotError> {
+            let audio = media::audio_loop(2)?;
+            pictures
+                .into_iter()
+                .map(|p| {
+                    Ok(Arc::new(participant::Media {
+                        video: media::video_loops(2, p)?,
+                        audio: audio.clone(),
+                    }))
+                })
+                .collect()
         })
-    })
-    .await
-    .map_err(|e| BotError::Media(e.to_string()))??;
-    let media = Arc::new(media);
+        .await
+        .map_err(|e| BotError::Media(e.to_string()))??;
     let options = Arc::new(options);
     let started = Instant::now();
     let started_unix_ms = std::time::SystemTime::now()
@@ -140,7 +157,7 @@ pub async fn run(options: BotOptions) -> Result<BotReport, BotError> {
     for i in 0..options.participants {
         let join_at = started + options.join_interval * i as u32;
         let deadline = started + options.duration;
-        let (o, m) = (options.clone(), media.clone());
+        let (o, m) = (options.clone(), media[i % media.len()].clone());
         let identity = format!("{}{}", options.prefix, i + 1);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(join_at.into()).await;

@@ -113,13 +113,40 @@ fn run_to_frames(description: &str) -> Result<Vec<Frame>, BotError> {
     Ok(frames)
 }
 
+/// Solid colours (ARGB) that `--colours` gives participants in turn: red, green, blue, yellow,
+/// magenta, cyan.
+pub const COLOURS: [u32; 6] = [
+    0xffff_0000,
+    0xff00_ff00,
+    0xff00_00ff,
+    0xffff_ff00,
+    0xffff_00ff,
+    0xff00_ffff,
+];
+
+/// What the video shows: the moving test pattern, or one solid colour (to tell participants
+/// apart in a composited recording).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Picture {
+    /// SMPTE bars scrolling.
+    TestPattern,
+    /// One colour, ARGB.
+    Solid(u32),
+}
+
 /// Encode the video loops (one per layer, `seconds` long, a keyframe every second).
-pub fn video_loops(seconds: u32) -> Result<Vec<MediaLoop>, BotError> {
+pub fn video_loops(seconds: u32, picture: Picture) -> Result<Vec<MediaLoop>, BotError> {
+    let source = match picture {
+        Picture::TestPattern => "videotestsrc pattern=smpte horizontal-speed=8".to_string(),
+        Picture::Solid(argb) => {
+            format!("videotestsrc pattern=solid-color foreground-color={argb}")
+        }
+    };
     LAYERS
         .iter()
         .map(|l| {
             let frames = run_to_frames(&format!(
-                "videotestsrc pattern=smpte horizontal-speed=8 num-buffers={n} ! \
+                "{source} num-buffers={n} ! \
                  video/x-raw,width={w},height={h},framerate={FPS}/1 ! \
                  vp8enc deadline=1 cpu-used=8 keyframe-max-dist={FPS} target-bitrate={b} \
                  error-resilient=default ! appsink name=sink sync=false",

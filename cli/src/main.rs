@@ -116,6 +116,10 @@ enum Command {
         /// instead of a tidecast rooms node: the anchor of `bench/sfu.sh`.
         #[arg(long)]
         janus: Option<String>,
+        /// Each participant shows a solid colour of its own (red, green, blue, …) instead of
+        /// the test pattern: tells tiles apart in a composited recording.
+        #[arg(long)]
+        colours: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -312,6 +316,7 @@ async fn main() -> Result<()> {
             schedule,
             pin,
             janus,
+            colours,
             json,
         } => {
             anyhow::ensure!(
@@ -334,6 +339,7 @@ async fn main() -> Result<()> {
                 schedule: tidecast_bot::parse_schedule(schedule)?,
                 pin: *pin,
                 janus: janus.clone(),
+                colours: *colours,
             };
             let report = tidecast_bot::run(options).await?;
             if *json {

@@ -79,6 +79,27 @@ fn probe(path: &Path) -> (String, f64) {
     (codec, duration)
 }
 
+/// How many chunks the indexes under `root` list for `meeting` (0 for what is not there yet).
+fn indexed_chunks(root: &Path, meeting: &str) -> u64 {
+    let dir = root.join("recordings").join(meeting);
+    let mut n = 0;
+    for person in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for track in std::fs::read_dir(person.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let index: Option<Value> = std::fs::read(track.path().join("index.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            n += index
+                .and_then(|i| i["chunks"].as_array().map(|c| c.len() as u64))
+                .unwrap_or(0);
+        }
+    }
+    n
+}
+
 /// Check every track of the recording under `root` (the store's directory: `root/{key}`):
 /// `participants` people with an audio and a video track each, every chunk of every index
 /// present and readable, starts in order. Returns the number of chunks.
@@ -217,21 +238,19 @@ fn recording_started_by_the_api_reaches_s3_across_an_outage() {
         .to_string();
     let chunks = ended["chunks"].as_u64().unwrap_or(0);
     assert!(chunks >= 8, "{ended}");
-    // the spool drains once S3 is back
-    t.wait_for(
-        "the recording spool to drain",
-        Duration::from_secs(40),
-        || {
-            let spooled =
-                Tidecast::metric(t.http_port, "tidecast_store_spooled_objects", "recording");
-            let failures = Tidecast::metric(
-                t.http_port,
-                "tidecast_store_write_failures_total",
-                "recording",
-            );
-            (failures > 0 && spooled == 0).then_some(())
-        },
+    // writes failed while S3 was down, and once it is back the spool drains: every index in
+    // the bucket lists its track's last chunk
+    assert!(
+        Tidecast::metric(
+            t.http_port,
+            "tidecast_store_write_failures_total",
+            "recording"
+        ) > 0
     );
+    t.wait_for("every chunk in the bucket", Duration::from_secs(40), || {
+        let spooled = Tidecast::metric(t.http_port, "tidecast_store_spooled_objects", "recording");
+        (spooled == 0 && indexed_chunks(&s3.bucket_dir(), &meeting) == chunks).then_some(())
+    });
     // recorded from the API call on: the track starts a few seconds into the call
     let secs = ended["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0 - 4.0;
     let found = check_recording(&s3.bucket_dir(), &meeting, 2, secs);
