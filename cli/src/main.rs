@@ -72,6 +72,10 @@ enum Command {
     Rooms,
     /// Only STUN/TURN (`turn.listen_udp`, `turn.listen_tcp`) for the rooms' clients.
     Turn,
+    /// Only the archiver: consumes `call.ended` from `[bus]` and assembles each recorded call
+    /// into `recordings/{meeting}/recording.mp4` in `[store]`. Serves /metrics and /healthz on
+    /// the HTTP port.
+    Archiver,
     /// Signed playback tokens and room join tokens.
     Token {
         #[command(subcommand)]
@@ -476,6 +480,49 @@ async fn main() -> Result<()> {
         let r = readiness.clone();
         tasks.spawn(async move { edge.serve(listener, &r).await.context("edge http") });
     }
+    // one event bus per process: the rooms publish call.ended on it, the archiver consumes it
+    let bus = if matches!(command, Command::All | Command::Rooms | Command::Archiver) {
+        let bus = tidecast_common::bus::from_config(&config.bus, &config.data_dir, &registry)
+            .context("setting up the event bus ([bus] config)")?;
+        info!(bus = bus.kind(), topic = %config.bus.topic, "call events on the event bus");
+        Some(bus)
+    } else {
+        None
+    };
+    if matches!(command, Command::Archiver) {
+        let listener = bind(&config.origin.http_listen, config.listen_backlog)
+            .await
+            .with_context(|| format!("binding HTTP on {}", config.origin.http_listen))?;
+        let service = Service::new(Arc::new(NoRoutes("archiver")), &registry, &readiness);
+        tasks.spawn(async move { service.serve(listener).await.context("metrics http") });
+    }
+    let run_archiver = match command {
+        Command::Archiver => true,
+        Command::All => config.archiver.enabled,
+        _ => false,
+    };
+    if let (true, Some(bus)) = (run_archiver, &bus) {
+        let store = tidecast_common::store::from_config(&config.store, &config.data_dir)
+            .context("setting up the object store for the archiver ([store] config)")?;
+        let a = &config.archiver;
+        let settings = tidecast_archive::ArchiverSettings {
+            topic: config.bus.topic.clone(),
+            group: a.group.clone(),
+            work_dir: a
+                .work_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("archiver")),
+            max_attempts: a.max_attempts.max(1),
+            retry: std::time::Duration::from_secs(a.retry_secs.max(1)),
+            width: a.width.clamp(160, 3840) & !1,
+            height: a.height.clamp(90, 2160) & !1,
+        };
+        let archiver = tidecast_archive::Archiver::new(store, bus.clone(), settings, &registry);
+        tasks.spawn(async move {
+            archiver.run().await;
+            Ok(())
+        });
+    }
     if matches!(command, Command::All | Command::Rooms) {
         let listener = bind(&config.rooms.http_listen, config.listen_backlog)
             .await
@@ -502,13 +549,10 @@ async fn main() -> Result<()> {
             }
             None => None,
         };
-        let bus = tidecast_common::bus::from_config(&config.bus, &config.data_dir, &registry)
-            .context("setting up the event bus ([bus] config)")?;
-        info!(bus = bus.kind(), topic = %config.bus.topic, "call events go to the event bus");
-        let events = tidecast_rooms::CallEvents {
+        let events = bus.clone().map(|bus| tidecast_rooms::CallEvents {
             bus,
             topic: config.bus.topic.clone(),
-        };
+        });
         // recordings go to the same object store as the archive, through their own spool
         let store = tidecast_common::store::from_config(&config.store, &config.data_dir)
             .context("setting up the object store for recordings ([store] config)")?;
@@ -524,19 +568,14 @@ async fn main() -> Result<()> {
             config.data_dir.join("recording-tmp"),
             &registry,
         );
-        let rooms = tidecast_rooms::Rooms::new(
-            &config.rooms,
-            &registry,
-            turn,
-            Some(events),
-            Some(recorder),
-        )
-        .with_context(|| {
-            format!(
-                "starting the SFU on {} (rooms.media_listen)",
-                config.rooms.media_listen
-            )
-        })?;
+        let rooms =
+            tidecast_rooms::Rooms::new(&config.rooms, &registry, turn, events, Some(recorder))
+                .with_context(|| {
+                    format!(
+                        "starting the SFU on {} (rooms.media_listen)",
+                        config.rooms.media_listen
+                    )
+                })?;
         let r = readiness.clone();
         tasks.spawn(async move { rooms.serve(listener, &r).await.context("rooms http") });
     }

@@ -48,6 +48,8 @@ pub struct Config {
     pub turn: TurnConfig,
     /// Event bus (call events for the archiver).
     pub bus: BusConfig,
+    /// The archiver (`tidecast archiver`, part of `tidecast all`).
+    pub archiver: ArchiverConfig,
 }
 
 impl Default for Config {
@@ -63,6 +65,7 @@ impl Default for Config {
             rooms: RoomsConfig::default(),
             turn: TurnConfig::default(),
             bus: BusConfig::default(),
+            archiver: ArchiverConfig::default(),
         }
     }
 }
@@ -480,6 +483,40 @@ impl Default for BusConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: "call-events".into(),
             dir: None,
+        }
+    }
+}
+
+/// Archiver settings: assembles recorded calls into one MP4 each.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiverConfig {
+    /// Run the archiver inside `tidecast all` (a separate `tidecast archiver` runs it anyway).
+    pub enabled: bool,
+    /// Consumer group on `bus.topic`.
+    pub group: String,
+    /// Where chunks are assembled; default `{data_dir}/archiver`.
+    pub work_dir: Option<PathBuf>,
+    /// Tries per call before its event goes to `{bus.topic}.dlq`.
+    pub max_attempts: u32,
+    /// First pause between tries, seconds (doubling, at most 60).
+    pub retry_secs: u64,
+    /// Output width.
+    pub width: u32,
+    /// Output height.
+    pub height: u32,
+}
+
+impl Default for ArchiverConfig {
+    fn default() -> Self {
+        ArchiverConfig {
+            enabled: true,
+            group: "archiver".into(),
+            work_dir: None,
+            max_attempts: 8,
+            retry_secs: 2,
+            width: 1280,
+            height: 720,
         }
     }
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tidecast_common::bus::{EventBus, LocalBus};
 
 use crate::harness::{heavy, require_tool, Tidecast};
-use crate::rooms::run_bots;
+use crate::rooms::run_bots_with;
 
 /// The `call.ended` of `room` from the local bus of `t` (waits for it).
 fn call_ended(t: &Tidecast, room: &str, within: Duration) -> Value {
@@ -155,21 +155,163 @@ fn check_recording(root: &Path, meeting: &str, participants: usize, call_secs: f
     chunks
 }
 
-/// `rooms.record = true`: a call of three bots is recorded from its first join; `call.ended`
-/// counts the chunks the store has.
+/// RGB of the pixel at (`x`, `y`) of the frame at `at` seconds of `video`.
+fn pixel(video: &Path, at: f64, x: u32, y: u32) -> [u8; 3] {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-ss", &format!("{at}"), "-i"])
+        .arg(video)
+        // 2×2: a 4:2:0 picture cannot be cropped to one pixel
+        .args(["-frames:v", "1", "-vf", &format!("crop=2:2:{}:{}", x & !1, y & !1)])
+        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .expect("running ffmpeg");
+    assert!(
+        out.status.success() && out.stdout.len() == 12,
+        "ffmpeg frame at {at}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    [out.stdout[0], out.stdout[1], out.stdout[2]]
+}
+
+/// `bot-N`'s colour with `--colours` (red, green, blue).
+fn bot_colour(id: &str) -> [u8; 3] {
+    match id {
+        "bot-1" => [255, 0, 0],
+        "bot-2" => [0, 255, 0],
+        "bot-3" => [0, 0, 255],
+        other => panic!("unexpected participant {other}"),
+    }
+}
+
+fn near(a: [u8; 3], b: [u8; 3]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x.abs_diff(y) < 60)
+}
+
+/// `rooms.record = true`: a call of three bots (each a solid colour) is recorded from its first
+/// join; `call.ended` counts the chunks the store has; the archiver inside `tidecast all`
+/// assembles `recording.mp4` (H.264 + AAC, as long as the call within 1 s) with every
+/// participant in its tile of the grid; consuming the same event again makes no second file.
 #[test]
-fn a_recorded_call_leaves_chunks_and_indexes_in_the_store() {
+fn a_recorded_call_is_chunked_then_assembled_into_one_mp4() {
     require_tool("ffprobe", "apt-get install ffmpeg");
     let _guard = heavy();
     let t = Tidecast::start(&[], &[("TIDECAST_ROOMS__RECORD", "true")]);
     let room = format!("rec-{}", std::process::id());
-    run_bots(&t, &room, 3, 12, "0=low");
+    run_bots_with(&t, &room, 3, 15, "0=low", &["--colours"]);
     let ended = call_ended(&t, &room, Duration::from_secs(30));
     let meeting = ended["meeting_id"].as_str().expect("meeting_id");
     let chunks = ended["chunks"].as_u64().unwrap_or(0);
     let secs = ended["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0;
-    let found = check_recording(&t.dir.join("data").join("store"), meeting, 3, secs);
+    let store = t.dir.join("data").join("store");
+    let found = check_recording(&store, meeting, 3, secs);
     assert_eq!(found, chunks, "{ended}");
+
+    // the archiver's recording
+    let dir = store.join("recordings").join(meeting);
+    t.wait_for("manifest.json", Duration::from_secs(90), || {
+        dir.join("manifest.json").exists().then_some(())
+    });
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest"))
+            .expect("manifest JSON");
+    let mp4 = dir.join("recording.mp4");
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,width,height:format=duration",
+        ])
+        .args(["-of", "json"])
+        .arg(&mp4)
+        .output()
+        .expect("ffprobe");
+    let probe: Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
+    let codecs: Vec<&str> = probe["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .filter_map(|s| s["codec_name"].as_str())
+        .collect();
+    assert!(
+        codecs.contains(&"h264") && codecs.contains(&"aac"),
+        "{probe}"
+    );
+    let length: f64 = probe["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        (length - secs).abs() <= 1.0,
+        "recording {length} s, call {secs} s: {manifest}"
+    );
+    // each participant's colour in its tile, in join order, halfway through
+    let tiles = manifest["tiles"].as_array().expect("tiles");
+    assert_eq!(tiles.len(), 3, "{manifest}");
+    for tile in tiles {
+        let id = tile["participant"].as_str().unwrap_or_default();
+        let (x, y, w, h) = (
+            tile["tile"]["x"].as_u64().unwrap_or(0) as u32,
+            tile["tile"]["y"].as_u64().unwrap_or(0) as u32,
+            tile["tile"]["width"].as_u64().unwrap_or(0) as u32,
+            tile["tile"]["height"].as_u64().unwrap_or(0) as u32,
+        );
+        let seen = pixel(&mp4, length / 2.0, x + w / 2, y + h / 2);
+        assert!(
+            near(seen, bot_colour(id)),
+            "{id}'s tile shows {seen:?}: {manifest}"
+        );
+    }
+    let made = std::fs::metadata(&mp4)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+
+    // the same event again (a new consumer group reads the log from the start): nothing new
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let registry = tidecast_common::metrics::Registry::default();
+    rt.block_on(async {
+        let bus = std::sync::Arc::new(LocalBus::open(t.dir.join("data").join("bus")));
+        let settings = tidecast_archive::ArchiverSettings {
+            topic: "call-events".into(),
+            group: "again".into(),
+            work_dir: t.dir.join("again"),
+            max_attempts: 1,
+            retry: Duration::from_secs(1),
+            width: 1280,
+            height: 720,
+        };
+        let store = std::sync::Arc::new(tidecast_common::store::LocalStore::new(store.clone()));
+        let archiver = tidecast_archive::Archiver::new(store, bus, settings, &registry);
+        let task = tokio::spawn(archiver.run());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !registry.render().contains("outcome=\"already_done\"} 1") {
+            assert!(Instant::now() < deadline, "{}", registry.render());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        task.abort();
+    });
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("meeting dir")
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(
+        std::fs::metadata(&mp4).and_then(|m| m.modified()).ok(),
+        Some(made)
+    );
+    let text = crate::http::get(t.http_port, "/metrics")
+        .map(|r| r.text())
+        .unwrap_or_default();
+    assert!(
+        text.contains("tidecast_archiver_events_total{outcome=\"assembled\"} 1"),
+        "{text}"
+    );
 }
 
 /// A two-person call (peer-to-peer) recorded from `POST /api/rooms/{room}/recording` on moves to

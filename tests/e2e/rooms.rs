@@ -537,12 +537,25 @@ pub fn run_bots(
     seconds: u32,
     schedule: &str,
 ) -> Value {
+    run_bots_with(t, room, participants, seconds, schedule, &[])
+}
+
+/// [`run_bots`] with more `tidecast bot` arguments.
+pub fn run_bots_with(
+    t: &Tidecast,
+    room: &str,
+    participants: u32,
+    seconds: u32,
+    schedule: &str,
+    extra: &[&str],
+) -> Value {
     let out = std::process::Command::new(binary())
         .args(["bot", "--server"])
         .arg(format!("127.0.0.1:{}", t.rooms_port))
         .args(["--room", room, "--participants", &participants.to_string()])
         .args(["--duration", &seconds.to_string(), "--schedule", schedule])
         .args(["--pin", "--json"])
+        .args(extra)
         .env("RUST_LOG", "warn,tidecast_bot=debug,webrtc=warn")
         .env("NO_COLOR", "1")
         .output()

@@ -1,0 +1,162 @@
+//! The assembly shell: one GStreamer pipeline that turns a [`Plan`] (its chunks downloaded to
+//! local directories) into one MP4 — every participant's video decoded, scaled into its tile of
+//! a `compositor` grid over a black background, every audio track into an `audiomixer`, H.264
+//! (x264) + AAC in an MP4 with the index up front (`faststart`). Each input is offset to its
+//! start on the call's timeline, so tracks line up and time 0 is the call's start.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+use crate::plan::{Plan, PlannedTrack};
+use crate::ArchiveError;
+
+/// Output frame rate.
+const FPS: u64 = 30;
+/// The compositor pad of the black background (tiles are `sink_0`…).
+const BASE_PAD: usize = 10_000;
+
+/// Where one planned track's chunks are on disk: `{dir}/{seq:05}.{ext}`, numbered as the plan
+/// lists them (never named from anything in the event or the store).
+pub fn track_dir(work: &Path, kind: &str, n: usize) -> PathBuf {
+    work.join(format!("{kind}{n}"))
+}
+
+/// End of the last track on the timeline, ms (the output's length).
+pub fn total_ms(plan: &Plan, durations: &dyn Fn(&PlannedTrack) -> u64) -> u64 {
+    plan.tiles
+        .iter()
+        .filter_map(|t| t.video.as_ref())
+        .chain(&plan.audio)
+        .map(|t| t.start_ms + durations(t))
+        .max()
+        .unwrap_or(0)
+}
+
+fn quoted(path: &Path) -> Result<String, ArchiveError> {
+    path.to_str()
+        .filter(|p| !p.contains('"'))
+        .map(str::to_string)
+        .ok_or_else(|| ArchiveError::Pipeline(format!("path {} is not plain text", path.display())))
+}
+
+/// The pipeline text; pads are named `comp.sink_{i}` (tile i), `mix.sink_{j}` (audio j).
+fn description(
+    plan: &Plan,
+    work: &Path,
+    out: &Path,
+    total_ms: u64,
+) -> Result<String, ArchiveError> {
+    let (w, h) = (plan.width, plan.height);
+    let frames = (total_ms * FPS).div_ceil(1000).max(1);
+    let mut d = format!(
+        "compositor name=comp background=black start-time-selection=zero \
+         ! video/x-raw,width={w},height={h},framerate={FPS}/1 ! videoconvert \
+         ! x264enc speed-preset=veryfast bitrate=2500 key-int-max={k} \
+         ! video/x-h264,profile=high ! h264parse ! mux.video_0 \
+         mp4mux name=mux faststart=true ! filesink location=\"{out}\" \
+         videotestsrc pattern=black num-buffers={frames} \
+         ! video/x-raw,width={w},height={h},framerate={FPS}/1 ! comp.sink_{BASE_PAD} ",
+        k = FPS * 2,
+        out = quoted(out)?,
+    );
+    for (i, tile) in plan.tiles.iter().enumerate() {
+        let Some(video) = &tile.video else { continue };
+        let dir = quoted(&track_dir(work, "video", i))?;
+        d.push_str(&format!(
+            "splitmuxsrc location=\"{dir}/*.{ext}\" ! decodebin ! videoconvert ! videoscale \
+             ! videorate ! video/x-raw,width={tw},height={th},pixel-aspect-ratio=1/1,framerate={FPS}/1 \
+             ! comp.sink_{i} ",
+            ext = video.extension,
+            tw = tile.tile.width,
+            th = tile.tile.height,
+        ));
+    }
+    if !plan.audio.is_empty() {
+        d.push_str(
+            "audiomixer name=mix start-time-selection=zero \
+             ! audio/x-raw,rate=48000,channels=2 ! audioconvert ! avenc_aac ! aacparse \
+             ! mux.audio_0 ",
+        );
+        for (j, audio) in plan.audio.iter().enumerate() {
+            let dir = quoted(&track_dir(work, "audio", j))?;
+            d.push_str(&format!(
+                "splitmuxsrc location=\"{dir}/*.{ext}\" ! decodebin ! audioconvert \
+                 ! audioresample ! audio/x-raw,rate=48000,channels=2 ! mix.sink_{j} ",
+                ext = audio.extension,
+            ));
+        }
+    }
+    Ok(d)
+}
+
+fn ms_to_ns(ms: u64) -> i64 {
+    i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
+}
+
+/// Assemble `plan` (chunks in [`track_dir`]s under `work`) into `out`; `total_ms` is the
+/// timeline's length. Blocks until the file is complete (or fails after a deadline).
+pub fn assemble(plan: &Plan, work: &Path, out: &Path, total_ms: u64) -> Result<(), ArchiveError> {
+    let err = |e: &dyn std::fmt::Display| ArchiveError::Pipeline(e.to_string());
+    gst::init().map_err(|e| err(&e))?;
+    let pipeline = gst::parse::launch(&description(plan, work, out, total_ms)?)
+        .map_err(|e| err(&e))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| ArchiveError::Pipeline("not a pipeline".into()))?;
+    let comp = pipeline
+        .by_name("comp")
+        .ok_or_else(|| ArchiveError::Pipeline("no compositor".into()))?;
+    if let Some(base) = comp.static_pad(&format!("sink_{BASE_PAD}")) {
+        base.set_property("zorder", 0u32);
+    }
+    for (i, tile) in plan.tiles.iter().enumerate() {
+        let Some(video) = &tile.video else { continue };
+        let Some(pad) = comp.static_pad(&format!("sink_{i}")) else {
+            continue;
+        };
+        pad.set_property("xpos", tile.tile.x as i32);
+        pad.set_property("ypos", tile.tile.y as i32);
+        pad.set_property("zorder", 1u32 + i as u32);
+        pad.set_offset(ms_to_ns(video.start_ms));
+    }
+    if let Some(mix) = pipeline.by_name("mix") {
+        for (j, audio) in plan.audio.iter().enumerate() {
+            if let Some(pad) = mix.static_pad(&format!("sink_{j}")) {
+                pad.set_offset(ms_to_ns(audio.start_ms));
+            }
+        }
+    }
+    let bus = pipeline
+        .bus()
+        .ok_or_else(|| ArchiveError::Pipeline("pipeline without bus".into()))?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| err(&e))?;
+    // generous: an archiver far slower than real time is broken, not busy
+    let deadline = Instant::now() + Duration::from_millis(total_ms * 3) + Duration::from_secs(60);
+    let result = loop {
+        if Instant::now() > deadline {
+            break Err(ArchiveError::Pipeline(
+                "assembly did not finish in time".into(),
+            ));
+        }
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(500)) else {
+            continue;
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break Ok(()),
+            gst::MessageView::Error(e) => {
+                break Err(ArchiveError::Pipeline(format!(
+                    "{} ({:?})",
+                    e.error(),
+                    e.debug()
+                )))
+            }
+            _ => {}
+        }
+    };
+    let _ = pipeline.set_state(gst::State::Null);
+    result
+}
