@@ -225,6 +225,7 @@ impl Archiver {
                 .map_or(0, |(_, d)| *d)
         });
         let out = work.join("recording.mp4");
+        info!(%meeting, duration_ms = total, tiles = plan.tiles.len(), audio = plan.audio.len(), "assembling the recording");
         let (p, w, o) = (plan.clone(), work.clone(), out.clone());
         tokio::task::spawn_blocking(move || assemble(&p, &w, &o, total))
             .await

@@ -168,7 +168,7 @@ impl Tidecast {
             let http_ok = matches!(role, "edge" | "rooms") || healthy(http_port);
             let rooms_ok = !matches!(role, "all" | "rooms") || healthy(rooms_port);
             let edge_ok = !matches!(role, "all" | "edge") || healthy(edge_port);
-            let rtmp_ok = matches!(role, "origin" | "edge" | "rooms" | "turn")
+            let rtmp_ok = matches!(role, "origin" | "edge" | "rooms" | "turn" | "archiver")
                 || TcpStream::connect(("127.0.0.1", rtmp_port)).is_ok();
             if http_ok && edge_ok && rooms_ok && rtmp_ok {
                 break;

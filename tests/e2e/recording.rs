@@ -161,7 +161,12 @@ fn pixel(video: &Path, at: f64, x: u32, y: u32) -> [u8; 3] {
         .args(["-v", "error", "-ss", &format!("{at}"), "-i"])
         .arg(video)
         // 2×2: a 4:2:0 picture cannot be cropped to one pixel
-        .args(["-frames:v", "1", "-vf", &format!("crop=2:2:{}:{}", x & !1, y & !1)])
+        .args([
+            "-frames:v",
+            "1",
+            "-vf",
+            &format!("crop=2:2:{}:{}", x & !1, y & !1),
+        ])
         .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
         .output()
         .expect("running ffmpeg");
@@ -399,6 +404,133 @@ fn recording_started_by_the_api_reaches_s3_across_an_outage() {
     assert_eq!(found, chunks, "{ended}");
     let log = t.log();
     assert!(log.contains("spooling"), "{log}");
+    drop(t);
+    drop(s3);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The seed's pipeline on real engines, with its faults: rooms and archiver in separate
+/// processes on Kafka (tansu) and S3 (s3s-fs). Kafka is down when the call ends — `call.ended`
+/// waits in the rooms node's outbox and is delivered once Kafka is back; the archiver is killed
+/// in the middle of the assembly — a new one assembles the call, and the recording appears once.
+#[test]
+fn kafka_down_at_the_end_and_an_archiver_killed_mid_assembly_still_give_one_recording() {
+    use crate::archive::{S3Server, ACCESS, BUCKET, SECRET};
+    use crate::bus::Kafka;
+    use crate::harness::free_port;
+    require_tool("ffprobe", "apt-get install ffmpeg");
+    let _guard = heavy();
+    let root = std::env::temp_dir().join(format!("tidecast-rec-kafka-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let s3 = S3Server::start(&root, free_port());
+    let kafka_port = free_port();
+    let kafka = Kafka::start(kafka_port);
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let brokers = kafka.brokers();
+    let env = |extra: &[(&'static str, &'static str)]| {
+        let mut v: Vec<(&str, String)> = vec![
+            ("TIDECAST_STORE__KIND", "s3".into()),
+            ("TIDECAST_STORE__S3__ENDPOINT", endpoint.clone()),
+            ("TIDECAST_STORE__S3__BUCKET", BUCKET.into()),
+            ("TIDECAST_STORE__S3__ACCESS_KEY_ID", ACCESS.into()),
+            ("TIDECAST_STORE__S3__SECRET_ACCESS_KEY", SECRET.into()),
+            ("TIDECAST_BUS__KIND", "kafka".into()),
+            ("TIDECAST_BUS__BROKERS", brokers.clone()),
+        ];
+        v.extend(extra.iter().map(|(k, x)| (*k, x.to_string())));
+        v
+    };
+    let rooms_env = env(&[
+        ("TIDECAST_ROOMS__RECORD", "true"),
+        ("TIDECAST_ARCHIVER__ENABLED", "false"),
+    ]);
+    let rooms_env: Vec<(&str, &str)> = rooms_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let t = Tidecast::start(&[], &rooms_env);
+    let room = format!("rec-kafka-{}", std::process::id());
+    let bots = {
+        let (rooms_port, room) = (t.rooms_port, room.clone());
+        std::thread::spawn(move || {
+            Command::new(crate::harness::binary())
+                .args(["bot", "--server", &format!("127.0.0.1:{rooms_port}")])
+                .args(["--room", &room, "--participants", "2", "--duration", "12"])
+                .args(["--schedule", "0=low", "--json", "--colours"])
+                .env("RUST_LOG", "warn")
+                .output()
+                .expect("tidecast bot")
+        })
+    };
+    // Kafka goes away before the call ends
+    std::thread::sleep(Duration::from_secs(8));
+    drop(kafka);
+    let out = bots.join().expect("bots");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    t.wait_for("call.ended in the outbox", Duration::from_secs(30), || {
+        let waiting = Tidecast::metric(t.http_port, "tidecast_bus_outbox_events", "kafka");
+        let ended = t.log().contains("call ended");
+        (ended && waiting > 0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let kafka = Kafka::start(kafka_port);
+    t.wait_for("call.ended delivered", Duration::from_secs(30), || {
+        (Tidecast::metric(t.http_port, "tidecast_bus_published_total", "kafka") >= 1).then_some(())
+    });
+
+    // an archiver that dies in the middle of the assembly, then one that finishes
+    let archiver_env = env(&[]);
+    let archiver_env: Vec<(&str, &str)> =
+        archiver_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let first = Tidecast::start_role("archiver", &[], &archiver_env);
+    first.wait_for("the assembly to start", Duration::from_secs(60), || {
+        first
+            .log()
+            .contains("assembling the recording")
+            .then_some(())
+    });
+    drop(first); // SIGKILL
+    let recordings = s3.bucket_dir().join("recordings");
+    let meeting_dir = std::fs::read_dir(&recordings)
+        .expect("recordings")
+        .flatten()
+        .next()
+        .expect("a meeting")
+        .path();
+    assert!(!meeting_dir.join("manifest.json").exists());
+    let second = Tidecast::start_role("archiver", &[], &archiver_env);
+    second.wait_for("the recording", Duration::from_secs(120), || {
+        meeting_dir.join("manifest.json").exists().then_some(())
+    });
+    let files: Vec<String> = std::fs::read_dir(&meeting_dir)
+        .expect("meeting dir")
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    let mut files = files;
+    files.sort();
+    assert_eq!(
+        files,
+        ["manifest.json", "recording.mp4"],
+        "{}",
+        second.log()
+    );
+    let (codec, secs) = probe(&meeting_dir.join("recording.mp4"));
+    assert_eq!(codec, "h264");
+    assert!(secs > 8.0, "{secs} s");
+    assert!(
+        Tidecast::metric(
+            second.http_port,
+            "tidecast_archiver_events_total",
+            "assembled"
+        ) == 1,
+        "{}",
+        second.log()
+    );
+    drop(second);
+    drop(kafka);
     drop(t);
     drop(s3);
     let _ = std::fs::remove_dir_all(&root);

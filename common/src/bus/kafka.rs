@@ -220,6 +220,8 @@ async fn forward(bus: Arc<Shared>, producer: FutureProducer, metrics: BusMetrics
                 }
                 Err((e, _)) => {
                     metrics.failures.inc();
+                    // a broker that came back empty (or another cluster) may lack the topic
+                    topics_made.remove(&topic);
                     if !failing {
                         warn!(%topic, %key, "kafka send failed, event stays in the outbox: {e}");
                         failing = true;
