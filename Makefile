@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 FUZZ_SECONDS ?= 30
 
-.PHONY: fuzz run test bootstrap test-tools build build-release unit e2e bench-ladder bench-blocking bench-g2g bench-edge bench-sfu bench-turn fmt clippy
+.PHONY: fuzz run test bootstrap test-tools build build-release unit e2e bench-ladder bench-blocking bench-g2g bench-edge bench-sfu bench-turn bench-archiver fmt clippy
 
 bootstrap:
 	infra/bootstrap.sh
@@ -41,6 +41,9 @@ e2e: build
 
 bench-ladder: bootstrap build-release
 	bench/ladder.sh
+
+bench-archiver: bootstrap build-release
+	bench/archiver.sh
 
 bench-blocking: bootstrap build-release
 	bench/blocking.py

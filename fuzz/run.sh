@@ -16,7 +16,7 @@ target_dir="${FUZZ_TARGET_DIR:-$HOME/.cache/tidecast/fuzz-target}"
 # the corpus outlives clones (CI runs on a fresh one), so each run starts where the last ended
 corpus_dir="${FUZZ_CORPUS_DIR:-$HOME/.cache/tidecast/fuzz-corpus}"
 export RUSTC_BOOTSTRAP=1   # cargo-fuzz passes -Z flags; the machine has one stable toolchain
-targets=(rtmp_session rtmp_handshake flv_tags http_queries signaling sfu_media turn)
+targets=(rtmp_session rtmp_handshake flv_tags http_queries signaling sfu_media turn call_events)
 flags=(--release --debug-assertions --sanitizer none --target-dir "$target_dir")
 cargo fuzz build "${flags[@]}"
 status=0

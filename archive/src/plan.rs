@@ -5,6 +5,9 @@
 use serde::{Deserialize, Serialize};
 use tidecast_rooms::recording::index::{TrackIndex, TrackKind};
 
+/// Most participants the grid shows (a room holds 16 by default).
+pub const MAX_TILES: usize = 64;
+
 /// The `call.ended` schema this archiver reads.
 pub const SCHEMA: u32 = 1;
 
@@ -194,8 +197,9 @@ pub fn plan(
         videos.sort_by(|a, b| a.track.cmp(&b.track));
         videos.first().and_then(|i| planned(i))
     };
-    // only people with a recorded track get a tile
+    // only people with a recorded track get a tile; a grid has room for MAX_TILES
     people.retain(|id| indexes.iter().any(|i| &i.participant == id));
+    people.truncate(MAX_TILES);
     let tiles = grid(people.len(), width, height)
         .into_iter()
         .zip(&people)
