@@ -474,6 +474,8 @@ pub struct BusConfig {
     pub topic: String,
     /// Directory of the local log and of the Kafka outbox; default `{data_dir}/bus`.
     pub dir: Option<PathBuf>,
+    /// How long the local bus keeps records, read or not (a Kafka topic has its own).
+    pub retention_hours: u64,
 }
 
 impl Default for BusConfig {
@@ -483,6 +485,7 @@ impl Default for BusConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: "call-events".into(),
             dir: None,
+            retention_hours: 168,
         }
     }
 }

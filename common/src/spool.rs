@@ -137,6 +137,18 @@ impl DiskQueue {
         Some((*seq, read_record(path)))
     }
 
+    /// Remove the records (oldest first) whose files were written before `cutoff`.
+    pub fn pop_older_than(&mut self, cutoff: std::time::SystemTime) {
+        while let Some((_, path)) = self.files.front() {
+            let written = std::fs::metadata(path).and_then(|m| m.modified());
+            if written.is_ok_and(|t| t >= cutoff) {
+                break;
+            }
+            let _ = std::fs::remove_file(path);
+            self.files.pop_front();
+        }
+    }
+
     /// Remove every record numbered `seq` or lower.
     pub fn pop_through(&mut self, seq: u64) {
         while let Some((s, path)) = self.files.front() {

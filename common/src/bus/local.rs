@@ -1,11 +1,13 @@
 //! [`LocalBus`]: the embedded event bus. Each topic is a durable log on local disk (a
 //! [`DiskQueue`] in `{dir}/{topic}/`); each consumer group's committed offset is a file
-//! (`{dir}/{topic}.groups/{group}`); a record is removed once every group that ever consumed the
-//! topic has committed it. One consumer per group at a time (one process).
+//! (`{dir}/{topic}.groups/{group}`). Like a Kafka topic, the log keeps records for its retention
+//! time whoever has read them, so a group that starts later reads from the oldest one kept. One
+//! consumer per group at a time (one process).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 use tracing::warn;
@@ -19,7 +21,11 @@ pub struct LocalBus {
     dir: PathBuf,
     topics: Arc<Mutex<HashMap<String, DiskQueue>>>,
     published: Arc<Notify>,
+    retention: Duration,
 }
+
+/// How long records stay by default (Kafka's default too).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl LocalBus {
     /// The bus in `dir`, with whatever an earlier run left there.
@@ -28,7 +34,14 @@ impl LocalBus {
             dir,
             topics: Arc::default(),
             published: Arc::default(),
+            retention: DEFAULT_RETENTION,
         }
+    }
+
+    /// Keep records for `retention` (older ones go when the topic is next published to).
+    pub fn with_retention(mut self, retention: Duration) -> LocalBus {
+        self.retention = retention;
+        self
     }
 
     fn topics(&self) -> MutexGuard<'_, HashMap<String, DiskQueue>> {
@@ -61,8 +74,14 @@ impl EventBus for LocalBus {
     fn publish(&self, event: Event) -> Result<(), BusError> {
         check_name(&event.topic)?;
         let path = self.dir.join(&event.topic);
-        self.with_log(&event.topic, |log| log.push(&event.key, &event.payload))
-            .map_err(io_error(&path))?;
+        let cutoff = SystemTime::now().checked_sub(self.retention);
+        self.with_log(&event.topic, |log| {
+            if let Some(cutoff) = cutoff {
+                log.pop_older_than(cutoff);
+            }
+            log.push(&event.key, &event.payload)
+        })
+        .map_err(io_error(&path))?;
         self.published.notify_waiters();
         Ok(())
     }
@@ -144,18 +163,6 @@ impl EventConsumer for LocalConsumer {
             let tmp = self.offset_file.with_extension("tmp");
             std::fs::write(&tmp, seq.to_string()).map_err(io_error(&tmp))?;
             std::fs::rename(&tmp, &self.offset_file).map_err(io_error(&self.offset_file))?;
-            // retention: what every group has committed goes
-            let groups = self.bus.groups_dir(&self.topic);
-            let all: Option<u64> = std::fs::read_dir(&groups)
-                .map_err(io_error(&groups))?
-                .flatten()
-                .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
-                .map(|e| read_offset(&e.path()))
-                .try_fold(u64::MAX, |min, o| o.map(|o| min.min(o)));
-            if let Some(through) = all.filter(|m| *m != u64::MAX) {
-                self.bus
-                    .with_log(&self.topic, |log| log.pop_through(through));
-            }
             Ok(())
         })
     }
@@ -175,7 +182,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn groups_get_every_event_again_until_they_commit_it() {
+    async fn groups_get_every_event_again_until_they_commit_it_and_records_stay_for_their_retention(
+    ) {
         let dir = std::env::temp_dir().join(format!("tidecast-bus-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let bus = LocalBus::open(dir.clone());
@@ -191,7 +199,7 @@ mod tests {
         // a consumer waits for what is published later
         let bus2 = bus.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             bus2.publish(event("m3")).unwrap();
         });
         assert_eq!(archiver.next().await.unwrap().event.key, "m3");
@@ -204,18 +212,21 @@ mod tests {
         assert_eq!(again.event.key, "m2");
         let third = archiver.next().await.unwrap();
         archiver.commit(&third).await.unwrap();
-        // the audit group has committed nothing: all three records stay for it
+        // records stay for their retention whoever read them: the audit group, which read
+        // nothing, and a group that starts now both read from the oldest
         assert_eq!(bus.with_log("call-events", |l| l.len()), 3);
-        let a = audit.next().await.unwrap();
-        assert_eq!(a.event.key, "m1");
-        let _ = audit.next().await.unwrap();
-        let last = audit.next().await.unwrap();
-        audit.commit(&last).await.unwrap();
-        assert_eq!(bus.with_log("call-events", |l| l.len()), 0);
+        assert_eq!(audit.next().await.unwrap().event.key, "m1");
+        let mut late = bus.subscribe("call-events", "late").await.unwrap();
+        assert_eq!(late.next().await.unwrap().event.key, "m1");
+        // past their retention they go (when the topic is next published to)
+        let bus = LocalBus::open(dir.clone()).with_retention(Duration::ZERO);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        bus.publish(event("m4")).unwrap();
+        assert_eq!(bus.with_log("call-events", |l| l.len()), 1);
         assert!(bus
             .publish(Event {
                 topic: "../x".into(),
-                ..event("m4")
+                ..event("m5")
             })
             .is_err());
         let _ = std::fs::remove_dir_all(dir);

@@ -1,6 +1,6 @@
 //! The event bus: how the rooms tell the archiver that a call ended. [`EventBus`] is the trait;
-//! [`LocalBus`] is the embedded default (in-process, a durable log on local disk, consumer-group
-//! offsets in files), [`KafkaBus`] publishes to and consumes from Kafka (`rdkafka`).
+//! [`LocalBus`] is the embedded default (in-process, a durable log on local disk kept for
+//! `bus.retention_hours`, consumer-group offsets in files), [`KafkaBus`] publishes to and consumes from Kafka (`rdkafka`).
 //!
 //! Publishing never waits for a broker: [`EventBus::publish`] returns once the event is on local
 //! disk (the local log, or the Kafka bus's outbox, which a task forwards in order and retries
@@ -127,7 +127,9 @@ pub fn from_config(
 ) -> Result<SharedBus, BusError> {
     let dir = config.dir.clone().unwrap_or_else(|| data_dir.join("bus"));
     Ok(match config.kind {
-        BusKind::Local => Arc::new(LocalBus::open(dir)),
+        BusKind::Local => Arc::new(LocalBus::open(dir).with_retention(
+            std::time::Duration::from_secs(config.retention_hours.saturating_mul(3600)),
+        )),
         BusKind::Kafka => Arc::new(KafkaBus::start(&config.brokers, dir, registry)?),
     })
 }
