@@ -2,47 +2,13 @@
 //! has every chunk it announced, and the plan — one tile of a grid per participant (join order)
 //! with its video chunks, every audio track, each placed on the call's timeline.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tidecast_rooms::recording::index::{TrackIndex, TrackKind};
 
 /// Most participants the grid shows (a room holds 16 by default).
 pub const MAX_TILES: usize = 64;
 
-/// The `call.ended` schema this archiver reads.
-pub const SCHEMA: u32 = 1;
-
-/// A participant as `call.ended` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attendee {
-    /// Identity.
-    pub id: String,
-    /// Display name.
-    pub name: String,
-}
-
-/// The part of `call.ended` the archiver needs.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct CallEnded {
-    /// Schema version.
-    pub schema: u32,
-    /// Event type.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Meeting.
-    pub meeting_id: String,
-    /// Room.
-    pub room: String,
-    /// Participants in join order.
-    pub participants: Vec<Attendee>,
-    /// Start (RFC 3339).
-    pub started_at: String,
-    /// End (RFC 3339).
-    pub ended_at: String,
-    /// Length.
-    pub duration_ms: u64,
-    /// Chunks recorded (0: not recorded).
-    pub chunks: u64,
-}
+pub use tidecast_rooms::call_events::{Attendee, CallEnded, SCHEMA_VERSION as SCHEMA};
 
 /// Why an event can never be assembled (it goes to the dead-letter topic).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(index) = serde_json::from_slice::<TrackIndex>(data) {
         let event = br#"{"schema":1,"type":"call.ended","meeting_id":"m","room":"r",
             "participants":[{"id":"a","name":"A"}],"started_at":"","ended_at":"",
-            "duration_ms":1,"chunks":0}"#;
+            "duration_ms":1,"reason":"empty","chunks":0}"#;
         if let Ok(event) = parse_event(event) {
             let _ = plan(&event, &[index], 640, 360);
         }

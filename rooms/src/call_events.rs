@@ -6,7 +6,7 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tidecast_common::bus::Event;
 use tidecast_common::time::rfc3339_millis as rfc3339;
 
@@ -14,7 +14,7 @@ use tidecast_common::time::rfc3339_millis as rfc3339;
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Why a call ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     /// The last participant left (or its resume window ran out).
@@ -24,7 +24,7 @@ pub enum EndReason {
 }
 
 /// One participant of a call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attendee {
     /// Identity (from the join token).
     pub id: String,
@@ -41,14 +41,14 @@ pub struct CallLog {
     attendees: Vec<Attendee>,
 }
 
-/// The `call.ended` event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The `call.ended` event, as the rooms write it and the archiver reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallEnded {
     /// [`SCHEMA_VERSION`].
     pub schema: u32,
     /// Always `call.ended`.
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: String,
     /// Unique per call (a room name is reused by later calls).
     pub meeting_id: String,
     /// The room.
@@ -103,7 +103,7 @@ impl CallLog {
         let duration = ended.duration_since(self.started).unwrap_or_default();
         CallEnded {
             schema: SCHEMA_VERSION,
-            kind: "call.ended",
+            kind: "call.ended".into(),
             meeting_id: self.meeting_id.clone(),
             room: self.room.clone(),
             participants: self.attendees.clone(),

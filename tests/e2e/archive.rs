@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{free_port, heavy, require_tool, Publisher, Tidecast};
+use crate::harness::{as_env, free_port, heavy, require_tool, Publisher, Tidecast};
 
 pub const BUCKET: &str = "tidecast";
 pub const ACCESS: &str = "AKIDTIDECASTTEST";
@@ -60,6 +60,21 @@ impl S3Server {
         }
     }
 
+    /// The environment that points a tidecast at this server (store retries every second).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("TIDECAST_STORE__KIND", "s3".into()),
+            (
+                "TIDECAST_STORE__S3__ENDPOINT",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("TIDECAST_STORE__S3__BUCKET", BUCKET.into()),
+            ("TIDECAST_STORE__S3__ACCESS_KEY_ID", ACCESS.into()),
+            ("TIDECAST_STORE__S3__SECRET_ACCESS_KEY", SECRET.into()),
+            ("TIDECAST_ORIGIN__ARCHIVE_RETRY_SECS", "1".into()),
+        ]
+    }
+
     /// The bucket's directory (objects are files under it).
     pub fn bucket_dir(&self) -> PathBuf {
         self.root.join(BUCKET)
@@ -88,18 +103,7 @@ fn s3_archive_survives_an_outage_and_plays_as_vod() {
     let root = std::env::temp_dir().join(format!("tidecast-s3-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let mut s3 = S3Server::start(&root, free_port());
-    let endpoint = format!("http://127.0.0.1:{}", s3.port);
-    let t = Tidecast::start(
-        &[],
-        &[
-            ("TIDECAST_STORE__KIND", "s3"),
-            ("TIDECAST_STORE__S3__ENDPOINT", &endpoint),
-            ("TIDECAST_STORE__S3__BUCKET", BUCKET),
-            ("TIDECAST_STORE__S3__ACCESS_KEY_ID", ACCESS),
-            ("TIDECAST_STORE__S3__SECRET_ACCESS_KEY", SECRET),
-            ("TIDECAST_ORIGIN__ARCHIVE_RETRY_SECS", "1"),
-        ],
-    );
+    let t = Tidecast::start(&[], &as_env(&s3.env()));
     let publisher = Publisher::start(&t.rtmp_url("arch"), 40, "640x360");
     t.wait_master("arch");
     let sessions_dir = root.join(BUCKET).join("vod/arch");

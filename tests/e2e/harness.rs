@@ -51,6 +51,11 @@ pub fn free_ports(n: u16) -> u16 {
 }
 
 /// Fails the test with an install hint when a tool is missing.
+/// Owned environment pairs as the `&[(&str, &str)]` [`Tidecast::start`] takes.
+pub fn as_env<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 pub fn require_tool(tool: &str, hint: &str) {
     let found = Command::new("sh")
         .arg("-c")

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tidecast_common::bus::{EventBus, LocalBus};
 
-use crate::harness::{heavy, require_tool, Tidecast};
+use crate::harness::{as_env, heavy, require_tool, Tidecast};
 use crate::rooms::run_bots_with;
 
 /// The `call.ended` of `room` from the local bus of `t` (waits for it).
@@ -324,25 +324,14 @@ fn a_recorded_call_is_chunked_then_assembled_into_one_mp4() {
 /// every chunk of every index is in the bucket.
 #[test]
 fn recording_started_by_the_api_reaches_s3_across_an_outage() {
-    use crate::archive::{S3Server, ACCESS, BUCKET, SECRET};
+    use crate::archive::S3Server;
     use crate::harness::free_port;
     require_tool("ffprobe", "apt-get install ffmpeg");
     let _guard = heavy();
     let root = std::env::temp_dir().join(format!("tidecast-rec-s3-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let mut s3 = S3Server::start(&root, free_port());
-    let endpoint = format!("http://127.0.0.1:{}", s3.port);
-    let t = Tidecast::start(
-        &[],
-        &[
-            ("TIDECAST_STORE__KIND", "s3"),
-            ("TIDECAST_STORE__S3__ENDPOINT", &endpoint),
-            ("TIDECAST_STORE__S3__BUCKET", BUCKET),
-            ("TIDECAST_STORE__S3__ACCESS_KEY_ID", ACCESS),
-            ("TIDECAST_STORE__S3__SECRET_ACCESS_KEY", SECRET),
-            ("TIDECAST_ORIGIN__ARCHIVE_RETRY_SECS", "1"),
-        ],
-    );
+    let t = Tidecast::start(&[], &as_env(&s3.env()));
     let room = format!("rec-api-{}", std::process::id());
     let bots = {
         let (rooms_port, room) = (t.rooms_port, room.clone());
@@ -415,7 +404,7 @@ fn recording_started_by_the_api_reaches_s3_across_an_outage() {
 /// in the middle of the assembly — a new one assembles the call, and the recording appears once.
 #[test]
 fn kafka_down_at_the_end_and_an_archiver_killed_mid_assembly_still_give_one_recording() {
-    use crate::archive::{S3Server, ACCESS, BUCKET, SECRET};
+    use crate::archive::S3Server;
     use crate::bus::Kafka;
     use crate::harness::free_port;
     require_tool("ffprobe", "apt-get install ffmpeg");
@@ -425,18 +414,11 @@ fn kafka_down_at_the_end_and_an_archiver_killed_mid_assembly_still_give_one_reco
     let s3 = S3Server::start(&root, free_port());
     let kafka_port = free_port();
     let kafka = Kafka::start(kafka_port);
-    let endpoint = format!("http://127.0.0.1:{}", s3.port);
     let brokers = kafka.brokers();
     let env = |extra: &[(&'static str, &'static str)]| {
-        let mut v: Vec<(&str, String)> = vec![
-            ("TIDECAST_STORE__KIND", "s3".into()),
-            ("TIDECAST_STORE__S3__ENDPOINT", endpoint.clone()),
-            ("TIDECAST_STORE__S3__BUCKET", BUCKET.into()),
-            ("TIDECAST_STORE__S3__ACCESS_KEY_ID", ACCESS.into()),
-            ("TIDECAST_STORE__S3__SECRET_ACCESS_KEY", SECRET.into()),
-            ("TIDECAST_BUS__KIND", "kafka".into()),
-            ("TIDECAST_BUS__BROKERS", brokers.clone()),
-        ];
+        let mut v = s3.env();
+        v.push(("TIDECAST_BUS__KIND", "kafka".into()));
+        v.push(("TIDECAST_BUS__BROKERS", brokers.clone()));
         v.extend(extra.iter().map(|(k, x)| (*k, x.to_string())));
         v
     };
@@ -444,8 +426,7 @@ fn kafka_down_at_the_end_and_an_archiver_killed_mid_assembly_still_give_one_reco
         ("TIDECAST_ROOMS__RECORD", "true"),
         ("TIDECAST_ARCHIVER__ENABLED", "false"),
     ]);
-    let rooms_env: Vec<(&str, &str)> = rooms_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let t = Tidecast::start(&[], &rooms_env);
+    let t = Tidecast::start(&[], &as_env(&rooms_env));
     let room = format!("rec-kafka-{}", std::process::id());
     let bots = {
         let (rooms_port, room) = (t.rooms_port, room.clone());
@@ -481,8 +462,7 @@ fn kafka_down_at_the_end_and_an_archiver_killed_mid_assembly_still_give_one_reco
 
     // an archiver that dies in the middle of the assembly, then one that finishes
     let archiver_env = env(&[]);
-    let archiver_env: Vec<(&str, &str)> =
-        archiver_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let archiver_env = as_env(&archiver_env);
     let first = Tidecast::start_role("archiver", &[], &archiver_env);
     first.wait_for("the assembly to start", Duration::from_secs(60), || {
         first
