@@ -568,14 +568,31 @@ async fn main() -> Result<()> {
             config.data_dir.join("recording-tmp"),
             &registry,
         );
-        let rooms =
-            tidecast_rooms::Rooms::new(&config.rooms, &registry, turn, events, Some(recorder))
-                .with_context(|| {
-                    format!(
-                        "starting the SFU on {} (rooms.media_listen)",
-                        config.rooms.media_listen
-                    )
-                })?;
+        let restreamer = tidecast_rooms::restream::Restreamer::new(
+            tidecast_rooms::restream::composite::CompositeSettings {
+                width: config.rooms.restream_width.clamp(160, 3840) & !1,
+                height: config.rooms.restream_height.clamp(90, 2160) & !1,
+                fps: config.rooms.restream_fps.clamp(1, 60),
+                video_kbps: config.rooms.restream_kbps.max(100),
+                x264_preset: config.ladder.x264_preset.clone(),
+            },
+            &restream_url(&config),
+            &registry,
+        );
+        let rooms = tidecast_rooms::Rooms::new(
+            &config.rooms,
+            &registry,
+            turn,
+            events,
+            Some(recorder),
+            Some(restreamer),
+        )
+        .with_context(|| {
+            format!(
+                "starting the SFU on {} (rooms.media_listen)",
+                config.rooms.media_listen
+            )
+        })?;
         let r = readiness.clone();
         tasks.spawn(async move { rooms.serve(listener, &r).await.context("rooms http") });
     }
@@ -591,4 +608,19 @@ async fn main() -> Result<()> {
         _ = tokio::signal::ctrl_c() => info!("interrupted, shutting down"),
     }
     Ok(())
+}
+
+/// Where rooms are restreamed by default: `rooms.restream_url`, else this deployment's own
+/// RTMP ingest on loopback.
+fn restream_url(config: &Config) -> String {
+    if !config.rooms.restream_url.is_empty() {
+        return config.rooms.restream_url.clone();
+    }
+    let port = config
+        .ingest
+        .rtmp_listen
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.port())
+        .unwrap_or(1935);
+    format!("rtmp://127.0.0.1:{port}/{}", config.ingest.app)
 }

@@ -175,6 +175,18 @@ pub struct RoomsConfig {
     /// Record every call (through the SFU, into the object store of `[store]`); otherwise a
     /// call is recorded from `POST /api/rooms/{room}/recording` on.
     pub record: bool,
+    /// Where `POST /api/rooms/{room}/restream` pushes a room unless the request names a URL:
+    /// an RTMP application URL, the stream key `room-{room}` is appended. Empty: this
+    /// deployment's own ingest (`rtmp://127.0.0.1:{port of ingest.rtmp_listen}/{ingest.app}`).
+    pub restream_url: String,
+    /// Restream picture width.
+    pub restream_width: u32,
+    /// Restream picture height.
+    pub restream_height: u32,
+    /// Restream frames per second.
+    pub restream_fps: u32,
+    /// Restream H.264 bitrate, kbit/s (the ladder transcodes it again).
+    pub restream_kbps: u32,
 }
 
 impl Default for RoomsConfig {
@@ -193,6 +205,11 @@ impl Default for RoomsConfig {
             media_tcp: true,
             stun_server: String::new(),
             record: false,
+            restream_url: String::new(),
+            restream_width: 1280,
+            restream_height: 720,
+            restream_fps: 30,
+            restream_kbps: 3000,
         }
     }
 }

@@ -9,10 +9,12 @@ pub mod call_events;
 pub mod client;
 pub mod forwarding;
 pub mod recording;
+pub mod restream;
 pub mod room;
 pub mod server;
 pub mod sfu;
 pub mod signal;
+pub mod tap;
 pub mod token;
 
 pub use server::{CallEvents, Rooms, TurnHandout};

@@ -30,9 +30,11 @@ use tracing::{debug, info, warn};
 
 use crate::call_events::{CallLog, EndReason};
 use crate::recording::Recorder;
+use crate::restream::{Restream, Restreamer};
 use crate::room::{ConnId, Effect, Room, RoomSettings};
 use crate::sfu::{Sfu, SfuSettings, Signal};
 use crate::signal::{self, ClientMessage, IceServer, ServerMessage};
+use crate::tap::TapPurpose;
 use crate::token::{is_valid_name, JoinClaims, JoinTokens, RoomRole};
 
 /// Largest signaling message (an SDP offer with simulcast is ~10 KB).
@@ -58,6 +60,8 @@ struct RoomEntry {
     /// When the call started (the recording's timeline starts here).
     started: Instant,
     recording: RecordingState,
+    /// The room is restreamed to the CDN.
+    restream: Option<Restream>,
 }
 
 /// A call's recording.
@@ -97,6 +101,8 @@ pub struct Rooms {
     events: Option<CallEvents>,
     /// Records calls (None: no object store).
     recorder: Option<Recorder>,
+    /// Restreams rooms (None: not offered).
+    restreamer: Option<Restreamer>,
 }
 
 /// TURN credentials handed to each joining participant: the TURN REST API scheme, scoped to
@@ -212,6 +218,15 @@ struct TokenRequest {
     ttl_secs: Option<u64>,
 }
 
+/// Body of `POST /api/rooms/{room}/restream`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RestreamRequest {
+    /// `rtmp://host[:port]/app/key` (default: this deployment's ingest, stream `room-{room}`).
+    #[serde(default)]
+    url: Option<String>,
+}
+
 /// Token bucket for one socket's messages.
 struct RateLimit {
     tokens: f64,
@@ -248,6 +263,7 @@ impl Rooms {
         turn: Option<TurnHandout>,
         events: Option<CallEvents>,
         recorder: Option<Recorder>,
+        restreamer: Option<Restreamer>,
     ) -> std::io::Result<Arc<Rooms>> {
         let dev_mode = config.api_secret.is_empty();
         let secret = if dev_mode {
@@ -292,6 +308,7 @@ impl Rooms {
             turn,
             events,
             recorder,
+            restreamer,
         });
         tokio::spawn(rooms.clone().ticker());
         if let Some(signals) = signals {
@@ -350,8 +367,9 @@ impl Rooms {
             RecordingState::Off => {}
         }
         let tap = recorder.start(entry.call.meeting_id(), entry.started);
-        sfu.send(crate::sfu::Command::Record {
+        sfu.send(crate::sfu::Command::Tap {
             room: room.to_string(),
+            purpose: TapPurpose::Record,
             tap: Some(tap),
         });
         let effects = entry.room.use_sfu();
@@ -369,14 +387,105 @@ impl Rooms {
         if !matches!(entry.recording, RecordingState::On) {
             return;
         }
-        sfu.send(crate::sfu::Command::Record {
+        sfu.send(crate::sfu::Command::Tap {
             room: room.to_string(),
+            purpose: TapPurpose::Record,
             tap: None,
         });
         let recorder = recorder.clone();
         let meeting = entry.call.meeting_id().to_string();
         entry.recording =
             RecordingState::Stopped(tokio::spawn(async move { recorder.finish(&meeting).await }));
+    }
+
+    /// Restream `entry`'s call to `url` (default: this deployment's ingest as `room-{room}`):
+    /// the call moves to the SFU and the SFU hands its tracks to the restream.
+    fn start_restream(
+        &self,
+        room: &str,
+        entry: &mut RoomEntry,
+        url: Option<String>,
+    ) -> Result<(), (StatusCode, &'static str, String)> {
+        let (Some(restreamer), Some(sfu)) = (&self.restreamer, &self.sfu) else {
+            return Err((
+                StatusCode::CONFLICT,
+                "no_restream",
+                "restreaming needs the SFU (rooms.sfu)".into(),
+            ));
+        };
+        let url = url.unwrap_or_else(|| restreamer.default_target(room));
+        if let Some(current) = &entry.restream {
+            if current.failure().is_none() && current.url == url {
+                return Ok(());
+            }
+        }
+        self.stop_restream(room, entry);
+        let restream = restreamer
+            .start(room, &url)
+            .map_err(|e| (StatusCode::BAD_REQUEST, "bad_restream", e.to_string()))?;
+        sfu.send(crate::sfu::Command::Tap {
+            room: room.to_string(),
+            purpose: TapPurpose::Restream,
+            tap: Some(restream.tap()),
+        });
+        let effects = entry.room.use_sfu();
+        self.apply(&entry.room, effects);
+        entry.restream = Some(restream);
+        Ok(())
+    }
+
+    /// Stop restreaming `entry`'s call (the stream ends with ENDLIST).
+    fn stop_restream(&self, room: &str, entry: &mut RoomEntry) {
+        let Some(restream) = entry.restream.take() else {
+            return;
+        };
+        if let Some(sfu) = &self.sfu {
+            sfu.send(crate::sfu::Command::Tap {
+                room: room.to_string(),
+                purpose: TapPurpose::Restream,
+                tap: None,
+            });
+        }
+        info!(%room, url = %restream.url, "restream stopping");
+        // flushing to the RTMP server takes a moment
+        tokio::task::spawn_blocking(move || restream.stop());
+    }
+
+    /// `POST /api/rooms/{room}/restream` (JSON body, optional: `{"url": "rtmp://…"}`) and
+    /// `DELETE`.
+    async fn restream(&self, req: Request<Incoming>, room: &str, on: bool) -> Response<Body> {
+        let body = match Limited::new(req.into_body(), 4096).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body over 4 KB"),
+        };
+        let ask: RestreamRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            RestreamRequest::default()
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(a) => a,
+                Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+            }
+        };
+        let mut rooms = self.rooms();
+        let Some(entry) = rooms.get_mut(room) else {
+            return error(StatusCode::NOT_FOUND, "no_room", "no such room");
+        };
+        if on {
+            if let Err((status, code, message)) = self.start_restream(room, entry, ask.url) {
+                return error(status, code, &message);
+            }
+        } else {
+            self.stop_restream(room, entry);
+        }
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "room": room,
+                "restreaming": entry.restream.is_some(),
+                "url": entry.restream.as_ref().map(|r| r.url.clone()),
+                "stream": format!("room-{room}"),
+            }),
+        )
     }
 
     /// `POST`/`DELETE /api/rooms/{room}/recording`.
@@ -407,6 +516,7 @@ impl Rooms {
     /// bus delivers it later if its broker is down.
     fn call_ended(&self, room: &str, mut entry: RoomEntry, reason: EndReason) {
         self.stop_recording(room, &mut entry);
+        self.stop_restream(room, &mut entry);
         if !entry.call.had_anyone() {
             return;
         }
@@ -578,7 +688,7 @@ impl Rooms {
                 let room = room.to_string();
                 self.mint(req, &room).await
             }
-            (Method::POST | Method::DELETE, ["api", "rooms", _, "recording"])
+            (Method::POST | Method::DELETE, ["api", "rooms", _, "recording" | "restream"])
                 if !self.authorised(&req) =>
             {
                 error(
@@ -589,6 +699,14 @@ impl Rooms {
             }
             (Method::POST, ["api", "rooms", room, "recording"]) => self.record(room, true),
             (Method::DELETE, ["api", "rooms", room, "recording"]) => self.record(room, false),
+            (Method::POST, ["api", "rooms", room, "restream"]) => {
+                let room = room.to_string();
+                self.restream(req, &room, true).await
+            }
+            (Method::DELETE, ["api", "rooms", room, "restream"]) => {
+                let room = room.to_string();
+                self.restream(req, &room, false).await
+            }
             (m, ["api", "rooms", ..]) if !self.authorised(&req) && m != Method::POST => error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -725,6 +843,11 @@ impl Rooms {
                     "mode": e.room.mode().as_str(),
                     "age_secs": e.room.started_at().elapsed().as_secs(),
                     "participants": e.room.participants(),
+                    "recording": matches!(e.recording, RecordingState::On),
+                    "restream": e.restream.as_ref().map(|r| serde_json::json!({
+                        "url": r.url,
+                        "failed": r.failure(),
+                    })),
                 }),
             ),
             None => error(StatusCode::NOT_FOUND, "no_room", "no such room"),
@@ -892,6 +1015,7 @@ impl Rooms {
                             call: CallLog::new(random_hex(16), &room, SystemTime::now()),
                             started: Instant::now(),
                             recording: RecordingState::Off,
+                            restream: None,
                         }
                     });
                     let effects = entry.room.join(

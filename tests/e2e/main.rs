@@ -15,5 +15,6 @@ mod live_spine;
 mod ll_hls;
 mod nat;
 mod recording;
+mod restream;
 mod rooms;
 mod turn;

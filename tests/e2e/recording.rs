@@ -156,7 +156,7 @@ fn check_recording(root: &Path, meeting: &str, participants: usize, call_secs: f
 }
 
 /// RGB of the pixel at (`x`, `y`) of the frame at `at` seconds of `video`.
-fn pixel(video: &Path, at: f64, x: u32, y: u32) -> [u8; 3] {
+pub fn pixel(video: &Path, at: f64, x: u32, y: u32) -> [u8; 3] {
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-ss", &format!("{at}"), "-i"])
         .arg(video)
@@ -179,7 +179,7 @@ fn pixel(video: &Path, at: f64, x: u32, y: u32) -> [u8; 3] {
 }
 
 /// `bot-N`'s colour with `--colours` (red, green, blue).
-fn bot_colour(id: &str) -> [u8; 3] {
+pub fn bot_colour(id: &str) -> [u8; 3] {
     match id {
         "bot-1" => [255, 0, 0],
         "bot-2" => [0, 255, 0],
@@ -188,7 +188,7 @@ fn bot_colour(id: &str) -> [u8; 3] {
     }
 }
 
-fn near(a: [u8; 3], b: [u8; 3]) -> bool {
+pub fn near(a: [u8; 3], b: [u8; 3]) -> bool {
     a.iter().zip(b).all(|(x, y)| x.abs_diff(y) < 60)
 }
 
@@ -428,22 +428,11 @@ fn kafka_down_at_the_end_and_an_archiver_killed_mid_assembly_still_give_one_reco
     ]);
     let t = Tidecast::start(&[], &as_env(&rooms_env));
     let room = format!("rec-kafka-{}", std::process::id());
-    let bots = {
-        let (rooms_port, room) = (t.rooms_port, room.clone());
-        std::thread::spawn(move || {
-            Command::new(crate::harness::binary())
-                .args(["bot", "--server", &format!("127.0.0.1:{rooms_port}")])
-                .args(["--room", &room, "--participants", "2", "--duration", "12"])
-                .args(["--schedule", "0=low", "--json", "--colours"])
-                .env("RUST_LOG", "warn")
-                .output()
-                .expect("tidecast bot")
-        })
-    };
+    let bots = crate::rooms::spawn_bots(&t, &room, 2, 12);
     // Kafka goes away before the call ends
     std::thread::sleep(Duration::from_secs(8));
     drop(kafka);
-    let out = bots.join().expect("bots");
+    let out = bots.wait_with_output().expect("bots");
     assert!(
         out.status.success(),
         "{}",

@@ -573,6 +573,27 @@ pub fn run_bots_with(
     report
 }
 
+/// Start `participants` bots (each a solid colour, sending the low layer) in `room` for
+/// `seconds`, in the background.
+pub fn spawn_bots(
+    t: &Tidecast,
+    room: &str,
+    participants: u32,
+    seconds: u32,
+) -> std::process::Child {
+    std::process::Command::new(binary())
+        .args(["bot", "--server", &format!("127.0.0.1:{}", t.rooms_port)])
+        .args(["--room", room, "--participants", &participants.to_string()])
+        .args(["--duration", &seconds.to_string()])
+        .args(["--schedule", "0=low", "--json", "--colours"])
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tidecast bot")
+}
+
 /// Two bots are a peer-to-peer call (no SFU): each receives the other's audio and video
 /// directly, and the video follows what the receiver's `subscribe` asks for — 180p, then 720p
 /// (the sender switches its one track on a keyframe), nothing while off, 180p again.

@@ -1,6 +1,6 @@
 //! Call recording. The SFU hands every packet it forwards of a recorded room — each
 //! participant's audio and the best video layer it receives, as one continuous stream per track
-//! — to a [`RecordTap`]; the [`Recorder`] task gives each track a [`track::TrackWriter`]
+//! — to a [`RecordTap`] (one of the SFU's [`crate::tap`]s); the [`Recorder`] task gives each track a [`track::TrackWriter`]
 //! (GStreamer: RTP → self-contained WebM/Matroska chunks of ~4 s) whose chunks and
 //! [`index`] go through the spooled writer to the object store, so a store outage loses
 //! nothing. [`Recorder::finish`] ends a meeting's tracks and says how many chunks it has.
@@ -18,7 +18,9 @@ use tidecast_common::spool::SpooledWriter;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use index::{RecordedCodec, TrackPlace};
+use index::TrackPlace;
+
+use crate::tap::{PacketSink, Tap, TappedPacket};
 use track::TrackWriter;
 
 /// Why recording a track failed.
@@ -29,49 +31,12 @@ pub enum RecordingError {
     Pipeline(String),
 }
 
-/// One RTP packet of a recorded track, as forwarded (rewritten to one continuous stream).
-#[derive(Debug, Clone)]
-pub struct RecordedPacket {
-    /// Participant identity.
-    pub publisher: String,
-    /// Track name (`audio-{mid}`, `video-{mid}`).
-    pub track: String,
-    /// Codec.
-    pub codec: RecordedCodec,
-    /// Payload type.
-    pub pt: u8,
-    /// RTP clock rate.
-    pub clock_rate: u32,
-    /// Sequence number.
-    pub seq: u16,
-    /// Timestamp.
-    pub timestamp: u32,
-    /// Marker bit.
-    pub marker: bool,
-    /// Payload.
-    pub payload: Arc<[u8]>,
-}
-
-impl RecordedPacket {
-    /// The packet as bytes: a 12-byte RTP header (SSRC 1) and the payload.
-    pub fn to_rtp(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(12 + self.payload.len());
-        out.push(0x80);
-        out.push((u8::from(self.marker) << 7) | (self.pt & 0x7f));
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.timestamp.to_be_bytes());
-        out.extend_from_slice(&1u32.to_be_bytes());
-        out.extend_from_slice(&self.payload);
-        out
-    }
-}
-
 enum Msg {
     Start {
         meeting: Arc<str>,
         started: Instant,
     },
-    Packet(Arc<str>, RecordedPacket),
+    Packet(Arc<str>, TappedPacket),
     Finish {
         meeting: Arc<str>,
         reply: oneshot::Sender<u64>,
@@ -85,27 +50,19 @@ pub struct RecordTap {
     tx: mpsc::UnboundedSender<Msg>,
 }
 
+impl PacketSink for RecordTap {
+    fn label(&self) -> String {
+        format!("recording of meeting {}", self.meeting)
+    }
+
+    fn send(&self, packet: TappedPacket) {
+        let _ = self.tx.send(Msg::Packet(self.meeting.clone(), packet));
+    }
+}
+
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("recording message")
-    }
-}
-
-impl PartialEq for RecordTap {
-    fn eq(&self, other: &Self) -> bool {
-        self.meeting == other.meeting
-    }
-}
-
-impl RecordTap {
-    /// Record `packet`.
-    pub fn send(&self, packet: RecordedPacket) {
-        let _ = self.tx.send(Msg::Packet(self.meeting.clone(), packet));
-    }
-
-    /// The meeting recorded.
-    pub fn meeting(&self) -> &str {
-        &self.meeting
     }
 }
 
@@ -142,16 +99,16 @@ impl Recorder {
 
     /// Start recording `meeting` (whose call started at `started`); the SFU sends its packets
     /// to the returned tap.
-    pub fn start(&self, meeting: &str, started: Instant) -> RecordTap {
+    pub fn start(&self, meeting: &str, started: Instant) -> Tap {
         let meeting: Arc<str> = Arc::from(meeting);
         let _ = self.tx.send(Msg::Start {
             meeting: meeting.clone(),
             started,
         });
-        RecordTap {
+        Tap::new(RecordTap {
             meeting,
             tx: self.tx.clone(),
-        }
+        })
     }
 
     /// End `meeting`'s recording: every track writes its last chunk. Returns the number of
@@ -253,45 +210,5 @@ async fn run(
             }
         }
         active.set(meetings.len() as i64);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packets_become_rtp_with_a_fixed_ssrc() {
-        let p = RecordedPacket {
-            publisher: "a".into(),
-            track: "video-0".into(),
-            codec: RecordedCodec::Vp8,
-            pt: 96,
-            clock_rate: 90_000,
-            seq: 0x1234,
-            timestamp: 0xdead_beef,
-            marker: true,
-            payload: Arc::from(&[1u8, 2, 3][..]),
-        };
-        assert_eq!(
-            p.to_rtp(),
-            vec![
-                0x80,
-                0x80 | 96,
-                0x12,
-                0x34,
-                0xde,
-                0xad,
-                0xbe,
-                0xef,
-                0,
-                0,
-                0,
-                1,
-                1,
-                2,
-                3
-            ]
-        );
     }
 }

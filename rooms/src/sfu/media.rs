@@ -19,8 +19,8 @@ use crate::forwarding::{
     TrackKey,
 };
 use crate::recording::index::RecordedCodec;
-use crate::recording::{RecordTap, RecordedPacket};
 use crate::signal::Layer;
+use crate::tap::{Tap, TapPurpose, TappedPacket};
 
 /// A layer with no packet for this long is treated as paused by the publisher.
 const LAYER_IDLE: Duration = Duration::from_millis(1500);
@@ -140,9 +140,9 @@ pub struct RoomMedia {
     pub layers_changed: bool,
     /// subscriber → publisher → what its layout needs
     needs: BTreeMap<String, BTreeMap<String, Need>>,
-    /// The room is recorded: its packets also go here.
-    recording: Option<RecordTap>,
-    /// One continuous stream per recorded track.
+    /// The room is recorded or restreamed: its packets also go here.
+    taps: BTreeMap<TapPurpose, Tap>,
+    /// One continuous stream per tapped track.
     recorded: BTreeMap<TrackKey, RtpRewriter>,
     /// Seconds since the recorder last asked for keyframes (one per chunk).
     recording_seconds: u32,
@@ -169,28 +169,44 @@ impl RoomMedia {
         }
     }
 
-    /// Record the room into `tap` (or stop recording).
-    pub fn set_recording(&mut self, tap: Option<RecordTap>) {
-        let same = match (&self.recording, &tap) {
-            (Some(a), Some(b)) => a.meeting() == b.meeting(),
-            (None, None) => true,
-            _ => false,
-        };
+    /// Where the room's packets go besides its subscribers (the recorder, the restreamer).
+    pub fn set_taps(&mut self, taps: BTreeMap<TapPurpose, Tap>) {
+        let same = taps.len() == self.taps.len()
+            && taps
+                .iter()
+                .all(|(p, t)| self.taps.get(p).is_some_and(|o| o.same(t)));
         if same {
             return;
         }
-        if tap.is_none() {
+        let now = Instant::now();
+        if taps.is_empty() {
             self.table.remove_participant(RECORDER);
             self.layers_changed = true;
+            self.recorded.clear();
         }
-        self.recorded.clear();
-        self.recording = tap;
-        self.select_recorded(Instant::now());
+        self.taps = taps;
+        self.select_recorded(now);
+        // a new tap starts on a keyframe of every video
+        let recorded: Vec<(TrackKey, usize)> = self
+            .published
+            .keys()
+            .filter_map(|k| Some((k.clone(), self.table.current(RECORDER, k)?)))
+            .collect();
+        for (track, layer) in recorded {
+            self.request_keyframe(&track, layer, now);
+        }
+    }
+
+    /// Tell the taps who speaks.
+    pub fn tap_speaker(&self, participant: &str) {
+        for tap in self.taps.values() {
+            tap.active_speaker(participant);
+        }
     }
 
     /// The recorder takes the best layer each video has (a paused one resumes for it).
     fn select_recorded(&mut self, now: Instant) {
-        if self.recording.is_none() {
+        if self.taps.is_empty() {
             return;
         }
         let chosen: BTreeMap<TrackKey, Option<usize>> = self
@@ -226,9 +242,9 @@ impl RoomMedia {
         params: &PayloadParams,
         now: Instant,
     ) {
-        let Some(tap) = &self.recording else {
+        if self.taps.is_empty() {
             return;
-        };
+        }
         let spec = params.spec();
         let codec = match spec.codec {
             Codec::Vp8 => RecordedCodec::Vp8,
@@ -252,7 +268,7 @@ impl RoomMedia {
         } else {
             "video"
         };
-        tap.send(RecordedPacket {
+        let tapped = TappedPacket {
             publisher: key.publisher.clone(),
             track: format!("{kind}-{}", key.track),
             codec,
@@ -262,7 +278,10 @@ impl RoomMedia {
             timestamp,
             marker: packet.header.marker,
             payload: packet.payload.clone(),
-        });
+        };
+        for tap in self.taps.values() {
+            tap.send(tapped.clone());
+        }
     }
 
     /// Poll every peer on the next drive (after a command or on the second tick).
@@ -568,7 +587,7 @@ impl RoomMedia {
                     .cloned(),
             ),
         }
-        if self.recording.is_some()
+        if !self.taps.is_empty()
             && (kind != MediaKind::Video || self.receivers.iter().any(|r| r == RECORDER))
         {
             self.record(&key, layer, packet, &params, now);
@@ -658,7 +677,7 @@ impl RoomMedia {
         for (track, layer) in self.table.waiting() {
             self.request_keyframe(&track, layer, now);
         }
-        if self.recording.is_some() {
+        if !self.taps.is_empty() {
             self.select_recorded(now);
             // a keyframe per chunk: chunks of video start on one
             self.recording_seconds += 1;

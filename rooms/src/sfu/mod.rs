@@ -24,7 +24,7 @@ mod stun;
 pub mod tcp;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -123,12 +123,14 @@ pub enum Command {
         /// Participant.
         participant: String,
     },
-    /// Record the room's tracks into `tap` from now on (`None`: stop).
-    Record {
+    /// Tap the room's tracks for `purpose` into `tap` from now on (`None`: stop).
+    Tap {
         /// Room.
         room: String,
+        /// Recording or restreaming.
+        purpose: crate::tap::TapPurpose,
         /// Where its packets go.
-        tap: Option<crate::recording::RecordTap>,
+        tap: Option<crate::tap::Tap>,
     },
 }
 
@@ -365,7 +367,7 @@ struct Router {
     /// which media port the next peer connection gets
     ports: PortTurns,
     /// rooms being recorded (kept while a room has no peers)
-    taps: HashMap<String, crate::recording::RecordTap>,
+    taps: HashMap<String, BTreeMap<crate::tap::TapPurpose, crate::tap::Tap>>,
 }
 
 async fn recv_any(
@@ -474,11 +476,11 @@ impl Router {
             | Command::Candidate { room, .. }
             | Command::Subscribe { room, .. }
             | Command::Leave { room, .. }
-            | Command::Record { room, .. } => room.clone(),
+            | Command::Tap { room, .. } => room.clone(),
         };
         self.apply(command, now);
         if let Some(media) = self.rooms.get_mut(&room) {
-            media.set_recording(self.taps.get(&room).cloned());
+            media.set_taps(self.taps.get(&room).cloned().unwrap_or_default());
             media.touch_all();
         }
     }
@@ -600,15 +602,21 @@ impl Router {
                     .set_need(&subscriber, &publisher, need);
             }
             Command::Leave { room, participant } => self.leave(&room, &participant),
-            Command::Record { room, tap } => {
-                match &tap {
-                    Some(t) => info!(%room, meeting = t.meeting(), "recording the room's tracks"),
-                    None => info!(%room, "recording stopped"),
-                }
+            Command::Tap { room, purpose, tap } => {
+                let taps = self.taps.entry(room.clone()).or_default();
                 match tap {
-                    Some(tap) => self.taps.insert(room, tap),
-                    None => self.taps.remove(&room),
-                };
+                    Some(tap) => {
+                        info!(%room, ?purpose, tap = ?tap, "tapping the room's tracks");
+                        taps.insert(purpose, tap);
+                    }
+                    None => {
+                        info!(%room, ?purpose, "tap removed");
+                        taps.remove(&purpose);
+                    }
+                }
+                if taps.is_empty() {
+                    self.taps.remove(&room);
+                }
             }
         }
     }
@@ -792,6 +800,7 @@ impl Router {
             media.touch_all();
             if let Some(speaker) = media.speakers.decide(now) {
                 debug!(room = %name, %speaker, "active speaker");
+                media.tap_speaker(&speaker);
                 for id in media.peers.keys() {
                     let _ = self.signals.send(Signal {
                         room: name.clone(),
