@@ -27,7 +27,7 @@ const iceTransportPolicy = params.get('policy') === 'relay' ? 'relay' : 'all';
 const onlyTcp = (sdp) => (tcpOnly ? sdp.split('\r\n').filter((l) => !/^a=candidate:\S+ \d+ udp /i.test(l)).join('\r\n') : sdp);
 
 const state = {
-  room, identity, joined: false, session: null, mode: null, you: null,
+  room, identity, joined: false, session: null, mode: null, you: null, recording: false, canRecord: false,
   participants: {}, peers: {}, pinned: null, errors: [], iceServers: [], constraints: {},
   sfu: null,
 };
@@ -50,7 +50,8 @@ async function joinToken() {
   const r = await fetch(`${httpBase}/api/rooms/${encodeURIComponent(room)}/tokens`, {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ identity, name: displayName }),
+    // ?record=1: a token that may start and stop the recording (development mode mints any)
+    body: JSON.stringify({ identity, name: displayName, record: params.get('record') === '1' }),
   });
   if (!r.ok) throw new Error(`this room needs &token= in the URL (HTTP ${r.status})`);
   return (await r.json()).token;
@@ -317,6 +318,13 @@ const handlers = {
     for (const e of sp.encodings) e.active = m.active.includes(e.rid);
     try { await t.sender.setParameters(sp); } catch (e) { state.errors.push(`layers: ${e}`); }
   },
+  recording(m) {
+    state.recording = m.on;
+    if (m.can_control !== undefined) state.canRecord = m.can_control;
+    $('rec').hidden = !m.on;
+    $('record').hidden = !state.canRecord;
+    $('record').textContent = m.on ? 'Stop recording' : 'Record';
+  },
   active_speaker(m) {
     state.activeSpeaker = m.participant;
     for (const [id, t] of Object.entries(tiles)) t.el.classList.toggle('speaking', id === m.participant);
@@ -491,6 +499,7 @@ function toggle(kind, button, on, off) {
 
 $('mute-audio').onclick = (e) => toggle('audio', e.target, 'Mute mic', 'Unmute mic');
 $('mute-video').onclick = (e) => toggle('video', e.target, 'Stop camera', 'Start camera');
+$('record').onclick = () => send({ type: 'record', on: !state.recording });
 $('leave').onclick = () => {
   leaving = true;
   send({ type: 'leave' });

@@ -166,6 +166,9 @@ enum TokenCommand {
         /// A viewer token (receives only); default: publisher.
         #[arg(long)]
         viewer: bool,
+        /// The participant may start and stop the call's recording.
+        #[arg(long)]
+        record: bool,
         /// Lifetime in seconds (default: rooms.token_ttl_secs).
         #[arg(long)]
         ttl: Option<u64>,
@@ -273,6 +276,7 @@ async fn main() -> Result<()> {
                     identity,
                     name,
                     viewer,
+                    record,
                     ttl,
                 },
         } => {
@@ -302,6 +306,7 @@ async fn main() -> Result<()> {
                 sub: identity.clone(),
                 name: name.clone(),
                 role,
+                record: *record,
                 iat: now,
                 exp: now + ttl.unwrap_or(config.rooms.token_ttl_secs),
             });

@@ -442,6 +442,8 @@ impl Room {
                 self.updated(participant)
             }
             ClientMessage::Ping => reply(ServerMessage::Pong),
+            // the shell handles recording (it owns the recorder)
+            ClientMessage::Record { .. } => Vec::new(),
             ClientMessage::Leave => self.remove(id, "left"),
         }
     }
@@ -565,6 +567,7 @@ mod tests {
             sub: id.into(),
             name: String::new(),
             role: RoomRole::Publisher,
+            record: false,
             iat: 0,
             exp: u64::MAX,
         }

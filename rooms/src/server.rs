@@ -216,6 +216,9 @@ struct TokenRequest {
     role: Option<RoomRole>,
     #[serde(default)]
     ttl_secs: Option<u64>,
+    /// May start and stop recording.
+    #[serde(default)]
+    record: bool,
 }
 
 /// Body of `POST /api/rooms/{room}/restream`.
@@ -376,6 +379,7 @@ impl Rooms {
         self.apply(&entry.room, effects);
         entry.recording = RecordingState::On;
         info!(%room, meeting = entry.call.meeting_id(), "recording the call");
+        self.announce_recording(entry);
         Ok(())
     }
 
@@ -396,6 +400,26 @@ impl Rooms {
         let meeting = entry.call.meeting_id().to_string();
         entry.recording =
             RecordingState::Stopped(tokio::spawn(async move { recorder.finish(&meeting).await }));
+        info!(%room, meeting = entry.call.meeting_id(), "recording stopped");
+        self.announce_recording(entry);
+    }
+
+    /// Tell everyone in `entry`'s call whether it is recorded.
+    fn announce_recording(&self, entry: &RoomEntry) {
+        let on = matches!(entry.recording, RecordingState::On);
+        let effects = entry
+            .room
+            .participants()
+            .into_iter()
+            .map(|p| Effect::Send {
+                to: p.id,
+                message: ServerMessage::Recording {
+                    on,
+                    can_control: None,
+                },
+            })
+            .collect();
+        self.apply(&entry.room, effects);
     }
 
     /// Restream `entry`'s call to `url` (default: this deployment's ingest as `room-{room}`):
@@ -800,6 +824,7 @@ impl Rooms {
             sub: ask.identity,
             name: ask.name.unwrap_or_default().chars().take(64).collect(),
             role: ask.role.unwrap_or(RoomRole::Publisher),
+            record: ask.record,
             iat: now,
             exp: now + ttl,
         };
@@ -1039,6 +1064,10 @@ impl Rooms {
                             }
                         }
                         info!(%room, participant = %id, conn, meeting = entry.call.meeting_id(), "joined");
+                        send(ServerMessage::Recording {
+                            on: matches!(entry.recording, RecordingState::On),
+                            can_control: Some(claims.record),
+                        });
                     } else if entry.room.is_empty() {
                         rooms.remove(&room);
                         self.gauges(&room, None);
@@ -1052,6 +1081,32 @@ impl Rooms {
                 (false, _) => {
                     drop(rooms);
                     send(ServerMessage::error("not_joined", "send join first"));
+                }
+                (true, ClientMessage::Record { on }) => {
+                    let Some(entry) = rooms.get_mut(&room) else {
+                        close(ServerMessage::RoomEnded);
+                        break;
+                    };
+                    let refused = if !claims.record {
+                        self.refused("record_not_allowed");
+                        Some(ServerMessage::error(
+                            "not_allowed",
+                            "this token may not start or stop recording",
+                        ))
+                    } else if on {
+                        self.start_recording(&room, entry)
+                            .err()
+                            .map(|(_, code, message)| ServerMessage::error(code, message))
+                    } else {
+                        self.stop_recording(&room, entry);
+                        None
+                    };
+                    drop(rooms);
+                    if let Some(m) = refused {
+                        send(m);
+                    } else {
+                        info!(%room, participant = %id, on, "recording set by a participant");
+                    }
                 }
                 (true, message) => {
                     let leaving = message == ClientMessage::Leave;

@@ -84,6 +84,11 @@ pub enum ClientMessage {
         #[serde(default)]
         height: Option<u32>,
     },
+    /// Start (`on: true`) or stop the call's recording; only with a token that allows it.
+    Record {
+        /// Recording from now on.
+        on: bool,
+    },
     /// Leaving for good.
     Leave,
     /// Keep-alive; answered with `pong`.
@@ -210,6 +215,15 @@ pub enum ServerMessage {
         /// RIDs someone receives.
         active: Vec<String>,
     },
+    /// Whether the call is being recorded: sent to everyone when it starts or stops, and to
+    /// each participant after it joins (with whether its token may start and stop it).
+    Recording {
+        /// Recording now.
+        on: bool,
+        /// This participant may send `record` (only in the message after joining).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        can_control: Option<bool>,
+    },
     /// The loudest participant (through the SFU), for the layout to enlarge.
     ActiveSpeaker {
         /// Who.
@@ -299,7 +313,7 @@ impl ServerMessage {
 }
 
 /// Message types clients may send (anything else is `unknown_type`).
-const CLIENT_TYPES: [&str; 9] = [
+const CLIENT_TYPES: [&str; 10] = [
     "join",
     "offer",
     "answer",
@@ -307,6 +321,7 @@ const CLIENT_TYPES: [&str; 9] = [
     "mute",
     "update",
     "subscribe",
+    "record",
     "leave",
     "ping",
 ];

@@ -38,6 +38,9 @@ pub struct JoinClaims {
     pub name: String,
     /// Publisher or viewer.
     pub role: RoomRole,
+    /// May start and stop the call's recording (the `record` signaling message).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record: bool,
     /// Issued at, seconds since the epoch.
     pub iat: u64,
     /// Expires at, seconds since the epoch.
@@ -138,6 +141,7 @@ mod tests {
             sub: "alice".into(),
             name: "Alice".into(),
             role: RoomRole::Publisher,
+            record: false,
             iat: 100,
             exp,
         }

@@ -9,6 +9,8 @@
 // With 4 pages: after that, D joins declaring only H.264; the room's codec changes mid-call and
 // every page receives the three others in H.264.
 // ALL_QUERY goes to every page (e.g. `policy=relay`: media only through the TURN server).
+// PAGE_A_QUERY with `record=1`: at the end, page A (whose token may record) starts the call's
+// recording with its button, every page shows it, and A stops it.
 import { launchChromium } from './chromium.mjs';
 
 const [url0, y4m, timeoutArg, queryA, pagesArg, transportC, allQuery] = process.argv.slice(2);
@@ -29,8 +31,10 @@ const result = { ok: false, steps: {}, errors: [], console: [] };
 const started = Date.now();
 const left = () => Math.max(1000, timeoutMs - (Date.now() - started));
 
+const opened = [];
 async function open(name, extra) {
   const page = await (own[name] || browser).newPage();
+  opened.push(page);
   page.on('console', (m) => { if (m.type() === 'error') result.console.push(`${name}: ${m.text()}`); });
   page.on('pageerror', (e) => result.console.push(`${name}: ${e}`));
   await page.goto(`${url}&name=${name}&identity=${name}${extra && extra !== '-' ? `&${extra}` : ''}`);
@@ -121,6 +125,21 @@ try {
     }
     result.steps.recodec = { ms: Date.now() - joinedAt, constraints: (await state(a)).constraints,
       pages: seen };
+  }
+  if ((queryA || '').split('&').includes('record=1')) {
+    // A's token may record (B's may not): A's button starts the call's recording, every page
+    // shows it, and A stops it again
+    await until(a, 'A may record', (s) => s.canRecord);
+    const canB = (await state(b)).canRecord;
+    const at = Date.now();
+    await a.click('#record');
+    for (const p of opened) await until(p, 'recording shown', (s) => s.recording === true);
+    const shownMs = Date.now() - at;
+    const rec = await b.isVisible('#rec');
+    await a.waitForTimeout(6000);
+    await a.click('#record');
+    for (const p of opened) await until(p, 'recording stopped', (s) => s.recording === false);
+    result.steps.recording = { a_can: true, b_can: canB, shown_ms: shownMs, b_shows_rec: rec };
   }
   result.errors = [...(await state(a)).errors, ...(await state(b)).errors];
   result.ok = true;

@@ -184,6 +184,14 @@ fn signaling_tokens_relay_resume_and_bad_input() {
     let (mut bob, joined) = join(port, "r1", &bob_token, None);
     assert_eq!(joined["participants"][0]["id"], "alice");
     let bob_session = joined["session"].as_str().expect("session").to_string();
+    // after joining: the call is not recorded, and bob's token may not record it
+    let rec = recv_type(&mut bob, "recording");
+    assert_eq!(
+        (rec["on"].as_bool(), rec["can_control"].as_bool()),
+        (Some(false), Some(false))
+    );
+    send(&mut bob, json!({ "type": "record", "on": true }));
+    assert_eq!(recv_type(&mut bob, "error")["code"], "not_allowed");
     assert_eq!(
         recv_type(&mut alice, "participant_joined")["participant"]["id"],
         "bob"
@@ -477,8 +485,9 @@ fn third_page_moves_the_call_to_the_sfu_and_pinning_switches_the_simulcast_layer
     crate::browser::browser_dir();
     let _guard = crate::harness::heavy();
     let t = Tidecast::start(&[], &[]);
-    // C's browser may not use UDP (as behind a corporate firewall): it comes in over ICE-TCP
-    let report = room_pages(&t, "sfu", "-", 4, "tcp", "-");
+    // C's browser may not use UDP (as behind a corporate firewall): it comes in over ICE-TCP;
+    // A's token may start the recording
+    let report = room_pages(&t, "sfu", "record=1", 4, "tcp", "-");
     let steps = &report["steps"];
     assert_eq!(steps["connected"]["mode"], "p2p", "{steps}");
     let media_port = t
@@ -526,6 +535,31 @@ fn third_page_moves_the_call_to_the_sfu_and_pinning_switches_the_simulcast_layer
             assert_eq!(codec, "video/H264", "{page}: {steps}");
         }
     }
+    // A started and stopped the recording from the page; B's token could not, and saw it
+    let rec = &steps["recording"];
+    assert_eq!(rec["b_can"], false, "{steps}");
+    assert_eq!(rec["b_shows_rec"], true, "{steps}");
+    let recordings = t.dir.join("data/store/recordings");
+    t.wait_for("A's recorded chunks", Duration::from_secs(20), || {
+        let meeting = std::fs::read_dir(&recordings)
+            .ok()?
+            .flatten()
+            .next()?
+            .path();
+        let tracks = std::fs::read_dir(meeting.join("A")).ok()?;
+        let chunks = tracks
+            .flatten()
+            .filter(|t| t.file_name().to_string_lossy().starts_with("video-"))
+            .flat_map(|t| std::fs::read_dir(t.path()).into_iter().flatten().flatten())
+            .filter(|c| c.file_name().to_string_lossy().ends_with(".mkv"))
+            .count();
+        (chunks > 0).then_some(())
+    });
+    assert!(
+        t.log().contains("recording set by a participant"),
+        "{}",
+        t.log()
+    );
 }
 
 /// `tidecast bot` with `participants` in `room` for `seconds`, subscribing on `schedule`
