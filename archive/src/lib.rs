@@ -1,11 +1,13 @@
 //! tidecast archive: the worker that turns a recorded call into one file. It consumes
 //! `call.ended` from the event bus ([`worker`]), plans the assembly from the call's track
 //! indexes as a pure core ([`plan`]: readiness, grid, timeline), and runs it as one GStreamer
-//! pipeline ([`assemble`]: `compositor` + `audiomixer` → H.264/AAC MP4).
+//! pipeline ([`assemble`]: `compositor` + `audiomixer` → H.264/AAC MP4), then packages that
+//! file as a VOD session the origin serves as HLS and DASH ([`vod`]).
 #![deny(missing_docs)]
 
 pub mod assemble;
 pub mod plan;
+pub mod vod;
 pub mod worker;
 
 pub use worker::{Archiver, ArchiverSettings};

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::assemble::{assemble, total_ms, track_dir};
 use crate::plan::{self, manifest_key, parse_event, recording_key, CallEnded, Plan};
+use crate::vod::{self, VodPlace};
 use crate::ArchiveError;
 
 /// How the archiver runs.
@@ -231,6 +232,19 @@ impl Archiver {
             .await
             .map_err(|e| ArchiveError::Pipeline(e.to_string()))??;
         self.store.put_file(&recording, &out).await?;
+        // the same file as VOD (HLS + DASH), before the manifest says the recording is complete
+        let call_start =
+            tidecast_common::time::parse_rfc3339(&event.started_at).unwrap_or_else(SystemTime::now);
+        let vod_place = VodPlace::new(meeting, call_start);
+        let vod_objects = vod::package(
+            &out,
+            &vod_place,
+            call_start,
+            (plan.width, plan.height),
+            !plan.audio.is_empty(),
+            &self.store,
+        )
+        .await?;
         let size = tokio::fs::metadata(&out)
             .await
             .map(|m| m.len())
@@ -244,6 +258,11 @@ impl Archiver {
             "started_at": event.started_at,
             "ended_at": event.ended_at,
             "recording": recording.as_str(),
+            "vod": {
+                "hls": vod_place.master(),
+                "dash": vod_place.manifest(),
+                "objects": vod_objects,
+            },
             "bytes": size,
             "duration_ms": total,
             "width": plan.width,
@@ -260,7 +279,7 @@ impl Archiver {
         self.metrics.seconds.set(took.as_millis() as i64);
         self.metrics.recorded_ms.add(total as i64);
         info!(%meeting, duration_ms = total, assembly_ms = took.as_millis() as u64, bytes = size,
-              tiles = plan.tiles.len(), "recording assembled");
+              tiles = plan.tiles.len(), vod = %vod_place.master(), "recording assembled");
         Ok(Outcome::Assembled)
     }
 

@@ -542,8 +542,9 @@ fn wire_appsink(
     );
 }
 
-/// Turn one `cmafmux` output sample (a buffer list) into init / chunk events.
-fn sample_events(
+/// Turn one `cmafmux` output sample (a buffer list) into init / chunk events of `rendition`
+/// (the archiver packages recordings with it too).
+pub fn sample_events(
     sample: &gst::Sample,
     stream: &str,
     session: u64,
