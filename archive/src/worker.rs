@@ -8,16 +8,19 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tidecast_common::bus::{Delivery, Event, SharedBus};
+use tidecast_common::bus::{Delivery, Event, EventConsumer, SharedBus};
 use tidecast_common::metrics::{Metric, Registry};
 use tidecast_common::store::{ObjectKey, SharedStore};
 use tidecast_rooms::recording::index::TrackIndex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::assemble::{assemble, total_ms, track_dir};
 use crate::plan::{self, manifest_key, parse_event, recording_key, CallEnded, Plan};
 use crate::vod::{self, VodPlace};
 use crate::ArchiveError;
+
+/// How often the consumer lag is measured while no event comes.
+const LAG_EVERY: Duration = Duration::from_secs(10);
 
 /// How the archiver runs.
 #[derive(Debug, Clone)]
@@ -64,6 +67,7 @@ struct Metrics {
     seconds: Metric,
     recorded_ms: Metric,
     lag_ms: Metric,
+    consumer_lag: Metric,
 }
 
 /// The archiver.
@@ -104,6 +108,11 @@ impl Archiver {
                 "From a call's end to the archiver taking up its event, ms (the last event).",
                 &[],
             ),
+            consumer_lag: registry.gauge(
+                "tidecast_archiver_consumer_lag",
+                "call.ended events on the bus the archiver's group has not committed yet.",
+                &[("bus", bus.kind())],
+            ),
         };
         Archiver {
             store,
@@ -129,8 +138,17 @@ impl Archiver {
             }
         };
         info!(topic = %self.settings.topic, group = %self.settings.group, bus = self.bus.kind(), "archiver consuming call events");
+        self.update_lag(&mut consumer).await;
         loop {
-            let delivery = match consumer.next().await {
+            // while waiting, the lag is measured now and then (the wait is cancel-safe)
+            let next = tokio::select! {
+                next = consumer.next() => next,
+                _ = tokio::time::sleep(LAG_EVERY) => {
+                    self.update_lag(&mut consumer).await;
+                    continue;
+                }
+            };
+            let delivery = match next {
                 Ok(d) => d,
                 Err(e) => {
                     warn!("archiver receive failed: {e}");
@@ -152,6 +170,14 @@ impl Archiver {
                 warn!("archiver commit failed, retrying: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            self.update_lag(&mut consumer).await;
+        }
+    }
+
+    async fn update_lag(&self, consumer: &mut Box<dyn EventConsumer>) {
+        match consumer.lag().await {
+            Ok(lag) => self.metrics.consumer_lag.set(lag as i64),
+            Err(e) => debug!("consumer lag unknown: {e}"),
         }
     }
 

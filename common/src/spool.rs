@@ -137,6 +137,14 @@ impl DiskQueue {
         Some((*seq, read_record(path)))
     }
 
+    /// How many records have a sequence number above `after` (all, for `None`).
+    pub fn count_after(&self, after: Option<u64>) -> usize {
+        match after {
+            None => self.files.len(),
+            Some(a) => self.files.len() - self.files.partition_point(|(seq, _)| *seq <= a),
+        }
+    }
+
     /// Remove the records (oldest first) whose files were written before `cutoff`.
     pub fn pop_older_than(&mut self, cutoff: std::time::SystemTime) {
         while let Some((_, path)) = self.files.front() {

@@ -139,6 +139,8 @@ async fn outbox_delivered_after_restart(dir: &Path, registry: &Registry, port: u
     assert_eq!(keys, ["m1", "m2", "m3", "m4"]);
     let second = second.expect("two events");
     consumer.commit(&second).await.expect("commit");
+    // the group's lag: the two events after its commit
+    assert_eq!(consumer.lag().await.expect("lag"), 2);
     drop(consumer);
     // the group resumes after its commit: m3 and m4 again, not m1 and m2
     let mut consumer = bus

@@ -326,4 +326,33 @@ impl EventConsumer for KafkaConsumer {
                 .map_err(|e| kafka_error("commit", e))
         })
     }
+
+    fn lag(&mut self) -> BusFuture<'_, u64> {
+        Box::pin(async move {
+            let consumer = self.consumer.clone();
+            // watermarks and committed offsets are broker round trips: off the async threads
+            tokio::task::spawn_blocking(move || -> Result<u64, KafkaError> {
+                let timeout = Duration::from_secs(2);
+                let committed = consumer.committed(timeout)?;
+                let mut lag = 0u64;
+                for p in committed.elements() {
+                    let (low, high) =
+                        consumer.fetch_watermarks(p.topic(), p.partition(), timeout)?;
+                    let at = match p.offset() {
+                        Offset::Offset(o) => o,
+                        _ => low,
+                    };
+                    lag += u64::try_from(high - at.max(low)).unwrap_or(0);
+                }
+                Ok(lag)
+            })
+            .await
+            .map_err(|e| BusError::Kafka {
+                op: "lag",
+                message: e.to_string(),
+                retryable: true,
+            })?
+            .map_err(|e| kafka_error("lag", e))
+        })
+    }
 }

@@ -166,6 +166,15 @@ impl EventConsumer for LocalConsumer {
             Ok(())
         })
     }
+
+    fn lag(&mut self) -> BusFuture<'_, u64> {
+        Box::pin(async move {
+            let committed = read_offset(&self.offset_file);
+            Ok(self
+                .bus
+                .with_log(&self.topic, |log| log.count_after(committed)) as u64)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -191,9 +200,13 @@ mod tests {
         let audit = bus.subscribe("call-events", "audit").await.unwrap();
         bus.publish(event("m1")).unwrap();
         bus.publish(event("m2")).unwrap();
+        assert_eq!(archiver.lag().await.unwrap(), 2);
         let first = archiver.next().await.unwrap();
         assert_eq!(first.event, event("m1"));
+        // read is not done: the lag counts commits
+        assert_eq!(archiver.lag().await.unwrap(), 2);
         archiver.commit(&first).await.unwrap();
+        assert_eq!(archiver.lag().await.unwrap(), 1);
         let second = archiver.next().await.unwrap();
         assert_eq!(second.event.key, "m2");
         // a consumer waits for what is published later
@@ -212,6 +225,7 @@ mod tests {
         assert_eq!(again.event.key, "m2");
         let third = archiver.next().await.unwrap();
         archiver.commit(&third).await.unwrap();
+        assert_eq!(archiver.lag().await.unwrap(), 0);
         // records stay for their retention whoever read them: the audit group, which read
         // nothing, and a group that starts now both read from the oldest
         assert_eq!(bus.with_log("call-events", |l| l.len()), 3);

@@ -113,6 +113,9 @@ pub trait EventConsumer: Send {
     /// Done with `delivery` and everything before it in its partition: the group will not
     /// get them again.
     fn commit<'a>(&'a mut self, delivery: &'a Delivery) -> BusFuture<'a, ()>;
+
+    /// Events in the topic after the group's last commit (its consumer lag).
+    fn lag(&mut self) -> BusFuture<'_, u64>;
 }
 
 /// The bus a role holds.
