@@ -5,10 +5,11 @@
 //! start on the call's timeline, so tracks line up and time 0 is the call's start.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
+use tidecast_common::pipeline;
 
 use crate::plan::{Plan, PlannedTrack};
 use crate::ArchiveError;
@@ -36,10 +37,7 @@ pub fn total_ms(plan: &Plan, durations: &dyn Fn(&PlannedTrack) -> u64) -> u64 {
 }
 
 fn quoted(path: &Path) -> Result<String, ArchiveError> {
-    path.to_str()
-        .filter(|p| !p.contains('"'))
-        .map(str::to_string)
-        .ok_or_else(|| ArchiveError::Pipeline(format!("path {} is not plain text", path.display())))
+    Ok(pipeline::quoted_path(path)?.to_string())
 }
 
 /// The pipeline text; pads are named `comp.sink_{i}` (tile i), `mix.sink_{j}` (audio j). Video
@@ -102,15 +100,8 @@ fn ms_to_ns(ms: u64) -> i64 {
 /// Assemble `plan` (chunks in [`track_dir`]s under `work`) into `out`; `total_ms` is the
 /// timeline's length. Blocks until the file is complete (or fails after a deadline).
 pub fn assemble(plan: &Plan, work: &Path, out: &Path, total_ms: u64) -> Result<(), ArchiveError> {
-    let err = |e: &dyn std::fmt::Display| ArchiveError::Pipeline(e.to_string());
-    gst::init().map_err(|e| err(&e))?;
-    let pipeline = gst::parse::launch(&description(plan, work, out, total_ms)?)
-        .map_err(|e| err(&e))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| ArchiveError::Pipeline("not a pipeline".into()))?;
-    let comp = pipeline
-        .by_name("comp")
-        .ok_or_else(|| ArchiveError::Pipeline("no compositor".into()))?;
+    let launched = pipeline::launch(&description(plan, work, out, total_ms)?)?;
+    let comp: gst::Element = launched.element("comp")?;
     if let Some(base) = comp.static_pad(&format!("sink_{BASE_PAD}")) {
         base.set_property("zorder", 0u32);
     }
@@ -127,42 +118,18 @@ pub fn assemble(plan: &Plan, work: &Path, out: &Path, total_ms: u64) -> Result<(
         pad.set_property("zorder", 1u32 + i as u32);
         pad.set_offset(ms_to_ns(video.start_ms));
     }
-    if let Some(mix) = pipeline.by_name("mix") {
+    if let Ok(mix) = launched.element::<gst::Element>("mix") {
         for (j, audio) in plan.audio.iter().enumerate() {
             if let Some(pad) = mix.static_pad(&format!("sink_{j}")) {
                 pad.set_offset(ms_to_ns(audio.start_ms));
             }
         }
     }
-    let bus = pipeline
-        .bus()
-        .ok_or_else(|| ArchiveError::Pipeline("pipeline without bus".into()))?;
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|e| err(&e))?;
+    launched.play()?;
     // generous: an archiver far slower than real time is broken, not busy
-    let deadline = Instant::now() + Duration::from_millis(total_ms * 3) + Duration::from_secs(60);
-    let result = loop {
-        if Instant::now() > deadline {
-            break Err(ArchiveError::Pipeline(
-                "assembly did not finish in time".into(),
-            ));
-        }
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(500)) else {
-            continue;
-        };
-        match msg.view() {
-            gst::MessageView::Eos(_) => break Ok(()),
-            gst::MessageView::Error(e) => {
-                break Err(ArchiveError::Pipeline(format!(
-                    "{} ({:?})",
-                    e.error(),
-                    e.debug()
-                )))
-            }
-            _ => {}
-        }
-    };
-    let _ = pipeline.set_state(gst::State::Null);
+    let result = launched
+        .wait_end(Duration::from_millis(total_ms * 3) + Duration::from_secs(60))
+        .map_err(ArchiveError::from);
+    launched.stop();
     result
 }

@@ -38,6 +38,12 @@ pub enum ArchiveError {
     Pipeline(String),
 }
 
+impl From<tidecast_common::pipeline::PipelineError> for ArchiveError {
+    fn from(e: tidecast_common::pipeline::PipelineError) -> Self {
+        ArchiveError::Pipeline(e.0)
+    }
+}
+
 impl ArchiveError {
     /// Whether trying again later can help.
     pub fn is_retryable(&self) -> bool {

@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use gstreamer as gst;
-use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use tidecast_common::live::unix_millis;
+use tidecast_common::pipeline;
 use tidecast_common::store::SharedStore;
 use tidecast_common::{LiveEvent, RenditionInfo, TrackKind};
 use tidecast_origin::archive::ArchiveRecorder;
@@ -95,14 +95,7 @@ pub async fn package(
 ) -> Result<usize, ArchiveError> {
     let err = |e: &dyn std::fmt::Display| ArchiveError::Pipeline(format!("vod: {e}"));
     tidecast_ingest::ladder::init_gstreamer().map_err(|e| err(&e))?;
-    let path = mp4
-        .to_str()
-        .filter(|p| !p.contains('"'))
-        .ok_or_else(|| ArchiveError::Pipeline("recording path is not plain text".into()))?;
-    let pipeline = gst::parse::launch(&description(path, audio))
-        .map_err(|e| err(&e))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| err(&"not a pipeline"))?;
+    let launched = pipeline::launch(&description(pipeline::quoted_path(mp4)?, audio))?;
     let video_name = format!("{height}p");
     let mut renditions = vec![RenditionInfo {
         name: video_name.clone(),
@@ -122,10 +115,7 @@ pub async fn package(
     }
     let (tx, mut rx) = mpsc::channel::<Option<LiveEvent>>(64);
     for (sink_name, rendition) in [("video", video_name.as_str()), ("audio", "audio")] {
-        let Some(sink) = pipeline
-            .by_name(sink_name)
-            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-        else {
+        let Ok(sink) = launched.element::<gst_app::AppSink>(sink_name) else {
             continue;
         };
         let (tx, stream, session, rendition) = (
@@ -150,31 +140,18 @@ pub async fn package(
                 .build(),
         );
     }
+    launched.play()?;
     // the bus: EOS or an error ends the event stream
-    let bus = pipeline.bus().ok_or_else(|| err(&"no bus"))?;
     let watch = {
         let tx = tx.clone();
-        std::thread::spawn(move || -> Result<(), String> {
-            let result = loop {
-                let Some(msg) = bus.timed_pop(gst::ClockTime::from_seconds(600)) else {
-                    break Err("no end after 10 minutes".to_string());
-                };
-                match msg.view() {
-                    gst::MessageView::Eos(_) => break Ok(()),
-                    gst::MessageView::Error(e) => {
-                        break Err(format!("{} ({:?})", e.error(), e.debug()))
-                    }
-                    _ => {}
-                }
-            };
+        std::thread::spawn(move || {
+            let result = launched.wait_end(Duration::from_secs(600));
+            launched.stop();
             let _ = tx.blocking_send(None);
             result
         })
     };
     drop(tx);
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|e| err(&e))?;
 
     let mut table = StreamTable::new(settings());
     let mut recorder = ArchiveRecorder::default();
@@ -203,12 +180,11 @@ pub async fn package(
             _ => break,
         }
     }
-    let _ = pipeline.set_state(gst::State::Null);
-    let ended = tokio::task::spawn_blocking(move || watch.join())
+    tokio::task::spawn_blocking(move || watch.join())
         .await
         .map_err(|e| err(&e))?
-        .map_err(|_| err(&"bus thread panicked"))?;
-    ended.map_err(|e| err(&e))?;
+        .map_err(|_| err(&"bus thread panicked"))?
+        .map_err(|e| err(&e))?;
     let end = LiveEvent::SessionEnded {
         stream: place.stream.clone(),
         session: place.session,

@@ -12,6 +12,8 @@ pub mod live;
 pub mod metrics;
 pub mod net;
 pub mod own_thread;
+#[cfg(feature = "gst")]
+pub mod pipeline;
 pub mod push;
 pub mod service;
 pub mod spool;

@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
         sub: id.into(),
         name: String::new(),
         role: RoomRole::Publisher,
+        record: false,
         iat: 0,
         exp: u64::MAX,
     };

@@ -198,22 +198,7 @@ fn s3_archive_survives_an_outage_and_plays_as_vod() {
             out.status.success() && err.trim().is_empty(),
             "{file}: {err}"
         );
-        let probe = Command::new("ffprobe")
-            .args([
-                "-v",
-                "error",
-                "-show_entries",
-                "format=duration",
-                "-of",
-                "csv=p=0",
-                &url,
-            ])
-            .output()
-            .expect("running ffprobe");
-        let duration: f64 = String::from_utf8_lossy(&probe.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0.0);
+        let duration = crate::harness::ffprobe_duration(&url);
         assert!(duration > 37.0, "{file}: {duration}s");
     }
     // paths never reach the store unchecked

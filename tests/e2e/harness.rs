@@ -318,3 +318,28 @@ impl Drop for Publisher {
         let _ = self.child.wait();
     }
 }
+
+/// Duration (s) ffprobe reads from `url` or a file.
+pub fn ffprobe_duration(url: &str) -> f64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+            url,
+        ])
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| {
+            panic!(
+                "no duration of {url}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}

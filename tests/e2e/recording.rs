@@ -178,31 +178,6 @@ pub fn pixel(video: &Path, at: f64, x: u32, y: u32) -> [u8; 3] {
     [out.stdout[0], out.stdout[1], out.stdout[2]]
 }
 
-/// Duration (s) ffprobe reads from `url` or a file.
-fn ffprobe_duration(url: &str) -> f64 {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-            url,
-        ])
-        .output()
-        .expect("ffprobe");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| {
-            panic!(
-                "no duration of {url}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-}
-
 /// `bot-N`'s colour with `--colours` (red, green, blue).
 pub fn bot_colour(id: &str) -> [u8; 3] {
     match id {
@@ -299,7 +274,7 @@ fn a_recorded_call_is_chunked_then_assembled_into_one_mp4() {
     // the recording as VOD from the origin: the whole call in HLS, played by hls.js in the demo
     let master = manifest["vod"]["hls"].as_str().expect("vod.hls");
     let vod_url = format!("http://127.0.0.1:{}{master}", t.http_port);
-    let vod = ffprobe_duration(&vod_url);
+    let vod = crate::harness::ffprobe_duration(&vod_url);
     assert!(
         (vod - length).abs() <= 1.0,
         "VOD {vod} s, recording {length} s: {manifest}"

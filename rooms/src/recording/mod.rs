@@ -31,6 +31,12 @@ pub enum RecordingError {
     Pipeline(String),
 }
 
+impl From<tidecast_common::pipeline::PipelineError> for RecordingError {
+    fn from(e: tidecast_common::pipeline::PipelineError) -> Self {
+        RecordingError::Pipeline(e.0)
+    }
+}
+
 enum Msg {
     Start {
         meeting: Arc<str>,

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gstreamer as gst;
-use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use tidecast_common::pipeline::{self, Launched};
 use tidecast_common::spool::{SpooledWriter, StoreWrite};
 use tracing::{debug, info, warn};
 
@@ -74,29 +74,15 @@ impl TrackWriter {
     ) -> Result<TrackWriter, RecordingError> {
         let gst_error = |e: &dyn std::fmt::Display| RecordingError::Pipeline(e.to_string());
         std::fs::create_dir_all(&dir).map_err(|e| gst_error(&e))?;
-        let dir_text = dir
-            .to_str()
-            .filter(|d| !d.contains('"'))
-            .ok_or_else(|| RecordingError::Pipeline("recording dir is not plain text".into()))?;
-        let pipeline = gst::parse::launch(&pipeline_description(codec, pt, clock_rate, dir_text))
-            .map_err(|e| gst_error(&e))?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| RecordingError::Pipeline("not a pipeline".into()))?;
-        let appsrc = pipeline
-            .by_name("src")
-            .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
-            .ok_or_else(|| RecordingError::Pipeline("no appsrc".into()))?;
-        let bus = pipeline
-            .bus()
-            .ok_or_else(|| RecordingError::Pipeline("pipeline without bus".into()))?;
-        pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|e| gst_error(&e))?;
+        let dir_text = pipeline::quoted_path(&dir)?;
+        let launched = pipeline::launch(&pipeline_description(codec, pt, clock_rate, dir_text))?;
+        let appsrc: gst_app::AppSrc = launched.element("src")?;
+        launched.play()?;
         let (tx, done) = std_mpsc::channel();
         let label = format!("{place:?}");
         let index = place.index(codec);
         let watch = BusWatch {
-            pipeline,
+            launched,
             place,
             codec,
             index,
@@ -107,7 +93,7 @@ impl TrackWriter {
         std::thread::Builder::new()
             .name("recording".into())
             .spawn(move || {
-                let chunks = watch.run(bus);
+                let chunks = watch.run();
                 let _ = tx.send(chunks);
             })
             .map_err(|e| gst_error(&e))?;
@@ -140,7 +126,7 @@ impl TrackWriter {
 }
 
 struct BusWatch {
-    pipeline: gst::Pipeline,
+    launched: Launched,
     place: TrackPlace,
     codec: RecordedCodec,
     index: TrackIndex,
@@ -151,10 +137,14 @@ struct BusWatch {
 
 impl BusWatch {
     /// Until EOS or an error: each closed chunk goes to the writer, then the index.
-    fn run(mut self, bus: gst::Bus) -> u32 {
+    fn run(mut self) -> u32 {
         let mut opened_at: Option<u64> = None;
         loop {
-            let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(500)) else {
+            let Some(msg) = self
+                .launched
+                .bus
+                .timed_pop(gst::ClockTime::from_mseconds(500))
+            else {
                 continue;
             };
             match msg.view() {
@@ -182,7 +172,7 @@ impl BusWatch {
                 _ => {}
             }
         }
-        let _ = self.pipeline.set_state(gst::State::Null);
+        self.launched.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
         self.index.chunks.len() as u32
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use tidecast_common::pipeline::{self, Launched};
 use tracing::{debug, info, warn};
 
 use super::layout::Rect;
@@ -52,10 +53,9 @@ struct Branch {
 
 /// A running restream pipeline.
 pub struct Composite {
-    pipeline: gst::Pipeline,
+    launched: Launched,
     vmix: gst::Element,
     amix: gst::Element,
-    bus: gst::Bus,
     branches: HashMap<(String, String), Option<Branch>>,
 }
 
@@ -119,25 +119,14 @@ impl Composite {
         if url.contains('"') {
             return Err(RestreamError::Refused("the URL has a quote".into()));
         }
-        gst::init().map_err(gst_error)?;
-        let pipeline = gst::parse::launch(&main_description(url, settings))
-            .map_err(gst_error)?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| gst_error("not a pipeline"))?;
-        let by_name = |n: &str| {
-            pipeline
-                .by_name(n)
-                .ok_or_else(|| gst_error(format!("no {n}")))
-        };
-        let vmix = by_name("vmix")?;
-        let amix = by_name("amix")?;
-        let bus = pipeline.bus().ok_or_else(|| gst_error("no bus"))?;
-        pipeline.set_state(gst::State::Playing).map_err(gst_error)?;
+        let launched = pipeline::launch(&main_description(url, settings)).map_err(gst_error)?;
+        let vmix = launched.element("vmix").map_err(gst_error)?;
+        let amix = launched.element("amix").map_err(gst_error)?;
+        launched.play().map_err(gst_error)?;
         Ok(Composite {
-            pipeline,
+            launched,
             vmix,
             amix,
-            bus,
             branches: HashMap::new(),
         })
     }
@@ -190,7 +179,7 @@ impl Composite {
             pad.set_property("alpha", 0.0f64);
             pad.set_property_from_str("sizing-policy", "keep-aspect-ratio");
         }
-        self.pipeline.add(&bin).map_err(gst_error)?;
+        self.launched.pipeline.add(&bin).map_err(gst_error)?;
         src.link(&pad).map_err(gst_error)?;
         bin.sync_state_with_parent().map_err(gst_error)?;
         Ok(Branch {
@@ -236,12 +225,7 @@ impl Composite {
 
     /// Why the pipeline failed, if it did (the RTMP server refused or went away).
     pub fn failure(&self) -> Option<String> {
-        while let Some(msg) = self.bus.pop() {
-            if let gst::MessageView::Error(err) = msg.view() {
-                return Some(format!("{} ({:?})", err.error(), err.debug()));
-            }
-        }
-        None
+        self.launched.failure().map(|e| e.0)
     }
 
     /// End the stream: the last frames are flushed to the server, then the connection closes.
@@ -250,15 +234,11 @@ impl Composite {
             let _ = b.appsrc.end_of_stream();
         }
         // the live test sources never end by themselves
-        self.pipeline.send_event(gst::event::Eos::new());
-        let deadline = gst::ClockTime::from_nseconds(DRAIN.as_nanos() as u64);
-        let ended = self
-            .bus
-            .timed_pop_filtered(deadline, &[gst::MessageType::Eos, gst::MessageType::Error]);
-        if ended.is_none() {
-            warn!("restream did not drain in 5 s");
+        self.launched.pipeline.send_event(gst::event::Eos::new());
+        if let Err(e) = self.launched.wait_end(DRAIN) {
+            warn!("restream did not drain: {e}");
         }
-        let _ = self.pipeline.set_state(gst::State::Null);
+        self.launched.stop();
     }
 }
 

@@ -187,12 +187,17 @@ impl RoomMedia {
         self.taps = taps;
         self.select_recorded(now);
         // a new tap starts on a keyframe of every video
-        let recorded: Vec<(TrackKey, usize)> = self
+        self.request_tapped_keyframes(now);
+    }
+
+    /// Ask for a keyframe of every layer the taps take.
+    fn request_tapped_keyframes(&mut self, now: Instant) {
+        let tapped: Vec<(TrackKey, usize)> = self
             .published
             .keys()
             .filter_map(|k| Some((k.clone(), self.table.current(RECORDER, k)?)))
             .collect();
-        for (track, layer) in recorded {
+        for (track, layer) in tapped {
             self.request_keyframe(&track, layer, now);
         }
     }
@@ -683,14 +688,7 @@ impl RoomMedia {
             self.recording_seconds += 1;
             if u64::from(self.recording_seconds) >= crate::recording::track::CHUNK.as_secs() {
                 self.recording_seconds = 0;
-                let recorded: Vec<(TrackKey, usize)> = self
-                    .published
-                    .keys()
-                    .filter_map(|k| Some((k.clone(), self.table.current(RECORDER, k)?)))
-                    .collect();
-                for (track, layer) in recorded {
-                    self.request_keyframe(&track, layer, now);
-                }
+                self.request_tapped_keyframes(now);
             }
         }
         for p in self.peers.values_mut() {
