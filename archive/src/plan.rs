@@ -303,7 +303,7 @@ mod tests {
         assert_eq!(who, ["b", "a"]);
         assert_eq!(p.tiles[0].tile.width, 640);
         let b_video = p.tiles[0].video.as_ref().unwrap();
-        assert_eq!((b_video.extension, b_video.start_ms), ("mkv", 1000));
+        assert_eq!((b_video.extension, b_video.start_ms), ("ts", 1000));
         assert_eq!(p.tiles[1].video.as_ref().unwrap().chunks.len(), 2);
         assert_eq!(p.audio.len(), 2);
         assert_eq!(p.audio[0].start_ms, 900);

@@ -551,7 +551,7 @@ fn third_page_moves_the_call_to_the_sfu_and_pinning_switches_the_simulcast_layer
             .flatten()
             .filter(|t| t.file_name().to_string_lossy().starts_with("video-"))
             .flat_map(|t| std::fs::read_dir(t.path()).into_iter().flatten().flatten())
-            .filter(|c| c.file_name().to_string_lossy().ends_with(".mkv"))
+            .filter(|c| c.file_name().to_string_lossy().ends_with(".ts"))
             .count();
         (chunks > 0).then_some(())
     });

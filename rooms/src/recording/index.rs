@@ -25,7 +25,8 @@ pub enum TrackKind {
 pub enum RecordedCodec {
     /// VP8 in WebM.
     Vp8,
-    /// H.264 in Matroska.
+    /// H.264 in MPEG-TS: a browser's H.264 changes resolution (simulcast layer switches, CPU
+    /// adaptation) with new SPS in band, which Matroska cannot take mid-file.
     H264,
     /// Opus in WebM.
     Opus,
@@ -35,7 +36,7 @@ impl RecordedCodec {
     /// File extension of its chunks.
     pub fn extension(self) -> &'static str {
         match self {
-            RecordedCodec::H264 => "mkv",
+            RecordedCodec::H264 => "ts",
             _ => "webm",
         }
     }
@@ -153,7 +154,7 @@ mod tests {
         );
         assert_eq!(
             place.chunk_key(0, RecordedCodec::H264).unwrap().as_str(),
-            "recordings/9f3a/alice/video-1/00000.mkv"
+            "recordings/9f3a/alice/video-1/00000.ts"
         );
         assert_eq!(
             place.index_key().unwrap().as_str(),

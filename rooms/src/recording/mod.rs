@@ -1,7 +1,7 @@
 //! Call recording. The SFU hands every packet it forwards of a recorded room — each
 //! participant's audio and the best video layer it receives, as one continuous stream per track
 //! — to a [`RecordTap`] (one of the SFU's [`crate::tap`]s); the [`Recorder`] task gives each track a [`track::TrackWriter`]
-//! (GStreamer: RTP → self-contained WebM/Matroska chunks of ~4 s) whose chunks and
+//! (GStreamer: RTP → self-contained WebM (VP8, Opus) or MPEG-TS (H.264) chunks of ~4 s) whose chunks and
 //! [`index`] go through the spooled writer to the object store, so a store outage loses
 //! nothing. [`Recorder::finish`] ends a meeting's tracks and says how many chunks it has.
 

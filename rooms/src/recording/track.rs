@@ -1,6 +1,6 @@
 //! One recorded track: a GStreamer pipeline that takes the track's RTP (as the SFU forwards it,
 //! one continuous stream) and cuts it into self-contained chunks —
-//! `appsrc ! rtpjitterbuffer ! depay ! [parse] ! splitmuxsink (webmmux | matroskamux)` — and a
+//! `appsrc ! rtpjitterbuffer ! depay ! [parse] ! splitmuxsink (webmmux | mpegtsmux)` — and a
 //! thread on its bus that hands each closed chunk, then the updated index, to the spooled writer.
 
 use std::path::PathBuf;
@@ -40,9 +40,9 @@ fn pipeline_description(codec: RecordedCodec, pt: u8, clock_rate: u32, dir: &str
         RecordedCodec::H264 => (
             "video",
             "H264",
-            "rtph264depay wait-for-keyframe=true ! h264parse ! \
-             video/x-h264,stream-format=avc,alignment=au",
-            "matroskamux",
+            "rtph264depay wait-for-keyframe=true ! h264parse config-interval=-1 ! \
+             video/x-h264,stream-format=byte-stream,alignment=au",
+            "mpegtsmux",
         ),
         RecordedCodec::Opus => ("audio", "OPUS", "rtpopusdepay ! opusparse", "webmmux"),
     };
