@@ -200,6 +200,9 @@ pub struct ProbePacer {
     interval_ms: u64,
     /// the dip of the probe under way ends then
     dip_until: Option<Instant>,
+    /// the estimate last seen by [`ProbePacer::pad`], and when it last dropped
+    seen_bps: u64,
+    dropped_at: Option<Instant>,
 }
 
 impl ProbePacer {
@@ -225,6 +228,23 @@ impl ProbePacer {
     /// Longest: a lifted cap is found within this (and a capped link sees a probe's queue no
     /// more often).
     pub const MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// How long after a drop of the estimate no padding is sent.
+    pub const CALM: std::time::Duration = std::time::Duration::from_secs(3);
+
+    /// Whether to pad towards the held-back layers between probes, given the estimate now:
+    /// not within [`ProbePacer::CALM`] of the estimate dropping. On a capped link padding at
+    /// the estimate keeps its queue full, and the losses hold the estimator in loss-limited
+    /// states where it does not probe, so a lifted cap would be found late; on a free link
+    /// padding is what lets the estimate grow past 1.5x the media actually acknowledged.
+    pub fn pad(&mut self, estimate_bps: u64, now: Instant) -> bool {
+        if estimate_bps + estimate_bps / 20 < self.seen_bps {
+            self.dropped_at = Some(now);
+        }
+        self.seen_bps = estimate_bps;
+        self.dropped_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= Self::CALM)
+    }
 
     /// Whether to probe now, given the estimate now; records the probe when it says yes.
     pub fn due(&mut self, estimate_bps: u64, now: Instant) -> bool {
@@ -677,6 +697,20 @@ mod tests {
         assert!(p.due(300_000, at(5000)));
         assert!(p.due(600_000, at(7000))); // it grew: every second again
         assert!(p.due(900_000, at(8000)));
+    }
+
+    #[test]
+    fn no_padding_for_a_while_after_the_estimate_drops() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut p = ProbePacer::default();
+        assert!(p.pad(1_000_000, at(0)));
+        assert!(p.pad(1_200_000, at(500)), "rising");
+        assert!(p.pad(1_180_000, at(600)), "a wobble is not a drop");
+        assert!(!p.pad(400_000, at(1000)), "congestion: the padding stops");
+        assert!(!p.pad(400_000, at(3999)));
+        assert!(p.pad(400_000, at(4000)), "calm again");
+        assert!(!p.pad(300_000, at(4500)));
     }
 
     #[test]

@@ -403,7 +403,7 @@ pub(crate) fn ip(args: &[&str]) {
 /// Network-aware layer selection, for real: the SFU and two publishing bots in one namespace, a
 /// subscribing bot in another behind the lab's user-space link capped at 400 kbit/s. The pinned
 /// publisher reaches it in the low layer while the cap holds (the SFU's TWCC/GCC estimate sees the
-/// link); lifting the cap brings a higher layer back within 10 s and 720p within 15 s.
+/// link); lifting the cap brings a higher layer back within 10 s and 720p within 20 s.
 #[test]
 fn sfu_serves_a_capped_subscriber_the_low_layer_and_raises_it_when_the_cap_lifts() {
     if !netns_available("SFU bandwidth lab") {
@@ -482,7 +482,7 @@ fn sfu_serves_a_capped_subscriber_the_low_layer_and_raises_it_when_the_cap_lifts
             "--prefix",
             "pub-",
             "--duration",
-            "45",
+            "58",
         ],
     );
     std::thread::sleep(Duration::from_secs(2));
@@ -511,7 +511,7 @@ fn sfu_serves_a_capped_subscriber_the_low_layer_and_raises_it_when_the_cap_lifts
             "0=high",
             "--pin",
             "--duration",
-            "30",
+            "40",
             "--json",
         ])
         .env("RUST_LOG", "warn")
@@ -537,7 +537,7 @@ fn sfu_serves_a_capped_subscriber_the_low_layer_and_raises_it_when_the_cap_lifts
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let mut last_tx = lab.tx_bytes("sfu", &tap_a);
-    for _ in 0..16 {
+    for _ in 0..24 {
         std::thread::sleep(Duration::from_secs(1));
         let tx = lab.tx_bytes("sfu", &tap_a);
         estimates.push(format!(
@@ -603,12 +603,14 @@ fn sfu_serves_a_capped_subscriber_the_low_layer_and_raises_it_when_the_cap_lifts
     };
     let (higher, full) = (after(360), after(720));
     eprintln!("after the cap lifted: 360p+ in {higher:?} ms, 720p in {full:?} ms");
-    // the SFU probes a held-back subscriber at least every 2 s, and GCC climbs from there:
-    // a higher layer within 10 s; the full 720p (~1.5 Mbit/s) came in 3.6-9.3 s over 7 quiet
-    // runs but in 13.5 s once with the whole suite running beside it: asserted within 15 s
+    // the SFU probes a held-back subscriber at least every 2 s, and GCC climbs from there: a
+    // higher layer within 10 s (1.8-9.8 s over 8 runs). The bots' 720p costs ~2 Mbit/s (the
+    // test picture's noise), so it needs an estimate of ~2.6 Mbit/s, six and a half times the
+    // cap: GCC's ramp took 5.2-15.8 s over the same runs (13.5 s once in CI before the padding
+    // stopped after estimate drops): asserted within 20 s, the subscriber watching for 24 s
     assert!(
-        higher.is_some_and(|ms| ms <= 10_000) && full.is_some_and(|ms| ms <= 15_000),
-        "a higher layer within 10 s and 720p within 15 s of lifting the cap: {heights:?} \
+        higher.is_some_and(|ms| ms <= 10_000) && full.is_some_and(|ms| ms <= 20_000),
+        "a higher layer within 10 s and 720p within 20 s of lifting the cap: {heights:?} \
          (lifted at {lifted_ms} ms)\n{}",
         lab.logs()
     );

@@ -420,8 +420,8 @@ impl RoomMedia {
             let table = &self.table;
             let chosen = select_layers(&needs, &sticky(&layers, |k| table.current(&id, k)), budget);
             // ask the estimator to find room for the layers the layout wants: probe towards
-            // them and, while some track is held below its target, pad up to them so the
-            // estimate can grow (GCC never trusts more than it saw acknowledged)
+            // them and, while some track is held below its target and the estimate is not falling, pad up
+            // to them so the estimate can grow (GCC never trusts more than it saw acknowledged)
             let mut desired = 100_000u64; // audio, RTCP
             let mut capped = false;
             for (k, n) in &needs {
@@ -437,7 +437,11 @@ impl RoomMedia {
                 }
             }
             tracing::trace!(subscriber = %id, budget, capped, ?needs, ?chosen, ?layers, "layers selected");
-            let minimum = if capped { desired } else { 0 };
+            let minimum = if capped && peer.probe.pad(peer.estimate_bps, now) {
+                desired
+            } else {
+                0
+            };
             let desired = desired.max(INITIAL_ESTIMATE_BPS);
             let (min, want) = (
                 str0m::bwe::Bitrate::bps(minimum),
