@@ -72,6 +72,21 @@ fn kafka_error(op: &'static str, e: KafkaError) -> BusError {
     }
 }
 
+/// A blocking librdkafka call (a broker round trip), run off the async threads.
+async fn blocking<T: Send + 'static>(
+    op: &'static str,
+    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T, BusError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BusError::Kafka {
+            op,
+            message: e.to_string(),
+            retryable: true,
+        })?
+        .map_err(|e| kafka_error(op, e))
+}
+
 /// Client settings every tidecast Kafka client uses.
 fn client_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -315,23 +330,16 @@ impl EventConsumer for KafkaConsumer {
             )
             .map_err(|e| kafka_error("commit", e))?;
             let consumer = self.consumer.clone();
-            // a synchronous commit blocks on the broker's answer: off the async threads
-            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-                .await
-                .map_err(|e| BusError::Kafka {
-                    op: "commit",
-                    message: e.to_string(),
-                    retryable: true,
-                })?
-                .map_err(|e| kafka_error("commit", e))
+            // a synchronous commit blocks on the broker's answer
+            blocking("commit", move || consumer.commit(&tpl, CommitMode::Sync)).await
         })
     }
 
     fn lag(&mut self) -> BusFuture<'_, u64> {
         Box::pin(async move {
             let consumer = self.consumer.clone();
-            // watermarks and committed offsets are broker round trips: off the async threads
-            tokio::task::spawn_blocking(move || -> Result<u64, KafkaError> {
+            // watermarks and committed offsets are broker round trips
+            blocking("lag", move || {
                 let timeout = Duration::from_secs(2);
                 let committed = consumer.committed(timeout)?;
                 let mut lag = 0u64;
@@ -347,12 +355,6 @@ impl EventConsumer for KafkaConsumer {
                 Ok(lag)
             })
             .await
-            .map_err(|e| BusError::Kafka {
-                op: "lag",
-                message: e.to_string(),
-                retryable: true,
-            })?
-            .map_err(|e| kafka_error("lag", e))
         })
     }
 }
