@@ -50,6 +50,10 @@ struct Cli {
     /// Rooms HTTP/WebSocket listen address (rooms.http_listen), default 0.0.0.0:7880.
     #[arg(long, global = true)]
     rooms_listen: Option<String>,
+    /// Check the configuration (file, environment overrides and these flags) and exit: 0 when
+    /// it is fine, 2 with each offending key on stderr when it is not.
+    #[arg(long)]
+    check_config: bool,
     /// Log filter (RUST_LOG syntax), default `info`.
     #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -229,7 +233,36 @@ async fn main() -> Result<()> {
         .with_target(false)
         .with_writer(std::io::stderr)
         .init();
-    let config = load_config(&cli)?;
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) if cli.check_config => {
+            eprintln!("{e:#}");
+            std::process::exit(2);
+        }
+        Err(e) => return Err(e),
+    };
+    let problems = config.check();
+    if cli.check_config {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        if !problems.is_empty() {
+            eprintln!(
+                "tidecast: {} problem(s) in the configuration{}",
+                problems.len(),
+                cli.config
+                    .as_ref()
+                    .map(|p| format!(" ({})", p.display()))
+                    .unwrap_or_default()
+            );
+            std::process::exit(2);
+        }
+        println!("configuration ok");
+        return Ok(());
+    }
+    for p in &problems {
+        warn!(key = %p.key, "configuration: {}", p.message);
+    }
     let command = cli.command.clone().unwrap_or(Command::All);
     match &command {
         Command::Config => {
@@ -388,6 +421,7 @@ async fn main() -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     let readiness = Readiness::default();
+    readiness.set_drain_delay(std::time::Duration::from_secs(config.drain_delay_secs));
     let mut turn = None;
     // TURN first: its sockets are up before any /healthz says so
     if matches!(command, Command::All | Command::Turn) {
@@ -454,7 +488,7 @@ async fn main() -> Result<()> {
                      (TIDECAST_INGEST__ORIGIN_URL) and ingest.origin_token"
                 );
             };
-            o.event_sender()
+            o.event_sender(&readiness)
         } else {
             let urls: Vec<&str> = config
                 .ingest
@@ -463,10 +497,16 @@ async fn main() -> Result<()> {
                 .map(str::trim)
                 .filter(|u| !u.is_empty())
                 .collect();
-            tidecast_ingest::push::spawn_fanout(&urls, &config.ingest.origin_token, &registry)?
+            tidecast_ingest::push::spawn_fanout(
+                &urls,
+                &config.ingest.origin_token,
+                &registry,
+                &readiness,
+            )?
         };
         let ingest = tidecast_ingest::IngestServer::new(&config, sink, &registry);
-        tasks.spawn(async move { ingest.run(listener).await.context("rtmp ingest") });
+        let r = readiness.clone();
+        tasks.spawn(async move { ingest.run(listener, &r).await.context("rtmp ingest") });
     }
     if matches!(command, Command::All | Command::Edge) {
         let mut edge_config = config.edge.clone();
@@ -568,6 +608,7 @@ async fn main() -> Result<()> {
             &registry,
             "recording",
         );
+        writer.hold_drain(&readiness);
         let recorder = tidecast_rooms::recording::Recorder::spawn(
             writer,
             config.data_dir.join("recording-tmp"),
@@ -602,17 +643,45 @@ async fn main() -> Result<()> {
         tasks.spawn(async move { rooms.serve(listener, &r).await.context("rooms http") });
     }
     info!(?command, "tidecast running");
-    tokio::select! {
+    let signal = tokio::select! {
         r = tasks.join_next() => {
-            match r {
-                Some(Ok(Err(e))) => return Err(e),
-                Some(Err(e)) => anyhow::bail!("service task failed: {e}"),
-                _ => {}
+            return match r {
+                Some(Ok(Err(e))) => Err(e),
+                Some(Err(e)) => Err(anyhow::anyhow!("service task failed: {e}")),
+                _ => Ok(()),
+            };
+        }
+        s = tidecast_common::lifecycle::shutdown_signal() => s,
+    };
+    drain(&readiness, &config, signal).await;
+    Ok(())
+}
+
+/// SIGTERM: `/readyz` turns 503, every role finishes its work (see `common::lifecycle`),
+/// then the process exits; a second signal, or `drain_timeout_secs`, cuts it short.
+async fn drain(readiness: &Readiness, config: &Config, signal: &str) {
+    let delay = std::time::Duration::from_secs(config.drain_delay_secs);
+    let timeout = std::time::Duration::from_secs(config.drain_timeout_secs);
+    info!(
+        signal,
+        delay_secs = delay.as_secs(),
+        timeout_secs = timeout.as_secs(),
+        work = readiness.work_in_progress(),
+        "draining"
+    );
+    readiness.drain();
+    tokio::select! {
+        done = readiness.drained(timeout) => {
+            if done {
+                info!("drained, exiting");
+            } else {
+                warn!(work = readiness.work_in_progress(), "drain timed out, exiting");
             }
         }
-        _ = tokio::signal::ctrl_c() => info!("interrupted, shutting down"),
+        s = tidecast_common::lifecycle::shutdown_signal() => {
+            warn!(signal = s, work = readiness.work_in_progress(), "second signal: exiting now");
+        }
     }
-    Ok(())
 }
 
 /// Where rooms are restreamed by default: `rooms.restream_url`, else this deployment's own

@@ -13,9 +13,10 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::body::Body;
+use crate::lifecycle::{Drain, Readiness, Work};
 use crate::zero_copy::{FileBodies, SendfileStream};
 
 /// How long a client may take to send its request headers.
@@ -68,33 +69,33 @@ pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
     }))
 }
 
-/// Serve `handle` on `listener` forever; `what` names the server in logs.
-pub async fn serve<H, F>(
-    listener: TcpListener,
-    what: &'static str,
-    handle: H,
-) -> std::io::Result<()>
-where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
-    serve_with(listener, what, None, handle).await
-}
-
-/// [`serve`], sending the bodies registered in `file_bodies` with `sendfile` (see
-/// [`crate::zero_copy`]).
+/// Serve `handle` on `listener` until `readiness` drains; `what` names the server in logs.
+/// Bodies registered in `file_bodies` go out with `sendfile` (see [`crate::zero_copy`]).
+///
+/// Draining: the listener keeps accepting for the drain's delay (load balancers notice
+/// `/readyz` meanwhile), then closes; each connection ends after the response under way
+/// (keep-alive stops). The loop and every connection are work the drain waits for.
 pub async fn serve_with<H, F>(
     listener: TcpListener,
     what: &'static str,
     file_bodies: Option<Arc<FileBodies>>,
+    readiness: &Readiness,
     handle: H,
 ) -> std::io::Result<()>
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    let _work = readiness.track();
+    let drain = readiness.drain_signal();
+    let stop = stop_after_delay(drain.clone());
+    tokio::pin!(stop);
     loop {
-        let (socket, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 warn!(server = what, "http accept failed: {e}");
@@ -108,32 +109,57 @@ where
             let response = handle(req, peer);
             async move { Ok::<_, Infallible>(response.await) }
         });
+        let (drain, work) = (drain.clone(), readiness.track());
         match &file_bodies {
             Some(bodies) => {
                 let io = SendfileStream::new(socket, bodies.clone());
-                tokio::spawn(serve_connection(io, service, what, peer));
+                tokio::spawn(serve_connection(io, service, what, peer, drain, work));
             }
             None => {
-                tokio::spawn(serve_connection(socket, service, what, peer));
+                tokio::spawn(serve_connection(socket, service, what, peer, drain, work));
             }
         }
     }
+    info!(server = what, "draining: no new connections");
+    Ok(())
 }
 
-async fn serve_connection<IO, S>(io: IO, service: S, what: &'static str, peer: SocketAddr)
-where
+/// Resolves once the drain started and its delay passed.
+async fn stop_after_delay(mut drain: Drain) {
+    drain.started().await;
+    tokio::time::sleep(drain.delay).await;
+}
+
+async fn serve_connection<IO, S>(
+    io: IO,
+    service: S,
+    what: &'static str,
+    peer: SocketAddr,
+    drain: Drain,
+    _work: Work,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = Body> + Send,
     S::Future: Send,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await
-    {
+        .with_upgrades();
+    tokio::pin!(conn);
+    let stop = stop_after_delay(drain);
+    tokio::pin!(stop);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = &mut stop => {
+            // the response under way is finished, then the connection closes
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         debug!(server = what, %peer, "http connection ended: {e}");
     }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod http_server;
 pub mod keys;
+pub mod lifecycle;
 pub mod live;
 pub mod metrics;
 pub mod net;

@@ -16,7 +16,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -78,28 +77,7 @@ impl Routes for NoRoutes {
     }
 }
 
-/// Whether this node takes new work (`/readyz`). Cheap to clone; shared by the roles of one
-/// process.
-#[derive(Debug, Clone)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Default for Readiness {
-    fn default() -> Readiness {
-        Readiness(Arc::new(AtomicBool::new(true)))
-    }
-}
-
-impl Readiness {
-    /// Ready or not.
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
-    }
-
-    /// Currently ready.
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+pub use crate::lifecycle::Readiness;
 
 /// The layer around one role's routes.
 pub struct Service<R: Routes> {
@@ -167,7 +145,8 @@ impl<R: Routes> Service<R> {
         let role = self.routes.role();
         info!(addr = ?listener.local_addr().ok(), role, "http listening");
         let bodies = self.file_bodies.clone();
-        crate::http_server::serve_with(listener, role, bodies, move |req, peer| {
+        let readiness = self.readiness.clone();
+        crate::http_server::serve_with(listener, role, bodies, &readiness, move |req, peer| {
             let service = self.clone();
             async move { service.handle(req, peer).await }
         })

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::lifecycle::{Readiness, Work};
 use crate::metrics::{Metric, Registry};
 use crate::store::{ObjectKey, SharedStore};
 
@@ -180,9 +181,11 @@ fn read_record(path: &Path) -> Option<QueuedRecord> {
 /// Handle to the writer task: submit writes, read back through [`store`](Self::store).
 #[derive(Debug, Clone)]
 pub struct SpooledWriter {
-    tx: mpsc::UnboundedSender<StoreWrite>,
+    tx: mpsc::UnboundedSender<(StoreWrite, Option<Work>)>,
     store: SharedStore,
     outstanding: Arc<AtomicUsize>,
+    /// set by [`SpooledWriter::hold_drain`]
+    readiness: Arc<std::sync::OnceLock<Readiness>>,
 }
 
 struct WriterMetrics {
@@ -254,14 +257,23 @@ impl SpooledWriter {
             tx,
             store,
             outstanding,
+            readiness: Default::default(),
         }
+    }
+
+    /// Make every write submitted from now on work `readiness`'s drain waits for, until it is
+    /// in the store or in the spool on disk (the next start uploads it): nothing accepted is
+    /// lost to a SIGTERM.
+    pub fn hold_drain(&self, readiness: &Readiness) {
+        let _ = self.readiness.set(readiness.clone());
     }
 
     /// Queue writes; returns at once.
     pub fn submit(&self, writes: Vec<StoreWrite>) {
         for w in writes {
             self.outstanding.fetch_add(1, Ordering::Relaxed);
-            if self.tx.send(w).is_err() {
+            let work = self.readiness.get().map(Readiness::track);
+            if self.tx.send((w, work)).is_err() {
                 self.outstanding.fetch_sub(1, Ordering::Relaxed);
                 warn!("object writer is gone; write dropped");
             }
@@ -289,7 +301,7 @@ struct WriterTask {
 }
 
 impl WriterTask {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<StoreWrite>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<(StoreWrite, Option<Work>)>) {
         if !self.spool.is_empty() {
             info!(
                 what = %self.what,
@@ -313,7 +325,8 @@ impl WriterTask {
                     }
                 }
             };
-            let Some(w) = next else { return };
+            // the drain's hold on this write ends when the loop body does: stored or spooled
+            let Some((w, _work)) = next else { return };
             self.metrics.queued.set(rx.len() as i64);
             if self.spool.is_empty() && self.upload(&w.key, w.data.clone()).await {
                 continue;

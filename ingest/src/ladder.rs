@@ -21,6 +21,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
+use tidecast_common::lifecycle::Work;
 use tidecast_common::{CmafChunk, LiveEvent, RenditionInfo, TrackKind};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -122,11 +123,13 @@ fn queue(name: &str) -> Result<gst::Element, IngestError> {
 }
 
 impl Ladder {
-    /// Build and start the pipeline; announces the session to `sink`.
+    /// Build and start the pipeline; announces the session to `sink`. `work` (the drain's)
+    /// is held until the session's end has been sent.
     pub fn start(
         input: LadderInput,
         settings: &LadderSettings,
         sink: mpsc::Sender<LiveEvent>,
+        work: Option<Work>,
     ) -> Result<Ladder, IngestError> {
         init_gstreamer()?;
         let pipeline =
@@ -333,7 +336,7 @@ impl Ladder {
             .map_err(|e| IngestError::Ladder(format!("starting pipeline: {e}")))?;
 
         let (done_tx, done_rx) = std_mpsc::channel::<()>();
-        spawn_bus_watch(&pipeline, &input, sink, done_rx)?;
+        spawn_bus_watch(&pipeline, &input, sink, done_rx, work)?;
         info!(stream = %input.stream, session = input.session, rungs = input.rungs.len(), audio = input.has_audio, "ladder started");
         Ok(Ladder {
             stream: input.stream,
@@ -619,6 +622,7 @@ fn spawn_bus_watch(
     input: &LadderInput,
     sink: mpsc::Sender<LiveEvent>,
     done: std_mpsc::Receiver<()>,
+    work: Option<Work>,
 ) -> Result<(), IngestError> {
     let bus = pipeline
         .bus()
@@ -667,6 +671,8 @@ fn spawn_bus_watch(
             }
             let _ = pipeline.set_state(gst::State::Null);
             let _ = sink.blocking_send(LiveEvent::SessionEnded { stream, session });
+            // a draining process waits for this: the stream's end is on its way to the origin
+            drop(work);
         })
         .map(|_| ())
         .map_err(|e| IngestError::Ladder(format!("spawning bus thread: {e}")))

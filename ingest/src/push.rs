@@ -9,6 +9,7 @@ use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
+use tidecast_common::lifecycle::Readiness;
 use tidecast_common::metrics::Registry;
 use tidecast_common::push::{encode, PushRequest};
 use tidecast_common::LiveEvent;
@@ -25,6 +26,7 @@ pub fn spawn_pusher(
     url: &str,
     token: &str,
     registry: &Registry,
+    readiness: &Readiness,
 ) -> Result<mpsc::Sender<LiveEvent>, IngestError> {
     let uri: Uri = url
         .parse()
@@ -52,9 +54,12 @@ pub fn spawn_pusher(
         &[],
     );
     let (tx, mut rx) = mpsc::channel::<LiveEvent>(4096);
+    // a draining ingest waits until each stream's end is pushed (or given up on)
+    let mut sessions = tidecast_common::lifecycle::SessionWork::new(readiness);
     tokio::spawn(async move {
         let mut conn: Option<SendRequest<Full<Bytes>>> = None;
         while let Some(event) = rx.recv().await {
+            let _ended = sessions.on_event(&event);
             let Some(req) = encode(&event) else { continue };
             let mut delay = Duration::from_millis(100);
             let mut sent = false;
@@ -94,13 +99,14 @@ pub fn spawn_fanout(
     urls: &[&str],
     token: &str,
     registry: &Registry,
+    readiness: &Readiness,
 ) -> Result<mpsc::Sender<LiveEvent>, IngestError> {
     if let [one] = urls {
-        return spawn_pusher(one, token, registry);
+        return spawn_pusher(one, token, registry, readiness);
     }
     let pushers = urls
         .iter()
-        .map(|u| spawn_pusher(u, token, registry).map(|tx| (u.to_string(), tx)))
+        .map(|u| spawn_pusher(u, token, registry, readiness).map(|tx| (u.to_string(), tx)))
         .collect::<Result<Vec<_>, _>>()?;
     let dropped = registry.counter(
         "tidecast_ingest_push_dropped_total",

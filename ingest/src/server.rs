@@ -15,6 +15,7 @@ use bytes::Bytes;
 use rml_rtmp::sessions::{ServerSession, ServerSessionEvent, ServerSessionResult};
 use tidecast_common::config::{Config, IngestConfig, LadderConfig};
 use tidecast_common::keys::{KeyDecision, StreamKeys};
+use tidecast_common::lifecycle::Readiness;
 use tidecast_common::live::unix_millis;
 use tidecast_common::metrics::{Metric, Registry};
 use tidecast_common::LiveEvent;
@@ -85,6 +86,8 @@ pub struct IngestServer {
     sink: mpsc::Sender<LiveEvent>,
     metrics: IngestMetrics,
     next_conn: AtomicU64,
+    /// The process's lifecycle, once `run` started.
+    readiness: std::sync::OnceLock<Readiness>,
 }
 
 /// Per-connection state that outlives errors, so cleanup always runs.
@@ -110,15 +113,36 @@ impl IngestServer {
             sink,
             metrics: IngestMetrics::new(registry),
             next_conn: AtomicU64::new(1),
+            readiness: std::sync::OnceLock::new(),
         })
     }
 
-    /// Accept connections forever.
-    pub async fn run(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+    /// Accept connections until `readiness` drains; then stop accepting and end every
+    /// publisher's stream (its ladder drains, the playlists get `#EXT-X-ENDLIST`). Each
+    /// connection and each ladder until its `SessionEnded` is sent is work the drain waits for.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        readiness: &Readiness,
+    ) -> std::io::Result<()> {
         crate::ladder::init_gstreamer().map_err(std::io::Error::other)?;
+        let _ = self.readiness.set(readiness.clone());
         info!(addr = ?listener.local_addr().ok(), open = self.keys.is_open(), "rtmp ingest listening");
+        let mut drain = readiness.drain_signal();
         loop {
-            let (socket, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                _ = drain.started() => {
+                    drop(listener);
+                    let kills: Vec<_> = self.lock_kills().values().cloned().collect();
+                    info!(publishers = kills.len(), "draining: rtmp closed, ending every stream");
+                    for k in kills {
+                        k.notify_one();
+                    }
+                    return Ok(());
+                }
+                accepted = listener.accept() => accepted,
+            };
+            let (socket, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     warn!("rtmp accept failed: {e}");
@@ -130,9 +154,13 @@ impl IngestServer {
             let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
             self.metrics.connections.inc();
             let server = self.clone();
+            let work = readiness.track();
             let handle = tokio::spawn(
-                async move { server.connection(conn, socket, peer).await }
-                    .instrument(info_span!("rtmp", conn)),
+                async move {
+                    server.connection(conn, socket, peer).await;
+                    drop(work);
+                }
+                .instrument(info_span!("rtmp", conn)),
             );
             let metrics = self.metrics.clone();
             tokio::spawn(async move {
@@ -246,7 +274,12 @@ impl IngestServer {
                     r.map_err(|_| IngestError::Timeout("publisher idle"))??
                 }
                 _ = kill.notified() => {
-                    return Err(IngestError::Refused("stream taken over by a reconnecting publisher".into()));
+                    let why = if self.readiness.get().is_some_and(Readiness::is_draining) {
+                        "server draining: publish to another node"
+                    } else {
+                        "stream taken over by a reconnecting publisher"
+                    };
+                    return Err(IngestError::Refused(why.into()));
                 }
             };
             if n == 0 {
@@ -468,7 +501,8 @@ impl IngestServer {
                     x264_preset: self.ladder.x264_preset.clone(),
                     x264_threads: self.ladder.x264_threads,
                 };
-                let ladder = Ladder::start(input, &settings, self.sink.clone())?;
+                let work = self.readiness.get().map(Readiness::track);
+                let ladder = Ladder::start(input, &settings, self.sink.clone(), work)?;
                 for chunk in flv {
                     ladder.push(chunk)?;
                 }

@@ -42,6 +42,11 @@ impl Archiver {
         self.writer.submit(writes);
     }
 
+    /// A drain waits for every write until it is stored or spooled.
+    pub fn hold_drain(&self, readiness: &tidecast_common::lifecycle::Readiness) {
+        self.writer.hold_drain(readiness);
+    }
+
     /// The store archives are read back from (VOD).
     pub fn store(&self) -> &SharedStore {
         self.writer.store()

@@ -184,13 +184,21 @@ impl Origin {
         BlockedGuard(self.blocked.clone())
     }
 
-    /// A channel ladders in this process send their output to; a task applies it.
-    pub fn event_sender(self: &Arc<Self>) -> mpsc::Sender<LiveEvent> {
+    /// A channel ladders in this process send their output to; a task applies it. A live
+    /// session is work `readiness`'s drain waits for until its end has been applied (its
+    /// playlists end with `#EXT-X-ENDLIST`, its last segments are on their way to the archive).
+    pub fn event_sender(self: &Arc<Self>, readiness: &Readiness) -> mpsc::Sender<LiveEvent> {
         let (tx, mut rx) = mpsc::channel::<LiveEvent>(4096);
         let origin = self.clone();
+        let mut sessions = tidecast_common::lifecycle::SessionWork::new(readiness);
+        if let Some(archive) = &self.archive {
+            archive.hold_drain(readiness);
+        }
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
+                let ended = sessions.on_event(&event);
                 origin.apply(event);
+                drop(ended);
             }
         });
         tx
@@ -232,6 +240,9 @@ impl Origin {
         readiness: &Readiness,
     ) -> std::io::Result<()> {
         let registry = self.registry.clone();
+        if let Some(archive) = &self.archive {
+            archive.hold_drain(readiness);
+        }
         Service::new(self, &registry, readiness)
             .serve(listener)
             .await

@@ -171,13 +171,12 @@ const MAX_MEDIA_PORTS: u16 = 1024;
 /// `rooms.media_ports`: empty for none, else `first-last` (both non-zero, at most
 /// [`MAX_MEDIA_PORTS`]); `None` when it is not valid.
 fn media_ports(text: &str) -> Option<Option<std::ops::RangeInclusive<u16>>> {
-    let text = text.trim();
-    if text.is_empty() {
+    if text.trim().is_empty() {
         return Some(None);
     }
-    let (first, last) = text.split_once('-')?;
-    let (first, last): (u16, u16) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
-    (first > 0 && first <= last && last - first < MAX_MEDIA_PORTS).then_some(Some(first..=last))
+    let (first, last) =
+        tidecast_common::config::check::port_range(text, MAX_MEDIA_PORTS.into()).ok()?;
+    Some(Some(first..=last))
 }
 
 fn now_secs() -> u64 {

@@ -54,13 +54,7 @@ pub struct TurnSetup {
 }
 
 fn listen(key: &'static str, v: &str) -> Result<Option<SocketAddr>, TurnConfigError> {
-    if v.trim().is_empty() {
-        return Ok(None);
-    }
-    v.trim().parse().map(Some).map_err(|_| TurnConfigError {
-        key,
-        why: format!("{v:?} is not ip:port"),
-    })
+    tidecast_common::config::check::listen_addr(v).map_err(|why| TurnConfigError { key, why })
 }
 
 /// Parse `[turn]` (and load or make the TLS certificate).
@@ -68,14 +62,12 @@ pub fn setup(cfg: &TurnConfig) -> Result<TurnSetup, TurnConfigError> {
     let udp = listen("listen_udp", &cfg.listen_udp)?;
     let tcp = listen("listen_tcp", &cfg.listen_tcp)?;
     let tls_at = listen("listen_tls", &cfg.listen_tls)?;
-    let ports = cfg
-        .relay_ports
-        .split_once('-')
-        .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
-        .filter(|(a, b)| *a > 0 && a <= b)
-        .ok_or_else(|| TurnConfigError {
-            key: "relay_ports",
-            why: format!("{:?}: want low-high, e.g. 49152-65535", cfg.relay_ports),
+    let ports =
+        tidecast_common::config::check::port_range(&cfg.relay_ports, 65536).map_err(|why| {
+            TurnConfigError {
+                key: "relay_ports",
+                why,
+            }
         })?;
     let relay_ip: IpAddr = if cfg.relay_address.trim().is_empty() {
         let listen_ip = udp.or(tcp).map(|a| a.ip());

@@ -7,6 +7,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub mod check;
+
+pub use check::Problem;
+
 /// Errors reading or merging configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -32,6 +36,12 @@ pub struct Config {
     /// Listen backlog of every TCP listener (RTMP, origin, edge): connects a burst may queue
     /// before they are accepted. The kernel caps it at `net.core.somaxconn`.
     pub listen_backlog: u32,
+    /// On SIGTERM, seconds the HTTP listeners keep accepting after `/readyz` turned 503 (so
+    /// load balancers and Kubernetes endpoints stop sending new work first).
+    pub drain_delay_secs: u64,
+    /// On SIGTERM, the most seconds the drain waits for work under way (streams ending,
+    /// responses, archiver jobs) before the process exits anyway.
+    pub drain_timeout_secs: u64,
     /// RTMP ingest.
     pub ingest: IngestConfig,
     /// Transcode ladder.
@@ -57,6 +67,8 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./data"),
             listen_backlog: crate::http_server::DEFAULT_LISTEN_BACKLOG,
+            drain_delay_secs: 0,
+            drain_timeout_secs: 25,
             ingest: IngestConfig::default(),
             ladder: LadderConfig::default(),
             origin: OriginConfig::default(),
@@ -618,7 +630,12 @@ impl Config {
 }
 
 /// The keys of [`Config`] outside any section (`TIDECAST_DATA_DIR`, `TIDECAST_LISTEN_BACKLOG`).
-const TOP_LEVEL_KEYS: [&str; 2] = ["data_dir", "listen_backlog"];
+const TOP_LEVEL_KEYS: [&str; 4] = [
+    "data_dir",
+    "listen_backlog",
+    "drain_delay_secs",
+    "drain_timeout_secs",
+];
 
 /// `INGEST__RTMP_LISTEN=…` sets `ingest.rtmp_listen`. Path parts are lower-cased except map keys
 /// under `keys` (stream keys are case-sensitive). Values parse as TOML scalars/arrays when they
