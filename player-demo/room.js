@@ -36,6 +36,8 @@ let ws = null;
 let local = null;
 let leaving = false;
 let droppedAt = null;
+// the node said `draining`: when the socket closes, join again as a new session
+let rejoin = false;
 
 const $ = (id) => document.getElementById(id);
 const status = (text) => { $('status').textContent = text; };
@@ -171,6 +173,18 @@ function closePeer(id) {
   delete state.peers[id];
   if (tiles[id]) { tiles[id].el.remove(); delete tiles[id]; }
   if (state.pinned === id) state.pinned = null;
+}
+
+// Forget the call (peers, the SFU connection, the session) but keep the local media.
+function resetCall() {
+  for (const id of Object.keys(state.peers)) closePeer(id);
+  if (state.sfu) { state.sfu.pc.close(); state.sfu = null; }
+  state.participants = {};
+  state.session = null;
+  state.mode = null;
+  state.recording = false;
+  droppedAt = null;
+  render();
 }
 
 async function offerTo(id) {
@@ -331,6 +345,7 @@ const handlers = {
   },
   pong() {},
   room_ended() { leaving = true; status('the room was ended'); },
+  draining() { rejoin = true; status('the server is restarting: joining again…'); },
   async error(m) {
     state.errors.push(`${m.code}: ${m.message}`);
     if (m.code === 'media_disconnected' && state.sfu) {
@@ -361,6 +376,14 @@ async function connect() {
   ws.onclose = () => {
     state.joined = false;
     if (leaving) { status('left'); return; }
+    if (rejoin) {
+      // the call lived on that node: drop it and join afresh (a load balancer picks a node
+      // that is up), after a random pause so a room's participants do not all come at once
+      rejoin = false;
+      resetCall();
+      setTimeout(() => connect().catch((e) => status(String(e))), 300 + Math.random() * 1200);
+      return;
+    }
     // resume within the server's window: the others do not see us leave
     droppedAt = droppedAt || Date.now();
     if (Date.now() - droppedAt > 14_000) { status('disconnected'); return; }

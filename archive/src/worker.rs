@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tidecast_common::bus::{Delivery, Event, EventConsumer, SharedBus};
+use tidecast_common::lifecycle::Readiness;
 use tidecast_common::metrics::{Metric, Registry};
 use tidecast_common::store::{ObjectKey, SharedStore};
 use tidecast_rooms::recording::index::TrackIndex;
@@ -122,8 +123,11 @@ impl Archiver {
         }
     }
 
-    /// Consume forever (a bus that cannot be reached is retried).
-    pub async fn run(self) {
+    /// Consume until `readiness` drains (a bus that cannot be reached is retried). A call
+    /// being assembled when the drain starts is finished (it is work the drain waits for);
+    /// one cut short by the drain's timeout is not committed, so the next start does it again.
+    pub async fn run(self, readiness: &Readiness) {
+        let mut drain = readiness.drain_signal();
         let mut consumer = loop {
             match self
                 .bus
@@ -142,12 +146,17 @@ impl Archiver {
         loop {
             // while waiting, the lag is measured now and then (the wait is cancel-safe)
             let next = tokio::select! {
+                _ = drain.started() => {
+                    info!("draining: the archiver stops consuming");
+                    return;
+                }
                 next = consumer.next() => next,
                 _ = tokio::time::sleep(LAG_EVERY) => {
                     self.update_lag(&mut consumer).await;
                     continue;
                 }
             };
+            let _work = readiness.track();
             let delivery = match next {
                 Ok(d) => d,
                 Err(e) => {

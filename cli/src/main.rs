@@ -563,8 +563,9 @@ async fn main() -> Result<()> {
             height: a.height.clamp(90, 2160) & !1,
         };
         let archiver = tidecast_archive::Archiver::new(store, bus.clone(), settings, &registry);
+        let r = readiness.clone();
         tasks.spawn(async move {
-            archiver.run().await;
+            archiver.run(&r).await;
             Ok(())
         });
     }

@@ -91,6 +91,9 @@ pub struct Rooms {
     rooms: Mutex<HashMap<String, RoomEntry>>,
     conns: Mutex<HashMap<ConnId, mpsc::Sender<Outgoing>>>,
     next_conn: AtomicU64,
+    /// The process's lifecycle, once `serve` started: signaling sockets are work its drain
+    /// waits for.
+    readiness: std::sync::OnceLock<Readiness>,
     registry: Registry,
     pages: Demo,
     /// Group calls (None when `rooms.sfu` is off).
@@ -304,6 +307,7 @@ impl Rooms {
             rooms: Mutex::default(),
             conns: Mutex::default(),
             next_conn: AtomicU64::new(1),
+            readiness: std::sync::OnceLock::new(),
             registry: registry.clone(),
             pages: crate::client::pages(),
             sfu,
@@ -586,13 +590,30 @@ impl Rooms {
         &self.tokens
     }
 
-    /// Serve HTTP + WebSocket forever on the shared service layer.
+    /// Serve HTTP + WebSocket on the shared service layer until `readiness` drains. Draining
+    /// tells every participant `draining` and closes its socket: clients join again, on
+    /// whichever node answers (see `docs/signaling.md`).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         readiness: &Readiness,
     ) -> std::io::Result<()> {
         let registry = self.registry.clone();
+        let _ = self.readiness.set(readiness.clone());
+        let me = self.clone();
+        let mut drain = readiness.drain_signal();
+        tokio::spawn(async move {
+            drain.started().await;
+            let conns: Vec<_> = me.conns().values().cloned().collect();
+            info!(
+                sockets = conns.len(),
+                "draining: asking every participant to reconnect"
+            );
+            let bye = ServerMessage::Draining.to_json();
+            for tx in conns {
+                let _ = tx.try_send(Outgoing::Close(bye.clone()));
+            }
+        });
         Service::new(self, &registry, readiness)
             .serve(listener)
             .await
@@ -778,8 +799,17 @@ impl Rooms {
                 return error(status, e.code(), &e.to_string());
             }
         };
-        service::websocket(req, MAX_MESSAGE, move |ws| {
-            self.connection(ws, room, claims)
+        if self.readiness.get().is_some_and(Readiness::is_draining) {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "this node is shutting down: join again",
+            );
+        }
+        let work = self.readiness.get().map(Readiness::track);
+        service::websocket(req, MAX_MESSAGE, move |ws| async move {
+            self.connection(ws, room, claims).await;
+            drop(work);
         })
     }
 
@@ -938,7 +968,7 @@ impl Rooms {
         let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTBOX);
         self.conns().insert(conn, tx.clone());
         let (mut sink, mut stream) = ws.split();
-        let writer = tokio::spawn(async move {
+        let mut writer = tokio::spawn(async move {
             while let Some(out) = rx.recv().await {
                 match out {
                     Outgoing::Text(t) => {
@@ -962,6 +992,7 @@ impl Rooms {
                 }
             }
         });
+        let mut writer_done = false;
         let id = claims.sub.clone();
         let mut joined = false;
         let mut left = false;
@@ -979,7 +1010,15 @@ impl Rooms {
             } else {
                 JOIN_TIMEOUT.saturating_sub(opened.elapsed())
             };
-            let next = match tokio::time::timeout(wait, stream.next()).await {
+            let read = tokio::select! {
+                read = tokio::time::timeout(wait, stream.next()) => read,
+                // the writer closed the socket (a close sent from elsewhere: draining, kicked)
+                _ = &mut writer => {
+                    writer_done = true;
+                    break;
+                }
+            };
+            let next = match read {
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => {
                     // oversized message, protocol violation, reset
@@ -1133,7 +1172,9 @@ impl Rooms {
         }
         self.conns().remove(&conn);
         drop(tx);
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        if !writer_done {
+            let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        }
     }
 
     fn refused(&self, reason: &str) {

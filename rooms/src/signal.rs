@@ -288,6 +288,9 @@ pub enum ServerMessage {
     Pong,
     /// The room was ended by the API; the socket closes.
     RoomEnded,
+    /// This node is shutting down (SIGTERM): the socket closes, and the client joins again
+    /// as a new session, on whichever node answers.
+    Draining,
     /// A refused message or a reason the socket closes.
     Error {
         /// Stable code (see `docs/signaling.md`).

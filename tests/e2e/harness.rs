@@ -237,6 +237,27 @@ impl Tidecast {
         }
     }
 
+    /// Send SIGTERM (the drain starts).
+    pub fn terminate(&self) {
+        let out = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .output()
+            .expect("kill");
+        assert!(out.status.success(), "kill -TERM failed");
+    }
+
+    /// Wait for the process to exit; its status, or None after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Wait until the stream's master playlist is served.
     pub fn wait_master(&self, stream: &str) -> String {
         self.wait_for("master playlist", Duration::from_secs(40), || {

@@ -9,6 +9,7 @@ mod bad_input;
 mod browser;
 mod bus;
 mod dash;
+mod deploy;
 mod edge;
 mod lab;
 mod live_spine;

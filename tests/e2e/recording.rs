@@ -303,7 +303,8 @@ fn a_recorded_call_is_chunked_then_assembled_into_one_mp4() {
         };
         let store = std::sync::Arc::new(tidecast_common::store::LocalStore::new(store.clone()));
         let archiver = tidecast_archive::Archiver::new(store, bus, settings, &registry);
-        let task = tokio::spawn(archiver.run());
+        let readiness = tidecast_common::lifecycle::Readiness::default();
+        let task = tokio::spawn(async move { archiver.run(&readiness).await });
         let deadline = Instant::now() + Duration::from_secs(20);
         while !registry.render().contains("outcome=\"already_done\"} 1") {
             assert!(Instant::now() < deadline, "{}", registry.render());

@@ -13,9 +13,9 @@ use crate::http;
 
 type Ws = tungstenite::WebSocket<TcpStream>;
 
-const SECRET: &str = "rooms-test-secret";
+pub(crate) const SECRET: &str = "rooms-test-secret";
 
-fn mint(port: u16, room: &str, identity: &str) -> String {
+pub(crate) fn mint(port: u16, room: &str, identity: &str) -> String {
     let auth = format!("Bearer {SECRET}");
     let body = json!({ "identity": identity, "name": identity.to_uppercase() }).to_string();
     let r = http::request(
@@ -81,7 +81,7 @@ fn recv(ws: &mut Ws) -> Value {
 }
 
 /// The next message of `kind`, skipping others.
-fn recv_type(ws: &mut Ws, kind: &str) -> Value {
+pub(crate) fn recv_type(ws: &mut Ws, kind: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         assert!(Instant::now() < deadline, "no {kind}");
@@ -93,7 +93,7 @@ fn recv_type(ws: &mut Ws, kind: &str) -> Value {
 }
 
 /// True once the server has closed the socket (reads until close or error).
-fn closed(ws: &mut Ws) -> bool {
+pub(crate) fn closed(ws: &mut Ws) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         match ws.read() {
@@ -113,7 +113,7 @@ fn closed(ws: &mut Ws) -> bool {
     false
 }
 
-fn join(port: u16, room: &str, token: &str, session: Option<&str>) -> (Ws, Value) {
+pub(crate) fn join(port: u16, room: &str, token: &str, session: Option<&str>) -> (Ws, Value) {
     let mut ws = connect(port, room, token).expect("join refused");
     let mut msg = json!({ "type": "join" });
     if let Some(s) = session {
