@@ -38,6 +38,10 @@ let leaving = false;
 let droppedAt = null;
 // the node said `draining`: when the socket closes, join again as a new session
 let rejoin = false;
+// the room lives on another rooms node: its WebSocket URL, and how many redirects we followed
+let roomUrl = null;
+let redirects = 0;
+let redirecting = false;
 
 const $ = (id) => document.getElementById(id);
 const status = (text) => { $('status').textContent = text; };
@@ -257,6 +261,8 @@ async function connectSfu() {
 
 const handlers = {
   async joined(m) {
+    // a fresh session where we had a call (its node died, the room moved): start it over
+    if (!m.resumed && (state.sfu || Object.keys(state.peers).length)) resetCall();
     state.joined = true;
     state.session = m.session;
     state.mode = m.mode;
@@ -345,7 +351,13 @@ const handlers = {
   },
   pong() {},
   room_ended() { leaving = true; status('the room was ended'); },
-  draining() { rejoin = true; status('the server is restarting: joining again…'); },
+  draining() {
+    rejoin = true;
+    roomUrl = null;
+    redirects = 0;
+    status('the server is restarting: joining again…');
+  },
+  redirect(m) { roomUrl = m.url; redirects += 1; redirecting = true; },
   async error(m) {
     state.errors.push(`${m.code}: ${m.message}`);
     if (m.code === 'media_disconnected' && state.sfu) {
@@ -365,7 +377,8 @@ let chain = Promise.resolve();
 
 async function connect() {
   const token = await joinToken();
-  ws = new WebSocket(`${wsBase}/rooms/${encodeURIComponent(room)}/ws?token=${encodeURIComponent(token)}`);
+  const url = roomUrl || `${wsBase}/rooms/${encodeURIComponent(room)}/ws`;
+  ws = new WebSocket(`${url}?token=${encodeURIComponent(token)}${redirects ? `&redirects=${redirects}` : ''}`);
   ws.onopen = () => send({ type: 'join', name: displayName, session: state.session || undefined,
     caps: capabilities() });
   ws.onmessage = (e) => {
@@ -376,6 +389,12 @@ async function connect() {
   ws.onclose = () => {
     state.joined = false;
     if (leaving) { status('left'); return; }
+    if (redirecting) {
+      // the room is on another node: go there at once
+      redirecting = false;
+      connect().catch((e) => status(String(e)));
+      return;
+    }
     if (rejoin) {
       // the call lived on that node: drop it and join afresh (a load balancer picks a node
       // that is up), after a random pause so a room's participants do not all come at once
@@ -387,6 +406,9 @@ async function connect() {
     // resume within the server's window: the others do not see us leave
     droppedAt = droppedAt || Date.now();
     if (Date.now() - droppedAt > 14_000) { status('disconnected'); return; }
+    // the room's node does not answer: after 3 s ask the entry node again, which sends us to
+    // the room's new node (a dead node's rooms move to the next one)
+    if (roomUrl && Date.now() - droppedAt > 3_000) { roomUrl = null; redirects = 0; }
     status('reconnecting…');
     setTimeout(() => connect().catch((e) => status(String(e))), 1000);
   };

@@ -16,6 +16,7 @@ pub mod own_thread;
 #[cfg(feature = "gst")]
 pub mod pipeline;
 pub mod push;
+pub mod rendezvous;
 pub mod service;
 pub mod spool;
 pub mod store;

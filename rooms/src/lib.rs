@@ -7,6 +7,7 @@
 
 pub mod call_events;
 pub mod client;
+pub mod cluster;
 pub mod forwarding;
 pub mod recording;
 pub mod restream;

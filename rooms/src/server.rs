@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
 use crate::call_events::{CallLog, EndReason};
+use crate::cluster::Placement;
 use crate::recording::Recorder;
 use crate::restream::{Restream, Restreamer};
 use crate::room::{ConnId, Effect, Room, RoomSettings};
@@ -94,6 +95,8 @@ pub struct Rooms {
     /// The process's lifecycle, once `serve` started: signaling sockets are work its drain
     /// waits for.
     readiness: std::sync::OnceLock<Readiness>,
+    /// The other rooms nodes (`rooms.nodes`), when there are any.
+    cluster: Option<Arc<crate::cluster::RoomCluster>>,
     registry: Registry,
     pages: Demo,
     /// Group calls (None when `rooms.sfu` is off).
@@ -180,6 +183,13 @@ fn media_ports(text: &str) -> Option<Option<std::ops::RangeInclusive<u16>>> {
     let (first, last) =
         tidecast_common::config::check::port_range(text, MAX_MEDIA_PORTS.into()).ok()?;
     Some(Some(first..=last))
+}
+
+/// A query parameter's raw value.
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
 fn now_secs() -> u64 {
@@ -308,6 +318,7 @@ impl Rooms {
             conns: Mutex::default(),
             next_conn: AtomicU64::new(1),
             readiness: std::sync::OnceLock::new(),
+            cluster: crate::cluster::RoomCluster::new(config),
             registry: registry.clone(),
             pages: crate::client::pages(),
             sfu,
@@ -600,6 +611,9 @@ impl Rooms {
     ) -> std::io::Result<()> {
         let registry = self.registry.clone();
         let _ = self.readiness.set(readiness.clone());
+        if let Some(cluster) = &self.cluster {
+            tokio::spawn(cluster.clone().probe_forever(registry.clone()));
+        }
         let me = self.clone();
         let mut drain = readiness.drain_signal();
         tokio::spawn(async move {
@@ -726,7 +740,7 @@ impl Rooms {
         match (method, parts.as_slice()) {
             (Method::GET, ["rooms", room, "ws"]) => {
                 let room = room.to_string();
-                self.upgrade(req, room)
+                self.upgrade(req, room).await
             }
             (Method::POST, ["api", "rooms", room, "tokens"]) => {
                 let room = room.to_string();
@@ -774,7 +788,7 @@ impl Rooms {
         }
     }
 
-    fn upgrade(self: Arc<Self>, req: Request<Incoming>, room: String) -> Response<Body> {
+    async fn upgrade(self: Arc<Self>, req: Request<Incoming>, room: String) -> Response<Body> {
         if !is_valid_name(&room) {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -805,6 +819,29 @@ impl Rooms {
                 "draining",
                 "this node is shutting down: join again",
             );
+        }
+        if let Some(cluster) = &self.cluster {
+            let hosted = self.rooms().contains_key(&room);
+            let redirects = query_param(req.uri().query(), "redirects")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if let Placement::There(node) = cluster.placement(&room, hosted, redirects).await {
+                info!(%room, %node, "join redirected to the room's node");
+                self.count(
+                    "tidecast_rooms_redirects_total",
+                    "Joins sent to the rooms node their room lives on.",
+                    &[],
+                );
+                let url = crate::cluster::ws_url(&node, &room);
+                // browsers do not follow redirects on a WebSocket handshake: say it in-band
+                return service::websocket(req, MAX_MESSAGE, move |ws| async move {
+                    let (mut sink, _) = ws.split();
+                    let _ = sink
+                        .send(Message::text(ServerMessage::Redirect { url }.to_json()))
+                        .await;
+                    let _ = sink.close().await;
+                });
+            }
         }
         let work = self.readiness.get().map(Readiness::track);
         service::websocket(req, MAX_MESSAGE, move |ws| async move {

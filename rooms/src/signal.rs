@@ -291,6 +291,12 @@ pub enum ServerMessage {
     /// This node is shutting down (SIGTERM): the socket closes, and the client joins again
     /// as a new session, on whichever node answers.
     Draining,
+    /// The room lives on another node: join there (`url` + `?token=…&redirects=n`, n counting
+    /// the redirects followed); the socket closes.
+    Redirect {
+        /// The room's WebSocket URL on its node.
+        url: String,
+    },
     /// A refused message or a reason the socket closes.
     Error {
         /// Stable code (see `docs/signaling.md`).

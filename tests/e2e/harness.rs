@@ -106,10 +106,20 @@ impl Tidecast {
 
     /// Start `tidecast {role}`; waits for HTTP, and for RTMP unless the role is `origin`.
     pub fn start_role(role: &str, args: &[&str], env: &[(&str, &str)]) -> Tidecast {
+        Self::start_with_rooms_port(role, free_port(), args, env)
+    }
+
+    /// [`Tidecast::start_role`] with its rooms signaling on `rooms_port` (chosen beforehand:
+    /// rooms nodes list each other).
+    pub fn start_with_rooms_port(
+        role: &str,
+        rooms_port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Tidecast {
         let rtmp_port = free_port();
         let http_port = free_port();
         let edge_port = free_port();
-        let rooms_port = free_port();
         let turn_port = free_port();
         let turn_tls_port = free_port();
         let dir =

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::harness::{binary, Tidecast};
 use crate::http;
 
-type Ws = tungstenite::WebSocket<TcpStream>;
+pub(crate) type Ws = tungstenite::WebSocket<TcpStream>;
 
 pub(crate) const SECRET: &str = "rooms-test-secret";
 
@@ -64,7 +64,7 @@ fn connect(port: u16, room: &str, token: &str) -> Result<Ws, u16> {
     }
 }
 
-fn send(ws: &mut Ws, v: Value) {
+pub(crate) fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::text(v.to_string())).expect("send");
 }
 

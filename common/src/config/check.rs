@@ -316,6 +316,24 @@ impl Config {
                 );
             }
         }
+        for (n, node) in r.nodes.iter().enumerate() {
+            p.url(&format!("rooms.nodes[{n}]"), node, &["http", "https"]);
+        }
+        if !r.nodes.is_empty() {
+            let me = r.node_url.trim().trim_end_matches('/');
+            if !r.nodes.iter().any(|n| n.trim().trim_end_matches('/') == me) {
+                p.add(
+                    "rooms.node_url",
+                    format!("{:?} is not one of rooms.nodes", r.node_url),
+                );
+            }
+            if r.api_secret.is_empty() {
+                p.add(
+                    "rooms.api_secret",
+                    "empty: rooms nodes ask each other where a room lives with it",
+                );
+            }
+        }
         if !r.restream_url.trim().is_empty() {
             p.url("rooms.restream_url", &r.restream_url, &["rtmp", "rtmps"]);
         }

@@ -184,6 +184,13 @@ pub struct RoomsConfig {
     /// address that differs from the socket's own is announced as a server-reflexive candidate.
     /// Empty: no STUN (the host candidates, or `media_addresses`, are the public ones).
     pub stun_server: String,
+    /// Every rooms node of the deployment, as base URLs clients can reach
+    /// (`http://rooms-a.example:7880`), this one included. A room lives on one node: the one
+    /// its name hashes to (rendezvous) among the healthy ones, unless it is already open on
+    /// another; a join that reaches another node is redirected there. Empty: one node.
+    pub nodes: Vec<String>,
+    /// This node's own entry in `nodes`.
+    pub node_url: String,
     /// Record every call (through the SFU, into the object store of `[store]`); otherwise a
     /// call is recorded from `POST /api/rooms/{room}/recording` on.
     pub record: bool,
@@ -222,6 +229,8 @@ impl Default for RoomsConfig {
             restream_height: 720,
             restream_fps: 30,
             restream_kbps: 3000,
+            nodes: Vec::new(),
+            node_url: String::new(),
         }
     }
 }
