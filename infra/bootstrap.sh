@@ -2,7 +2,8 @@
 # Installs every system package tidecast needs to build, run and test, on Debian 12. Idempotent:
 # packages already present are not reinstalled and apt is not touched when nothing is missing.
 #   infra/bootstrap.sh          # build + run dependencies (GStreamer 1.22, ffmpeg)
-#   infra/bootstrap.sh --test   # plus test tools (Chromium, Node/npm, s3s-fs, tansu, cargo-fuzz, iproute2, python3)
+#   infra/bootstrap.sh --test   # plus test tools (Chromium, Node/npm, s3s-fs, tansu, cargo-fuzz, iproute2, python3,
+#                               # kubectl, kubernetes-validate)
 #   infra/bootstrap.sh --bench  # plus benchmark anchors (nginx with the RTMP module, wrk; Janus for the SFU)
 set -euo pipefail
 
@@ -28,6 +29,11 @@ if [ "$want_test" = 1 ]; then
   packages+=(coturn)  # coturn's turnutils_* clients for the TURN tests (its server stays off)
   packages+=(iptables)  # the NAT lab (MASQUERADE / --random-fully routers in network namespaces)
   packages+=(libnss3-tools openssl)  # the NAT lab trusts its own CA for TURN over TLS (certutil)
+  packages+=(podman runc debootstrap)  # the container image test (infra/container/build.sh)
+  packages+=(python3-venv)  # kubernetes-validate for the manifests test (infra/k8s/check.py)
+  # `kubectl kustomize` renders the manifests (kubectl >= 1.27; Debian 12 ships 1.20 as
+  # kubernetes-client, whose kustomize is too old for them: install a current kubectl then)
+  command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
   command -v node >/dev/null 2>&1 || packages+=(nodejs)
   command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi
@@ -73,6 +79,13 @@ if [ "$want_test" = 1 ]; then
     echo "bootstrap: installing tansu (cargo install, ~15 min on 2 cores)"
     cargo install tansu@0.6.0 --locked --features dynostore --quiet \
       --target-dir "${HOME}/.cache/tidecast/tansu-target"
+  fi
+  # the Kubernetes schemas, offline, for the manifests test (PyPI, in a venv of our own)
+  venv="${HOME}/.cache/tidecast/venv"
+  if [ ! -x "${venv}/bin/kubernetes-validate" ]; then
+    echo "bootstrap: installing kubernetes-validate (PyPI, into ${venv})"
+    /usr/bin/python3 -m venv "${venv}"
+    "${venv}/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
   fi
   # libFuzzer driver for the fuzz targets (fuzz/run.sh)
   if ! command -v cargo-fuzz >/dev/null 2>&1; then

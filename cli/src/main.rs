@@ -52,7 +52,7 @@ struct Cli {
     rooms_listen: Option<String>,
     /// Check the configuration (file, environment overrides and these flags) and exit: 0 when
     /// it is fine, 2 with each offending key on stderr when it is not.
-    #[arg(long)]
+    #[arg(long, global = true)]
     check_config: bool,
     /// Log filter (RUST_LOG syntax), default `info`.
     #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
