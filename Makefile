@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 FUZZ_SECONDS ?= 30
 
-.PHONY: fuzz run test bootstrap test-tools build build-release unit e2e bench-ladder bench-blocking bench-g2g bench-edge bench-sfu bench-turn bench-archiver fmt clippy
+.PHONY: fuzz run test bootstrap test-tools build build-release unit e2e bench-ladder bench-blocking bench-g2g bench-edge bench-sfu bench-turn bench-archiver bench-soak fmt clippy
 
 bootstrap:
 	infra/bootstrap.sh
@@ -44,6 +44,9 @@ bench-ladder: bootstrap build-release
 
 bench-archiver: bootstrap build-release
 	bench/archiver.sh
+
+bench-soak: bootstrap build-release
+	bench/soak.py
 
 bench-blocking: bootstrap build-release
 	bench/blocking.py

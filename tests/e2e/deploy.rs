@@ -344,11 +344,18 @@ fn the_container_image_builds_takes_a_push_and_drains_on_stop() {
         "runs as non-root"
     );
 
-    let publisher = Publisher::start(
-        &format!("rtmp://127.0.0.1:{rtmp}/live/boxed"),
-        60,
-        "640x360",
-    );
+    // /healthz answers once the origin listens; RTMP binds a moment later
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", rtmp)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the container's RTMP port never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let url = format!("rtmp://127.0.0.1:{rtmp}/live/boxed");
+    let mut publisher = Publisher::start(&url, 60, "640x360");
+    let mut restarts = 0;
     let deadline = Instant::now() + Duration::from_secs(40);
     let playlist = loop {
         let p = http::get(http, "/live/boxed/360p/media.m3u8").ok();
@@ -356,6 +363,11 @@ fn the_container_image_builds_takes_a_push_and_drains_on_stop() {
             break p.text();
         }
         assert!(Instant::now() < deadline, "no playlist from the container");
+        if !publisher.is_running() && restarts < 3 {
+            // refused while the container came up: publish again, as OBS reconnects
+            restarts += 1;
+            publisher = Publisher::start(&url, 60, "640x360");
+        }
         std::thread::sleep(Duration::from_millis(250));
     };
     eprintln!("playlist from the container:\n{playlist}");
