@@ -709,6 +709,59 @@ impl Steps {
     }
 }
 
+type Signaling = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// The `join` every participant sends first.
+fn join_message(identity: &str) -> Message {
+    let join = json!({ "type": "join", "name": identity, "caps": { "video_codecs": ["VP8"] } });
+    Message::text(join.to_string())
+}
+
+/// Open the room's signaling socket and join, following the in-band `redirect` a rooms node
+/// answers when the room lives on another node (at most [`MAX_REDIRECTS`]); returns the socket
+/// and the first message of the session (normally `joined`).
+async fn open_signaling(
+    opts: &BotOptions,
+    identity: &str,
+    token: &str,
+) -> Result<(Signaling, Option<Message>), BotError> {
+    const MAX_REDIRECTS: u32 = 2;
+    let mut url = format!("ws://{}/rooms/{}/ws?token={token}", opts.server, opts.room);
+    let mut redirects = 0;
+    loop {
+        let authority = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .ok_or_else(|| BotError::Signaling(format!("not a ws:// URL: {url}")))?;
+        let tcp = TcpStream::connect(authority).await?;
+        let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
+            .await
+            .map_err(|e| BotError::Signaling(e.to_string()))?;
+        // a node that redirects may close before the join arrives: its `redirect` is read anyway
+        let _ = ws.send(join_message(identity)).await;
+        let first = match ws.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(BotError::Signaling(e.to_string())),
+            None => return Err(BotError::Signaling("signaling closed at once".into())),
+        };
+        let redirect = first
+            .to_text()
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .filter(|m| m["type"] == "redirect")
+            .and_then(|m| m["url"].as_str().map(str::to_string));
+        match redirect {
+            Some(to) if redirects < MAX_REDIRECTS => {
+                redirects += 1;
+                info!(%identity, %to, "room lives on another node: joining there");
+                url = format!("{to}?token={token}&redirects={redirects}");
+            }
+            Some(_) => return Err(BotError::Signaling("redirected too many times".into())),
+            None => return Ok((ws, Some(first))),
+        }
+    }
+}
+
 /// Run participant `identity` until `deadline`.
 pub async fn run(
     opts: Arc<BotOptions>,
@@ -718,16 +771,11 @@ pub async fn run(
     deadline: Instant,
 ) -> Result<ParticipantReport, BotError> {
     let token = mint(&opts, &identity).await?;
-    let url = format!(
-        "ws://{}/rooms/{}/ws?token={}",
-        opts.server, opts.room, token
-    );
-    let tcp = TcpStream::connect(&opts.server).await?;
-    let (ws, _) = tokio_tungstenite::client_async(url, tcp)
-        .await
-        .map_err(|e| BotError::Signaling(e.to_string()))?;
+    let (ws, first) = open_signaling(&opts, &identity, &token).await?;
     let ws_open_ms = started.elapsed().as_millis() as u64;
-    let (mut sink, mut stream) = ws.split();
+    let (mut sink, stream) = ws.split();
+    // the first message (the answer to `join`) was read already
+    let mut stream = futures_util::stream::iter(first.map(Ok)).chain(stream);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Value>();
     tokio::spawn(async move {
         while let Some(v) = out_rx.recv().await {
@@ -740,7 +788,6 @@ pub async fn run(
     let send = |v: Value| {
         let _ = out_tx.send(v);
     };
-    send(json!({ "type": "join", "name": identity, "caps": { "video_codecs": ["VP8"] } }));
     let stats: Stats = Arc::default();
     let mut report = ParticipantReport::new(&identity);
     let mut others: Vec<String> = Vec::new();

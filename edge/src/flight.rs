@@ -81,8 +81,10 @@ impl Flight {
     pub fn finish(&self) -> Bytes {
         let mut s = self.state();
         s.done = true;
+        // a single chunk is copied too: it is a slice of the connection's read buffer, and
+        // keeping it in the cache would pin that whole buffer for as long as the entry lives
         let body = if s.chunks.len() == 1 {
-            s.chunks[0].clone()
+            Bytes::copy_from_slice(&s.chunks[0])
         } else {
             let mut all = Vec::with_capacity(s.chunks.iter().map(Bytes::len).sum());
             for c in &s.chunks {

@@ -20,6 +20,34 @@ pub(crate) struct Lab {
 }
 
 impl Lab {
+    /// The regions lab (`infra/lab/regions.sh up`), torn down on drop; also says how its links
+    /// are delayed. `tag` keeps the namespaces of concurrent labs apart.
+    pub(crate) fn regions(tag: &str, name: &str) -> (Lab, String) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../infra/lab/regions.sh");
+        let prefix = format!("{tag}{}-", std::process::id() % 100_000);
+        let up = Command::new(&script)
+            .arg("up")
+            .env("LAB_PREFIX", &prefix)
+            .output()
+            .expect("regions.sh up");
+        let up_log = String::from_utf8_lossy(&up.stdout).into_owned();
+        let lab = Lab {
+            prefix,
+            script: Some(script),
+            namespaces: Vec::new(),
+            procs: Vec::new(),
+            dir: std::env::temp_dir().join(format!("tidecast-{name}-{}", std::process::id())),
+        };
+        assert!(
+            up.status.success(),
+            "regions.sh up: {up_log}{}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        eprintln!("{up_log}");
+        std::fs::create_dir_all(&lab.dir).expect("lab dir");
+        (lab, up_log)
+    }
+
     pub(crate) fn ns(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -144,29 +172,8 @@ fn regions_lab_steers_players_and_crosses_the_long_link_once() {
     require_tool("curl", "apt-get install curl");
     require_tool("ffmpeg", "apt-get install ffmpeg");
     let _guard = heavy();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../infra/lab/regions.sh");
-    let prefix = format!("l{}-", std::process::id() % 100_000);
-    let up = Command::new(&script)
-        .arg("up")
-        .env("LAB_PREFIX", &prefix)
-        .output()
-        .expect("regions.sh up");
-    let up_log = String::from_utf8_lossy(&up.stdout).into_owned();
-    assert!(
-        up.status.success(),
-        "regions.sh up: {up_log}{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
-    eprintln!("{up_log}");
-    let dir = std::env::temp_dir().join(format!("tidecast-lab-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("lab dir");
-    let mut lab = Lab {
-        prefix,
-        script: Some(script),
-        namespaces: Vec::new(),
-        procs: Vec::new(),
-        dir: dir.clone(),
-    };
+    let (mut lab, up_log) = Lab::regions("l", "lab");
+    let dir = lab.dir.clone();
     let bin = binary().display().to_string();
     let data = |n: &str| dir.join(n).display().to_string();
     let director = "[\"eu=http://10.10.3.1:8081\", \"us=http://10.10.4.1:8081\"]";

@@ -18,4 +18,5 @@ mod nat;
 mod recording;
 mod restream;
 mod rooms;
+mod split;
 mod turn;
