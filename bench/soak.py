@@ -2,7 +2,9 @@
 """Soak: tidecast (release build, `all`) with 2 RTMP streams and 50 LL-HLS players through its
 edge for --minutes (default 60), sampling the process's RSS and open file descriptors and the
 edge cache's bytes (`tidecast_edge_cache_bytes`) every minute. Passes when RSS plateaus: growth
-over the last half of the run under 5 %. Not in the test command (it takes an hour).
+over the last half of the run under 5 %. Not in the test command (it takes an hour). Also
+prints the ladder's real-time factor each minute (the slowest rendition's media seconds output
+per wall second: below 1, its queues grow and so does RSS).
 
 Each player does what hls.js does in low-latency mode: a blocking playlist reload for the next
 part (`_HLS_msn`/`_HLS_part`), then that part, then the next, on one keep-alive connection.
@@ -36,16 +38,21 @@ def fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def metric(port, name):
+def series(port, name):
+    """The values of every series of metric `name`."""
     try:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         c.request("GET", "/metrics")
         text = c.getresponse().read().decode()
         c.close()
     except OSError:
-        return 0
-    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
-               if l.startswith(name) and not l.startswith("#"))
+        return []
+    return [float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+            if l.startswith(name) and not l.startswith("#")]
+
+
+def metric(port, name):
+    return sum(series(port, name))
 
 
 def player(port, stream, stop, counters):
@@ -122,8 +129,10 @@ def main():
             t.start()
         print(f"soak: {args.streams} streams, {args.players} LL-HLS players through the edge, "
               f"{minutes} min (log: {work}/tidecast.log)")
-        print("min    RSS MB   fds   edge cache MB   RSS - cache MB   parts   errors")
+        print("min    RSS MB   fds   edge cache MB   RSS - cache MB   parts   errors   ladder RTF")
         samples = []
+        ladder = "tidecast_ladder_output_milliseconds_total"
+        ladder_before = series(http_port, ladder)
         started = time.monotonic()
         for minute in range(1, minutes + 1):
             time.sleep(max(0.0, started + minute * 60 - time.monotonic()))
@@ -132,8 +141,13 @@ def main():
             rss = rss_kb(server.pid) / 1024
             cache = metric(edge, "tidecast_edge_cache_bytes") / 1e6
             samples.append((minute, rss, fds(server.pid), cache))
+            # media seconds each rendition output over the minute: 1.0 keeps up with real time
+            ladder_now = series(http_port, ladder)
+            rtf = min((b - a) / 60_000 for a, b in zip(ladder_before, ladder_now)) \
+                if ladder_now and len(ladder_now) == len(ladder_before) else float("nan")
+            ladder_before = ladder_now
             print(f"{minute:3d} {rss:9.1f} {samples[-1][2]:5d} {cache:15.1f} {rss - cache:16.1f} "
-                  f"{counters['parts']:7d} {counters['errors']:8d}", flush=True)
+                  f"{counters['parts']:7d} {counters['errors']:8d}   {rtf:10.3f}", flush=True)
         half = samples[len(samples) // 2]
         last = samples[-1]
         growth = (last[1] - half[1]) / half[1] * 100

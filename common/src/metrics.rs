@@ -112,10 +112,23 @@ impl Registry {
     /// participant or allocation leaves behind when it ends (a handle kept elsewhere still
     /// works but is no longer rendered). Returns how many series went.
     pub fn remove_labelled(&self, label: &str, value: &str) -> usize {
+        self.remove_where(None, label, value)
+    }
+
+    /// [`Registry::remove_labelled`] within one family only (a role's own series of something
+    /// another role of the process keeps reporting).
+    pub fn remove_labelled_in(&self, name: &str, label: &str, value: &str) -> usize {
+        self.remove_where(Some(name), label, value)
+    }
+
+    fn remove_where(&self, name: Option<&str>, label: &str, value: &str) -> usize {
         let needle = format!("{label}=\"{}\"", escape(value));
         let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
         let mut removed = 0;
-        for family in families.values_mut() {
+        for (_, family) in families
+            .iter_mut()
+            .filter(|(n, _)| name.is_none_or(|name| **n == name))
+        {
             let before = family.series.len();
             family
                 .series
@@ -173,6 +186,9 @@ mod tests {
         r.gauge("tidecast_p", "P.", &[("room", "ab")]).set(2);
         r.counter("tidecast_q_total", "Q.", &[("room", "a")]).inc();
         assert_eq!(r.remove_labelled("room", "a"), 2);
+        r.counter("x", "", &[("room", "b")]).inc();
+        assert_eq!(r.remove_labelled_in("y", "room", "b"), 0);
+        assert_eq!(r.remove_labelled_in("x", "room", "b"), 1);
         let text = r.render();
         assert!(!text.contains("room=\"a\""), "{text}");
         assert!(text.contains("tidecast_p{room=\"ab\"} 2"), "{text}");

@@ -153,6 +153,12 @@ fn name(s: &str) -> Result<String, PushError> {
     }
 }
 
+/// The body in an allocation of its own: a request body can be a slice of the connection's read
+/// buffer, which the origin's window (holding the chunk for a minute) would otherwise pin whole.
+fn owned(body: Bytes) -> Bytes {
+    Bytes::copy_from_slice(&body)
+}
+
 /// Decode a request (path without the `/ingest/` prefix handled here) into an event.
 pub fn decode(
     method: &str,
@@ -197,7 +203,7 @@ pub fn decode(
             stream: name(stream)?,
             session: session(id)?,
             rendition: name(rendition)?,
-            data: body,
+            data: owned(body),
         }),
         ("PUT", [stream, "sessions", id, rendition, "chunk"]) => {
             let q = query.unwrap_or("");
@@ -207,7 +213,7 @@ pub fn decode(
                 rendition: name(rendition)?,
                 chunk: CmafChunk {
                     starts_segment: query_u64(q, "starts_segment")? == 1,
-                    data: body,
+                    data: owned(body),
                     pts: Duration::from_micros(query_u64(q, "pts_us")?),
                     duration: Duration::from_micros(query_u64(q, "duration_us")?),
                     program_date_time: SystemTime::UNIX_EPOCH

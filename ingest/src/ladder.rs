@@ -22,6 +22,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use tidecast_common::lifecycle::Work;
+use tidecast_common::metrics::Registry;
 use tidecast_common::{CmafChunk, LiveEvent, RenditionInfo, TrackKind};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -99,7 +100,14 @@ pub struct LadderInput {
     pub has_audio: bool,
     /// Ingest wall clock of the first media byte (running time 0).
     pub started_at: SystemTime,
+    /// Where each rendition counts the media time it has output
+    /// ([`OUTPUT_MS`]: its rate is the ladder's real-time factor).
+    pub metrics: Option<Registry>,
 }
+
+/// Media time output per rendition, in milliseconds: `rate(…[1m]) / 1000` is the ladder's
+/// real-time factor (1 keeps up with a live source; below 1 falls behind).
+pub const OUTPUT_MS: &str = "tidecast_ladder_output_milliseconds_total";
 
 fn make(factory: &str, name: &str) -> Result<gst::Element, IngestError> {
     gst::ElementFactory::make(factory)
@@ -529,11 +537,21 @@ fn wire_appsink(
     let session = input.session;
     let rendition = rendition.to_string();
     let started_at = input.started_at;
+    let output_ms = input.metrics.as_ref().map(|r| {
+        r.counter(
+            OUTPUT_MS,
+            "Media time each ladder rendition has output (ms); rate/1000 is the real-time factor.",
+            &[("stream", &stream), ("rendition", &rendition)],
+        )
+    });
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |appsink| {
                 let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                 for event in sample_events(&sample, &stream, session, &rendition, started_at) {
+                    if let (Some(m), LiveEvent::Chunk { chunk, .. }) = (&output_ms, &event) {
+                        m.add(chunk.duration.as_millis() as i64);
+                    }
                     if sink.blocking_send_or_try(event).is_err() {
                         warn!(stream = %stream, rendition = %rendition, "origin gone, dropping output");
                         return Err(gst::FlowError::Flushing);

@@ -210,6 +210,11 @@ impl IngestServer {
         if let Some(stream) = state.stream.take() {
             if self.lock_publishers().release(&stream, conn) {
                 self.metrics.publishers.dec();
+                self.metrics.registry.remove_labelled_in(
+                    crate::ladder::OUTPUT_MS,
+                    "stream",
+                    &stream,
+                );
             }
             info!(stream = %stream, session = state.session, "publisher stopped");
         }
@@ -494,6 +499,7 @@ impl IngestServer {
                     passthrough: passthrough.then_some(avc),
                     has_audio,
                     started_at: state.first_media_at.unwrap_or_else(SystemTime::now),
+                    metrics: Some(self.metrics.registry.clone()),
                 };
                 let settings = LadderSettings {
                     segment: Duration::from_millis(self.ladder.segment_ms.max(100)),
