@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Soak: tidecast (release build, `all`) with 2 RTMP streams and 50 LL-HLS players through its
 edge for --minutes (default 60), sampling the process's RSS and open file descriptors and the
-edge cache's bytes (`tidecast_edge_cache_bytes`) every minute. Passes when RSS plateaus: growth
-over the last half of the run under 5 %. Not in the test command (it takes an hour). Also
-prints the ladder's real-time factor each minute (the slowest rendition's media seconds output
-per wall second: below 1, its queues grow and so does RSS).
+edge cache's share of the heap (`tidecast_edge_cache_bytes` less its bodies' memfd copies,
+`tidecast_edge_cache_file_bytes`, which are shared memory outside RSS) every minute. Passes when
+RSS plateaus: growth over the last half of the run under 5 %. Not in the test command (it takes
+an hour). Also prints the ladder's real-time factor each minute (the slowest rendition's media
+seconds output per wall second; the source itself is slower than real time when this machine is
+saturated, and then every rendition, audio too, shows it).
 
 Each player does what hls.js does in low-latency mode: a blocking playlist reload for the next
 part (`_HLS_msn`/`_HLS_part`), then that part, then the next, on one keep-alive connection.
@@ -129,7 +131,7 @@ def main():
             t.start()
         print(f"soak: {args.streams} streams, {args.players} LL-HLS players through the edge, "
               f"{minutes} min (log: {work}/tidecast.log)")
-        print("min    RSS MB   fds   edge cache MB   RSS - cache MB   parts   errors   ladder RTF")
+        print("min    RSS MB   fds   cache heap MB   RSS - cache MB   parts   errors   ladder RTF")
         samples = []
         ladder = "tidecast_ladder_output_milliseconds_total"
         ladder_before = series(http_port, ladder)
@@ -139,7 +141,10 @@ def main():
             if server.poll() is not None:
                 sys.exit(f"tidecast exited ({server.returncode}); see {work}/tidecast.log")
             rss = rss_kb(server.pid) / 1024
-            cache = metric(edge, "tidecast_edge_cache_bytes") / 1e6
+            # the cache's share of RSS: its weighted size counts each body's memfd copy (shared
+            # memory, outside RSS) as well
+            cache = (metric(edge, "tidecast_edge_cache_bytes")
+                     - metric(edge, "tidecast_edge_cache_file_bytes")) / 1e6
             samples.append((minute, rss, fds(server.pid), cache))
             # media seconds each rendition output over the minute: 1.0 keeps up with real time
             ladder_now = series(http_port, ladder)

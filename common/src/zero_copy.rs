@@ -145,6 +145,11 @@ impl FileBodies {
         self.table().len()
     }
 
+    /// Bytes in the registered bodies' files (shared memory: not in the process's RSS).
+    pub fn bytes(&self) -> usize {
+        self.table().values().map(|b| b.len).sum()
+    }
+
     /// No body is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

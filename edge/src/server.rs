@@ -554,7 +554,7 @@ impl Edge {
         self.cache.run_pending_tasks();
         r.gauge(
             "tidecast_edge_cache_bytes",
-            "Bytes held in the edge cache (weighted size).",
+            "Bytes held in the edge cache (weighted size: a body with a file copy counts twice).",
             &[("region", region)],
         )
         .set(self.cache.weighted_size() as i64);
@@ -570,6 +570,12 @@ impl Edge {
             &[("region", region)],
         )
         .set(self.file_bodies.len() as i64);
+        r.gauge(
+            "tidecast_edge_cache_file_bytes",
+            "Bytes of the cached bodies' in-memory file copies (shared memory, outside RSS).",
+            &[("region", region)],
+        )
+        .set(self.file_bodies.bytes() as i64);
         r.gauge(
             "tidecast_edge_inflight_fetches",
             "Upstream fetches in progress.",

@@ -307,6 +307,15 @@ fn split_ingest_pushes_to_a_remote_origin() {
     let seg = origin.get(&format!("/live/split/360p/{}", p.segments[0].uri));
     assert_eq!(seg.status, 200);
     assert!(!origin.get("/api/streams").text().contains("\"nope\""));
+    // the ladder says how much media each rendition has output (its real-time factor's base)
+    let output_ms = |ingest: &Tidecast| {
+        Tidecast::metric(
+            ingest.http_port,
+            "tidecast_ladder_output_milliseconds_total",
+            "stream=\"split\",rendition=\"360p\"",
+        )
+    };
+    assert!(output_ms(&ingest) >= 2000, "a 2 s segment is out");
     let (ok, err) = publisher.wait(Duration::from_secs(30));
     assert!(ok, "{err}");
     origin.wait_for("ENDLIST pushed", Duration::from_secs(15), || {
@@ -319,6 +328,10 @@ fn split_ingest_pushes_to_a_remote_origin() {
     assert!(
         metrics.contains("tidecast_ingest_push_failures_total 0"),
         "{metrics}"
+    );
+    assert!(
+        !metrics.contains("tidecast_ladder_output_milliseconds_total{stream=\"split\""),
+        "the stream's ladder series went with its publisher: {metrics}"
     );
 }
 

@@ -317,8 +317,24 @@ fn split_roles_play_through_two_regions_and_survive_an_origin_drain() {
         .status()
         .expect("kill");
     assert!(killed.success());
-    let sigterm_at = published.elapsed();
-    eprintln!("SIGTERM to {} at {sigterm_at:?} into the stream", a.1);
+    let sigterm = Instant::now();
+    eprintln!(
+        "SIGTERM to {} at {:?} into the stream",
+        a.1,
+        published.elapsed()
+    );
+    // it drains (the delay, then the archive writes under way) and exits while players play on
+    let drained = wait_child(&mut lab.procs[a.0], Duration::from_secs(20));
+    eprintln!(
+        "{} exited {drained:?} {:?} after SIGTERM",
+        a.1,
+        sigterm.elapsed()
+    );
+    assert!(
+        drained.is_some_and(|s| s.success()),
+        "the drained origin exits 0 within the drain timeout\n{}",
+        lab.logs()
+    );
 
     for (ns, child, progress) in &mut players {
         let status = wait_child(child, Duration::from_secs(u64::from(play_secs) + 30));
@@ -344,9 +360,6 @@ fn split_roles_play_through_two_regions_and_survive_an_origin_drain() {
         fetched(&lab, &b.1) > from_b,
         "the shield went on with the other origin"
     );
-    let drained = wait_child(&mut lab.procs[a.0], Duration::from_secs(40));
-    eprintln!("{} exited {drained:?}", a.1);
-    assert!(drained.is_some(), "the drained origin exits");
 
     // the archive: every rendition, every segment, ENDLIST, from the origin that stayed
     let vod = bucket_root.join(BUCKET).join("vod/split");
