@@ -293,24 +293,55 @@ pub struct Publisher {
     child: Child,
 }
 
+/// ffmpeg's arguments to publish as OBS does: a `size` test picture at 30 fps and a tone, x264
+/// with a 2 s GOP and AAC, in real time for `seconds`, as FLV to the RTMP `url`.
+pub fn publish_args(url: &str, seconds: u32, size: &str) -> Vec<String> {
+    let picture = format!("testsrc2=size={size}:rate=30");
+    let seconds = seconds.to_string();
+    [
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        &picture,
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        &seconds,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-g",
+        "60",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "128k",
+        "-ac",
+        "2",
+        "-f",
+        "flv",
+        url,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
 impl Publisher {
     pub fn start(url: &str, seconds: u32, size: &str) -> Publisher {
         require_tool("ffmpeg", "apt-get install ffmpeg");
         let child = Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-            .args([
-                "-f",
-                "lavfi",
-                "-i",
-                &format!("testsrc2=size={size}:rate=30"),
-            ])
-            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-            .args(["-t", &seconds.to_string()])
-            .args([
-                "-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-pix_fmt", "yuv420p",
-            ])
-            .args(["-c:a", "aac", "-b:a", "128k", "-ac", "2"])
-            .args(["-f", "flv", url])
+            .args(publish_args(url, seconds, size))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -236,40 +236,9 @@ fn regions_lab_steers_players_and_crosses_the_long_link_once() {
         lab.curl("origin", &["http://127.0.0.1:8080/healthz"])
             .starts_with("ok")
     });
-    lab.spawn(
-        "origin",
-        &[
-            "ffmpeg",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-nostdin",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "60",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-g",
-            "60",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-f",
-            "flv",
-            "rtmp://127.0.0.1:1935/live/lab",
-        ],
-    );
+    let publish = crate::harness::publish_args("rtmp://127.0.0.1:1935/live/lab", 60, "640x360");
+    let publish: Vec<&str> = publish.iter().map(String::as_str).collect();
+    lab.spawn("origin", &[&["ffmpeg"][..], &publish].concat());
     wait_until(
         "the stream at both edges",
         &lab,

@@ -234,40 +234,10 @@ fn split_roles_play_through_two_regions_and_survive_an_origin_drain() {
             })
         },
     );
-    lab.spawn(
-        "origin",
-        &[
-            "ffmpeg",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-nostdin",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            &PUBLISH_SECS.to_string(),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-g",
-            "60",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-f",
-            "flv",
-            "rtmp://127.0.0.1:1935/live/split",
-        ],
-    );
+    let publish =
+        crate::harness::publish_args("rtmp://127.0.0.1:1935/live/split", PUBLISH_SECS, "640x360");
+    let publish: Vec<&str> = publish.iter().map(String::as_str).collect();
+    lab.spawn("origin", &[&["ffmpeg"][..], &publish].concat());
     let published = Instant::now();
     let edges = [("player-eu", "10.10.3.1"), ("player-us", "10.10.4.1")];
     wait_until(
@@ -503,22 +473,7 @@ fn split_rooms_nodes_redirect_bots_to_the_owner_and_archive_their_call() {
         m.is_file().then_some(m)
     });
     let video = manifest.with_file_name("recording.mp4");
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(&video)
-        .output()
-        .expect("ffprobe");
-    let secs: f64 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0.0);
+    let secs = crate::harness::ffprobe_duration(&video.display().to_string());
     eprintln!(
         "the call on {url_b}, archived: {secs:.1} s in {}",
         video.display()
