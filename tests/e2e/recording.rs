@@ -208,6 +208,10 @@ fn a_recorded_call_is_chunked_then_assembled_into_one_mp4() {
     let chunks = ended["chunks"].as_u64().unwrap_or(0);
     let secs = ended["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0;
     let store = t.dir.join("data").join("store");
+    // call.ended can be out before the recorder's writer has stored the last chunk and index
+    t.wait_for("every chunk stored", Duration::from_secs(20), || {
+        (indexed_chunks(&store, meeting) == chunks).then_some(())
+    });
     let found = check_recording(&store, meeting, 3, secs);
     assert_eq!(found, chunks, "{ended}");
 
