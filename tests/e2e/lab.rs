@@ -67,6 +67,46 @@ impl Lab {
         self.procs.push(child);
     }
 
+    /// `tidecast {role}` in namespace `ns` with `env` set; returns its index in `procs`.
+    pub(crate) fn tidecast(
+        &mut self,
+        ns: &str,
+        role: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> usize {
+        let mut argv: Vec<String> = vec!["env".into()];
+        argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        argv.push(binary().display().to_string());
+        argv.push(role.into());
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.spawn(ns, &argv);
+        self.procs.len() - 1
+    }
+
+    /// `tidecast edge` in the eu and us regions, each on port 8081 of its namespace behind the
+    /// shield's link (data under the lab's directory), with `env` set.
+    pub(crate) fn spawn_region_edges(&mut self, env: &[(&str, &str)]) {
+        for (ns, region, up) in [
+            ("edge-eu", "eu", "http://10.10.1.1:8081"),
+            ("edge-us", "us", "http://10.10.2.1:8081"),
+        ] {
+            let data = self.dir.join(ns).display().to_string();
+            let args = [
+                "--region",
+                region,
+                "--edge-listen",
+                "0.0.0.0:8081",
+                "--upstream",
+                up,
+                "--data-dir",
+                &data,
+            ];
+            self.tidecast(ns, "edge", &args, env);
+        }
+    }
+
     /// `curl` inside a namespace: (status line + headers, body).
     pub(crate) fn curl(&self, ns: &str, args: &[&str]) -> String {
         let out = Command::new("ip")
@@ -128,28 +168,32 @@ impl Drop for Lab {
     }
 }
 
-/// Whether network namespaces can be made here (root, iproute2); says why not otherwise.
-pub(crate) fn netns_available(what: &str) -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
-    let probe = format!("tc-probe-{}", std::process::id());
-    let netns = root
-        && Command::new("ip")
-            .args(["netns", "add", &probe])
-            .status()
-            .map(|s| s.success())
+/// Fails the test unless network namespaces can be made here (root, iproute2). Probed once per
+/// process: tests run in parallel, and two probes racing on one namespace name made one of them
+/// see "unavailable" and skip silently.
+pub(crate) fn require_netns(what: &str) {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let available = *AVAILABLE.get_or_init(|| {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
             .unwrap_or(false);
-    let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-    if !netns {
-        eprintln!(
-            "SKIPPED {what}: network namespaces unavailable here (needs root and iproute2: \
-             `ip netns add` failed)"
-        );
-    }
-    netns
+        let probe = format!("tc-probe-{}", std::process::id());
+        let netns = root
+            && Command::new("ip")
+                .args(["netns", "add", &probe])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+        netns
+    });
+    assert!(
+        available,
+        "{what} needs network namespaces: run the tests as root with iproute2 installed \
+         (`ip netns add` failed; apt-get install iproute2)"
+    );
 }
 
 pub(crate) fn wait_until(what: &str, lab: &Lab, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -166,9 +210,7 @@ pub(crate) fn wait_until(what: &str, lab: &Lab, timeout: Duration, mut f: impl F
 
 #[test]
 fn regions_lab_steers_players_and_crosses_the_long_link_once() {
-    if !netns_available("regions lab") {
-        return;
-    }
+    require_netns("regions lab");
     require_tool("curl", "apt-get install curl");
     require_tool("ffmpeg", "apt-get install ffmpeg");
     let _guard = heavy();
@@ -177,7 +219,7 @@ fn regions_lab_steers_players_and_crosses_the_long_link_once() {
     let bin = binary().display().to_string();
     let data = |n: &str| dir.join(n).display().to_string();
     let director = "[\"eu=http://10.10.3.1:8081\", \"us=http://10.10.4.1:8081\"]";
-    let (d_origin, d_shield, d_eu, d_us) = (data("origin"), data("shield"), data("eu"), data("us"));
+    let (d_origin, d_shield) = (data("origin"), data("shield"));
     lab.spawn(
         "origin",
         &[
@@ -210,28 +252,7 @@ fn regions_lab_steers_players_and_crosses_the_long_link_once() {
             &d_shield,
         ],
     );
-    for (ns, region, up, d) in [
-        ("edge-eu", "eu", "http://10.10.1.1:8081", &d_eu),
-        ("edge-us", "us", "http://10.10.2.1:8081", &d_us),
-    ] {
-        lab.spawn(
-            ns,
-            &[
-                "env",
-                &format!("TIDECAST_EDGE__DIRECTOR={director}"),
-                &bin,
-                "edge",
-                "--region",
-                region,
-                "--edge-listen",
-                "0.0.0.0:8081",
-                "--upstream",
-                up,
-                "--data-dir",
-                d,
-            ],
-        );
-    }
+    lab.spawn_region_edges(&[("TIDECAST_EDGE__DIRECTOR", director)]);
     wait_until("the origin", &lab, Duration::from_secs(30), || {
         lab.curl("origin", &["http://127.0.0.1:8080/healthz"])
             .starts_with("ok")
@@ -382,9 +403,7 @@ pub(crate) fn ip(args: &[&str]) {
 /// link); lifting the cap brings a higher layer back within 10 s and 720p within 20 s.
 #[test]
 fn sfu_serves_a_capped_subscriber_the_low_layer_and_raises_it_when_the_cap_lifts() {
-    if !netns_available("SFU bandwidth lab") {
-        return;
-    }
+    require_netns("SFU bandwidth lab");
     require_tool("python3", "apt-get install python3");
     let _guard = heavy();
     let prefix = format!("s{}-", std::process::id() % 100_000);

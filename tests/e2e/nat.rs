@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{binary, heavy, require_tool};
-use crate::lab::{ip, netns_available, wait_until, Lab};
+use crate::lab::{ip, require_netns, wait_until, Lab};
 
 const PUBLIC: &str = "203.0.113.1";
 
@@ -340,9 +340,7 @@ fn topology(tag: &str) -> Lab {
 #[test]
 fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_firewalls_over_tcp_and_tls(
 ) {
-    if !netns_available("NAT lab") {
-        return;
-    }
+    require_netns("NAT lab");
     crate::browser::browser_dir();
     require_tool("iptables", "apt-get install iptables (or: make test)");
     require_tool("certutil", "apt-get install libnss3-tools (or: make test)");
@@ -486,9 +484,7 @@ fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_f
 /// every bot receives the two others.
 #[test]
 fn an_sfu_behind_nat_announces_the_public_address_tidecasts_stun_reports() {
-    if !netns_available("NAT lab (SFU behind NAT)") {
-        return;
-    }
+    require_netns("NAT lab (SFU behind NAT)");
     require_tool("iptables", "apt-get install iptables (or: make test)");
     let _guard = heavy();
     let mut lab = topology("s");

@@ -11,24 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::archive::{S3Server, ACCESS, BUCKET, SECRET};
-use crate::harness::{as_env, binary, free_port, heavy, require_tool, Tidecast};
-use crate::lab::{netns_available, wait_until, Lab};
+use crate::harness::{as_env, free_port, heavy, require_tool, Tidecast};
+use crate::lab::{require_netns, wait_until, Lab};
 
 const PUSH_TOKEN: &str = "split-push-secret";
 const PUBLISH_SECS: u32 = 60;
-
-/// `tidecast {role}` in namespace `ns` of the lab; returns its index in `lab.procs`.
-fn tidecast(lab: &mut Lab, ns: &str, role: &str, args: &[&str], env: &[(&str, &str)]) -> usize {
-    let bin = binary().display().to_string();
-    let mut argv: Vec<String> = vec!["env".into()];
-    argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    argv.push(bin);
-    argv.push(role.into());
-    argv.extend(args.iter().map(|a| a.to_string()));
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    lab.spawn(ns, &argv);
-    lab.procs.len() - 1
-}
 
 /// An HLS player in namespace `ns`: ffmpeg decodes `url` live for `secs` of media, writing its
 /// progress to `progress`.
@@ -97,9 +84,7 @@ fn segments_of(playlist: &str) -> Vec<u64> {
 
 #[test]
 fn split_roles_play_through_two_regions_and_survive_an_origin_drain() {
-    if !netns_available("split roles") {
-        return;
-    }
+    require_netns("split roles");
     require_tool("curl", "apt-get install curl");
     require_tool("ffmpeg", "apt-get install ffmpeg");
     require_tool(
@@ -144,8 +129,7 @@ fn split_roles_play_through_two_regions_and_survive_an_origin_drain() {
     for (name, port) in [("origin-a", 8080), ("origin-b", 8090)] {
         let listen = format!("0.0.0.0:{port}");
         let d = data(name);
-        let i = tidecast(
-            &mut lab,
+        let i = lab.tidecast(
             "origin",
             "origin",
             &["--http-listen", &listen, "--data-dir", &d],
@@ -155,8 +139,7 @@ fn split_roles_play_through_two_regions_and_survive_an_origin_drain() {
     }
     let both = format!("{},{}", origins[0].1, origins[1].1);
     let d = data("ingest");
-    tidecast(
-        &mut lab,
+    lab.tidecast(
         "origin",
         "ingest",
         &[
@@ -175,8 +158,7 @@ fn split_roles_play_through_two_regions_and_survive_an_origin_drain() {
     );
     // the shield in front of both origins, an edge in each region behind it
     let d = data("shield");
-    tidecast(
-        &mut lab,
+    lab.tidecast(
         "shield",
         "edge",
         &[
@@ -195,28 +177,7 @@ fn split_roles_play_through_two_regions_and_survive_an_origin_drain() {
         ],
         &[],
     );
-    for (ns, region, up) in [
-        ("edge-eu", "eu", "http://10.10.1.1:8081"),
-        ("edge-us", "us", "http://10.10.2.1:8081"),
-    ] {
-        let d = data(ns);
-        tidecast(
-            &mut lab,
-            ns,
-            "edge",
-            &[
-                "--region",
-                region,
-                "--edge-listen",
-                "0.0.0.0:8081",
-                "--upstream",
-                up,
-                "--data-dir",
-                &d,
-            ],
-            &[],
-        );
-    }
+    lab.spawn_region_edges(&[]);
     wait_until(
         "ingest and both origins",
         &lab,
