@@ -131,6 +131,36 @@ pub enum Out {
     Release(SocketAddr),
     /// A request was refused (for metrics and logs).
     Refused(Refused, FiveTuple),
+    /// Data that could not be relayed was dropped (RFC 8656 drops it silently; for metrics).
+    Dropped(Dropped),
+}
+
+/// Why relayed data was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// No allocation on that 5-tuple or relayed address.
+    NoAllocation,
+    /// ChannelData on a channel not bound (or expired).
+    NoChannel,
+    /// No permission for the peer's address.
+    NoPermission,
+    /// Over the allocation's bandwidth quota.
+    Bandwidth,
+    /// From a client, neither a STUN message nor ChannelData.
+    Malformed,
+}
+
+impl Dropped {
+    /// Label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Dropped::NoAllocation => "no_allocation",
+            Dropped::NoChannel => "no_channel",
+            Dropped::NoPermission => "no_permission",
+            Dropped::Bandwidth => "bandwidth",
+            Dropped::Malformed => "malformed",
+        }
+    }
 }
 
 /// An authorised Allocate waiting for its relay socket.
@@ -229,7 +259,7 @@ impl TurnCore {
             return self.channel_data(five, channel, payload, now);
         }
         let Ok(m) = Message::parse(data) else {
-            return Vec::new(); // not STUN: dropped (logged by the shell's counters)
+            return vec![Out::Dropped(Dropped::Malformed)]; // neither STUN nor ChannelData
         };
         match (m.class, m.method) {
             (Class::Request, method::BINDING) => {
@@ -574,10 +604,14 @@ impl TurnCore {
         };
         let limit = self.limits.bandwidth_bps;
         let Some(a) = self.allocations.get_mut(&five) else {
-            return Vec::new();
+            return vec![Out::Dropped(Dropped::NoAllocation)];
         };
-        if !a.permitted(peer.ip(), now) || !a.spend(data.len(), limit, now) {
-            return Vec::new(); // silently dropped (RFC 8656 §11.2)
+        // silently dropped (RFC 8656 §11.2), counted
+        if !a.permitted(peer.ip(), now) {
+            return vec![Out::Dropped(Dropped::NoPermission)];
+        }
+        if !a.spend(data.len(), limit, now) {
+            return vec![Out::Dropped(Dropped::Bandwidth)];
         }
         vec![Out::Peer {
             relay: a.relay,
@@ -595,13 +629,16 @@ impl TurnCore {
     ) -> Vec<Out> {
         let limit = self.limits.bandwidth_bps;
         let Some(a) = self.allocations.get_mut(&five) else {
-            return Vec::new();
+            return vec![Out::Dropped(Dropped::NoAllocation)];
         };
-        let Some((peer, until)) = a.channels.get(&channel).copied() else {
-            return Vec::new();
+        let Some((peer, _)) = a.channels.get(&channel).copied().filter(|c| c.1 > now) else {
+            return vec![Out::Dropped(Dropped::NoChannel)];
         };
-        if until <= now || !a.permitted(peer.ip(), now) || !a.spend(payload.len(), limit, now) {
-            return Vec::new();
+        if !a.permitted(peer.ip(), now) {
+            return vec![Out::Dropped(Dropped::NoPermission)];
+        }
+        if !a.spend(payload.len(), limit, now) {
+            return vec![Out::Dropped(Dropped::Bandwidth)];
         }
         vec![Out::Peer {
             relay: a.relay,
@@ -618,11 +655,18 @@ impl TurnCore {
         data: &[u8],
         now: Instant,
     ) -> Option<Out> {
-        let five = *self.by_relay.get(&relay)?;
+        let Some(five) = self.by_relay.get(&relay).copied() else {
+            return Some(Out::Dropped(Dropped::NoAllocation));
+        };
         let limit = self.limits.bandwidth_bps;
-        let a = self.allocations.get_mut(&five)?;
-        if !a.permitted(peer.ip(), now) || !a.spend(data.len(), limit, now) {
-            return None;
+        let Some(a) = self.allocations.get_mut(&five) else {
+            return Some(Out::Dropped(Dropped::NoAllocation));
+        };
+        if !a.permitted(peer.ip(), now) {
+            return Some(Out::Dropped(Dropped::NoPermission));
+        }
+        if !a.spend(data.len(), limit, now) {
+            return Some(Out::Dropped(Dropped::Bandwidth));
         }
         let streamed = five.transport != Transport::Udp;
         let bytes = match a.channel_of.get(&peer) {
@@ -787,7 +831,15 @@ mod tests {
         let relay = allocate(&mut core, &mut c, now);
         let peer: SocketAddr = "203.0.114.5:7000".parse().unwrap();
         // no permission yet: a peer's datagram is dropped
-        assert_eq!(core.peer(relay, peer, b"x", now), None);
+        assert_eq!(
+            core.peer(relay, peer, b"x", now),
+            Some(Out::Dropped(Dropped::NoPermission))
+        );
+        // ChannelData on a channel never bound is dropped
+        assert_eq!(
+            core.client(c.five, &channel_data(0x4001, b"early", false), now, UNIX),
+            vec![Out::Dropped(Dropped::NoChannel)]
+        );
         let req = c.request(method::CREATE_PERMISSION, |b| {
             b.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
         });
@@ -833,7 +885,10 @@ mod tests {
         // permissions lapse after 5 minutes without refresh
         let later = now + Duration::from_secs(301);
         core.expire(later, UNIX + 301);
-        assert_eq!(core.peer(relay, peer, b"late", later), None);
+        assert_eq!(
+            core.peer(relay, peer, b"late", later),
+            Some(Out::Dropped(Dropped::NoPermission))
+        );
         // refresh with lifetime 0 ends it
         let req = c.request(method::REFRESH, |b| b.add_u32(attr::LIFETIME, 0));
         let out = core.client(c.five, &req, now, UNIX);
