@@ -364,8 +364,9 @@ pub(crate) async fn publish(
         Sends::Simulcast(active.clone()),
         want_key,
         pc.clone(),
+        Duration::ZERO,
     );
-    spawn_audio(audio, media.audio.clone(), pc.clone());
+    spawn_audio(audio, media.audio.clone(), pc.clone(), Duration::ZERO);
     Ok(Publishing { active, video_mid })
 }
 
@@ -496,8 +497,9 @@ impl PeerCall {
             Sends::OneOf(layer.clone()),
             want_key,
             pc.clone(),
+            PEER_SEND_HOLD,
         );
-        spawn_audio(audio, media.audio.clone(), pc.clone());
+        spawn_audio(audio, media.audio.clone(), pc.clone(), PEER_SEND_HOLD);
         Ok(PeerCall { pc, layer })
     }
 
@@ -511,6 +513,16 @@ impl PeerCall {
         self.layer.store(index, Ordering::Relaxed);
     }
 }
+
+/// How long a peer-to-peer call waits, once connected, before it sends media. The other side
+/// is a webrtc-rs peer too (another bot) or a browser; webrtc-rs opens the receivers the SDP
+/// declares only after its own DTLS handshake ends, and a packet that arrives before that goes
+/// to its undeclared-SSRC probe, which reads 11 packets (webrtc 0.17) and then closes the stream — the one
+/// the declared receiver shares, so that track ends ("buffer: closed") and nothing more of it
+/// arrives. The DTLS server side is connected a flight before the client: without the hold its
+/// first audio packets could land in that window (seen: a call in which one side never got the
+/// other's audio). The SFU path has no such window: its tracks come in renegotiations.
+const PEER_SEND_HOLD: Duration = Duration::from_millis(500);
 
 /// What a video writer sends each frame.
 #[derive(Clone)]
@@ -532,7 +544,9 @@ fn spawn_video(
     sends: Sends,
     want_key: Arc<AtomicBool>,
     pc: Arc<RTCPeerConnection>,
+    hold: Duration,
 ) {
+    use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState as State;
     tokio::spawn(async move {
         let Some(first) = loops.first() else {
             return;
@@ -541,12 +555,23 @@ fn spawn_video(
         let mut i = 0usize;
         let mut was_active = [true; 3];
         let mut chosen = None;
+        // with a hold: when the connection was first seen connected, and whether it has passed
+        let mut connected_at: Option<Instant> = None;
+        let mut holding = !hold.is_zero();
         loop {
             tick.tick().await;
-            if pc.connection_state()
-                == webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState::Closed
-            {
+            let state = pc.connection_state();
+            if state == State::Closed {
                 return;
+            }
+            if holding {
+                if state == State::Connected {
+                    let at = *connected_at.get_or_insert_with(Instant::now);
+                    holding = at.elapsed() < hold;
+                }
+                if holding {
+                    continue;
+                }
             }
             if want_key.swap(false, Ordering::Relaxed) {
                 i = first.next_key(i);
@@ -596,7 +621,12 @@ fn spawn_video(
     });
 }
 
-fn spawn_audio(track: Arc<TrackLocalStaticSample>, lp: MediaLoop, pc: Arc<RTCPeerConnection>) {
+fn spawn_audio(
+    track: Arc<TrackLocalStaticSample>,
+    lp: MediaLoop,
+    pc: Arc<RTCPeerConnection>,
+    hold: Duration,
+) {
     // one layer, always on, never asked for a keyframe
     spawn_video(
         vec![track],
@@ -604,6 +634,7 @@ fn spawn_audio(track: Arc<TrackLocalStaticSample>, lp: MediaLoop, pc: Arc<RTCPee
         Sends::OneOf(Arc::new(AtomicUsize::new(0))),
         Arc::new(AtomicBool::new(false)),
         pc,
+        hold,
     );
 }
 
