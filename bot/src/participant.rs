@@ -517,11 +517,12 @@ impl PeerCall {
 /// How long a peer-to-peer call waits, once connected, before it sends media. The other side
 /// is a webrtc-rs peer too (another bot) or a browser; webrtc-rs opens the receivers the SDP
 /// declares only after its own DTLS handshake ends, and a packet that arrives before that goes
-/// to its undeclared-SSRC probe, which reads 11 packets (webrtc 0.17) and then closes the stream — the one
-/// the declared receiver shares, so that track ends ("buffer: closed") and nothing more of it
-/// arrives. The DTLS server side is connected a flight before the client: without the hold its
-/// first audio packets could land in that window (seen: a call in which one side never got the
-/// other's audio). The SFU path has no such window: its tracks come in renegotiations.
+/// to its undeclared-SSRC probe, which reads 11 packets (webrtc 0.17) and then closes the
+/// stream — the one the declared receiver shares, so that track ends ("buffer: closed") and
+/// nothing more of it arrives. The DTLS server side is connected a flight before the client:
+/// without the hold its first audio packets could land in that window (seen: a call in which
+/// one side never got the other's audio). The SFU path has no such window: its tracks come in
+/// renegotiations.
 const PEER_SEND_HOLD: Duration = Duration::from_millis(500);
 
 /// What a video writer sends each frame.
