@@ -586,6 +586,18 @@ mod tests {
         )
     }
 
+    /// `id` joins `r` on connection `conn` with a new session `session`, no name, no resume.
+    fn join(r: &mut Room, id: &str, conn: ConnId, session: &str) -> Vec<Effect> {
+        r.join(
+            &claims(id),
+            None,
+            None,
+            Capabilities::default(),
+            conn,
+            session.into(),
+        )
+    }
+
     fn sent_to(effects: &[Effect], who: &str) -> Vec<ServerMessage> {
         effects
             .iter()
@@ -611,14 +623,7 @@ mod tests {
         assert!(
             matches!(&sent_to(&e, "a")[0], ServerMessage::Joined { participants, .. } if participants.is_empty())
         );
-        let e = r.join(
-            &claims("b"),
-            None,
-            None,
-            Capabilities::default(),
-            2,
-            "s2".into(),
-        );
+        let e = join(&mut r, "b", 2, "s2");
         assert!(
             matches!(&sent_to(&e, "a")[0], ServerMessage::ParticipantJoined { participant } if participant.id == "b")
         );
@@ -685,14 +690,7 @@ mod tests {
             }
         ));
         // a third is refused while the room is peer-to-peer only
-        let e = r.join(
-            &claims("c"),
-            None,
-            None,
-            Capabilities::default(),
-            3,
-            "s3".into(),
-        );
+        let e = join(&mut r, "c", 3, "s3");
         assert!(matches!(
             &e[..],
             [Effect::Close {
@@ -709,22 +707,8 @@ mod tests {
     fn a_dropped_participant_resumes_unseen_or_times_out() {
         let t0 = Instant::now();
         let mut r = room(t0);
-        r.join(
-            &claims("a"),
-            None,
-            None,
-            Capabilities::default(),
-            1,
-            "s1".into(),
-        );
-        r.join(
-            &claims("b"),
-            None,
-            None,
-            Capabilities::default(),
-            2,
-            "s2".into(),
-        );
+        join(&mut r, "a", 1, "s1");
+        join(&mut r, "b", 2, "s2");
         r.dropped("a", 1, t0);
         assert!(
             r.expire(t0 + Duration::from_secs(14)).is_empty(),
@@ -763,30 +747,9 @@ mod tests {
     fn same_identity_replaces_leave_and_end_close() {
         let t0 = Instant::now();
         let mut r = room(t0);
-        r.join(
-            &claims("a"),
-            None,
-            None,
-            Capabilities::default(),
-            1,
-            "s1".into(),
-        );
-        r.join(
-            &claims("b"),
-            None,
-            None,
-            Capabilities::default(),
-            2,
-            "s2".into(),
-        );
-        let e = r.join(
-            &claims("a"),
-            None,
-            None,
-            Capabilities::default(),
-            3,
-            "s3".into(),
-        );
+        join(&mut r, "a", 1, "s1");
+        join(&mut r, "b", 2, "s2");
+        let e = join(&mut r, "a", 3, "s3");
         assert!(e.contains(&Effect::Close {
             conn: 1,
             message: ServerMessage::error("replaced", "joined again elsewhere")
