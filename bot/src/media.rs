@@ -163,11 +163,12 @@ pub fn video_loops(seconds: u32, picture: Picture) -> Result<Vec<MediaLoop>, Bot
         .collect()
 }
 
-/// Encode the audio loop (20 ms Opus packets of a tone).
+/// Encode the audio loop (20 ms Opus packets of a tone, at the 32 kbit/s a browser sends mono
+/// voice at — opusenc's default of 128 kbit/s is four times what a real participant costs).
 pub fn audio_loop(seconds: u32) -> Result<MediaLoop, BotError> {
     let frames = run_to_frames(&format!(
         "audiotestsrc wave=sine freq=440 volume=0.3 num-buffers={n} samplesperbuffer=960 ! \
-         audio/x-raw,rate=48000,channels=1 ! opusenc frame-size=20 ! appsink name=sink sync=false",
+         audio/x-raw,rate=48000,channels=1 ! opusenc frame-size=20 bitrate=32000 ! appsink name=sink sync=false",
         n = seconds * 50,
     ))?;
     Ok(MediaLoop {

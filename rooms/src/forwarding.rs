@@ -84,6 +84,12 @@ pub fn sticky(
 /// track first gets its lowest layer (pinned tracks first; what the budget cannot carry is
 /// paused, thumbnails before pinned), then tracks are raised one layer at a time towards their
 /// target, pinned tracks first, while the budget allows.
+///
+/// The first wanted track (the pinned one, if any) keeps its lowest layer whatever the budget:
+/// a subscriber with every video paused receives only audio, which str0m neither pads nor
+/// probes on, so its estimate can only sink towards the audio rate and the video never comes
+/// back (on a 400 kbit/s link the estimate fell to 90 kbit/s and the pinned video stayed
+/// paused for 13 s, past the lifting of the cap).
 pub fn select_layers(
     needs: &BTreeMap<TrackKey, Need>,
     layers: &BTreeMap<TrackKey, Vec<LayerInfo>>,
@@ -106,9 +112,9 @@ pub fn select_layers(
     wanted.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(b.0)));
     let rate = |key: &TrackKey, i: usize| layers[key][i].bitrate_bps;
     let mut spent = 0u64;
-    for (key, _, _) in &wanted {
+    for (i, (key, _, _)) in wanted.iter().enumerate() {
         let cost = rate(key, 0);
-        if spent + cost <= budget_bps {
+        if i == 0 || spent + cost <= budget_bps {
             spent += cost;
             chosen.insert((*key).clone(), Some(0));
         }
@@ -163,6 +169,14 @@ impl Budget {
     /// The budget now.
     pub fn bps(&self) -> u64 {
         self.bps
+    }
+
+    /// What the video layers may use, given the audio forwarded to the subscriber: audio is
+    /// never held back, so it comes first (two bots' 128 kbit/s Opus over a 400 kbit/s link
+    /// left the video a budget the link could not carry, and the losses drove the estimate down
+    /// until the pinned video paused).
+    pub fn for_video(&self, audio_bps: u64) -> u64 {
+        self.bps.saturating_sub(audio_bps)
     }
 
     /// A new estimate at `now`; true when the budget changed.
@@ -555,6 +569,16 @@ mod tests {
         // 200 kbit/s: only the pinned one fits
         let c = select_layers(&n, &l, 200_000);
         assert_eq!((c[&key("a")], c[&key("b")]), (Some(0), None));
+        // below its lowest layer the pinned one still gets it: one video always flows
+        let c = select_layers(&n, &l, 50_000);
+        assert_eq!((c[&key("a")], c[&key("b")]), (Some(0), None));
+        let n = needs(&[("b", Layer::Low, None), ("c", Layer::Low, None)]);
+        let c = select_layers(&n, &layers(&["b", "c"]), 0);
+        assert_eq!(
+            (c[&key("b")], c[&key("c")]),
+            (Some(0), None),
+            "no pinned: the first"
+        );
     }
 
     #[test]
@@ -681,6 +705,17 @@ mod tests {
         assert!(!b.estimate(3_000_000, at(2400)));
         assert!(!b.estimate(3_000_000, at(3300)));
         assert!(b.estimate(3_000_000, at(3500)));
+    }
+
+    #[test]
+    fn audio_comes_out_of_the_budget_before_video() {
+        let b = Budget::new(400_000);
+        assert_eq!(b.for_video(2 * 44_000), 252_000);
+        assert_eq!(
+            b.for_video(1_000_000),
+            0,
+            "more audio than budget: no video"
+        );
     }
 
     #[test]

@@ -386,14 +386,22 @@ impl RoomMedia {
             peer.dirty = true;
             let mut needs = BTreeMap::new();
             let mut layers = BTreeMap::new();
+            // the audio this subscriber receives: never held back, so the video gets the rest
+            let mut audio_bps = 0u64;
             for (key, p) in &self.published {
-                if p.kind != MediaKind::Video || key.publisher == id {
+                if key.publisher == id {
                     continue;
                 }
                 let open = peer
                     .outputs
                     .get(key)
                     .is_some_and(|o| matches!(o.state, OutState::Open(_)));
+                if p.kind != MediaKind::Video {
+                    if open {
+                        audio_bps += p.layers.iter().map(|l| l.bitrate_bps).sum::<u64>();
+                    }
+                    continue;
+                }
                 let need = self
                     .needs
                     .get(&id)
@@ -416,13 +424,13 @@ impl RoomMedia {
                 );
                 layers.insert(key.clone(), p.infos(now));
             }
-            let budget = peer.budget.bps();
+            let budget = peer.budget.for_video(audio_bps);
             let table = &self.table;
             let chosen = select_layers(&needs, &sticky(&layers, |k| table.current(&id, k)), budget);
             // ask the estimator to find room for the layers the layout wants: probe towards
             // them and, while some track is held below its target and the estimate is not falling, pad up
             // to them so the estimate can grow (GCC never trusts more than it saw acknowledged)
-            let mut desired = 100_000u64; // audio, RTCP
+            let mut desired = audio_bps + 50_000; // audio, RTCP
             let mut capped = false;
             for (k, n) in &needs {
                 let Some(ls) = layers.get(k) else {
@@ -436,7 +444,7 @@ impl RoomMedia {
                     capped = true;
                 }
             }
-            tracing::trace!(subscriber = %id, budget, capped, ?needs, ?chosen, ?layers, "layers selected");
+            tracing::trace!(subscriber = %id, budget, audio_bps, capped, ?needs, ?chosen, ?layers, "layers selected");
             let minimum = if capped && peer.probe.pad(peer.estimate_bps, now) {
                 desired
             } else {
