@@ -86,10 +86,11 @@ pub fn sticky(
 /// target, pinned tracks first, while the budget allows.
 ///
 /// The first wanted track (the pinned one, if any) keeps its lowest layer whatever the budget:
-/// a subscriber with every video paused receives only audio, which str0m neither pads nor
-/// probes on, so its estimate can only sink towards the audio rate and the video never comes
-/// back (on a 400 kbit/s link the estimate fell to 90 kbit/s and the pinned video stayed
-/// paused for 13 s, past the lifting of the cap).
+/// a subscriber with every video paused receives only audio, and str0m did not pad that up to
+/// the estimate (the lab link carried 130-180 kbit/s under a 270 kbit/s estimate), so the
+/// estimate sank towards the audio rate and the video did not come back (on a 400 kbit/s link
+/// it fell to 90 kbit/s and the pinned video stayed paused for 13 s, past the lifting of the
+/// cap).
 pub fn select_layers(
     needs: &BTreeMap<TrackKey, Need>,
     layers: &BTreeMap<TrackKey, Vec<LayerInfo>>,
