@@ -521,33 +521,22 @@ fn sfu_serves_a_capped_subscriber_the_low_layer_and_raises_it_when_the_cap_lifts
             .and_then(|l| l.rsplit(' ').next().map(str::to_string))
             .unwrap_or_default()
     };
-    let mut estimates = Vec::new();
+    // each second: the SFU's estimate and what it offered the capped link
     let mut last_tx = lab.tx_bytes("sfu", &tap_a);
-    for _ in 0..16 {
+    let mut sample = || {
         std::thread::sleep(Duration::from_secs(1));
         let tx = lab.tx_bytes("sfu", &tap_a);
-        estimates.push(format!(
-            "{} (link {} kbit/s)",
-            estimate(&lab),
-            (tx - last_tx) * 8 / 1000
-        ));
+        let kbps = (tx - last_tx) * 8 / 1000;
         last_tx = tx;
-    }
+        format!("{} (link {kbps} kbit/s)", estimate(&lab))
+    };
+    let mut estimates: Vec<String> = (0..16).map(|_| sample()).collect();
     std::fs::write(&rate_file, "0").expect("lifting the cap");
     let lifted_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    for _ in 0..24 {
-        std::thread::sleep(Duration::from_secs(1));
-        let tx = lab.tx_bytes("sfu", &tap_a);
-        estimates.push(format!(
-            "{} (link {} kbit/s)",
-            estimate(&lab),
-            (tx - last_tx) * 8 / 1000
-        ));
-        last_tx = tx;
-    }
+    estimates.extend((0..24).map(|_| sample()));
     eprintln!("subscriber's bandwidth estimate each second (cap lifted after 16): {estimates:?}");
     let out = subscriber.wait_with_output().expect("subscriber report");
     let stdout = String::from_utf8_lossy(&out.stdout);
