@@ -156,8 +156,9 @@ pub struct Budget {
 impl Budget {
     /// How long a higher estimate must last before the budget follows.
     pub const HOLD: std::time::Duration = std::time::Duration::from_secs(1);
-    /// Share of the estimate the layers may use (audio, RTCP and retransmissions need room).
-    pub const SHARE: f64 = 0.85;
+    /// Share of the estimate the media may use (RTCP and retransmissions need room); the audio
+    /// comes out of it before the video ([`Budget::for_video`]).
+    pub const SHARE: f64 = 0.9;
 
     /// A budget from a starting estimate.
     pub fn new(estimate_bps: u64) -> Budget {
@@ -694,13 +695,13 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut b = Budget::new(1_000_000);
-        assert_eq!(b.bps(), 850_000);
+        assert_eq!(b.bps(), 900_000);
         assert!(b.estimate(500_000, at(0)));
-        assert_eq!(b.bps(), 425_000);
+        assert_eq!(b.bps(), 450_000);
         assert!(!b.estimate(2_000_000, at(100)));
         assert!(!b.estimate(1_800_000, at(1000)));
         assert!(b.estimate(1_800_000, at(2200)));
-        assert_eq!(b.bps(), 1_530_000);
+        assert_eq!(b.bps(), 1_620_000);
         // a dip resets the wait
         assert!(b.estimate(1_000_000, at(2300)));
         assert!(!b.estimate(3_000_000, at(2400)));
@@ -711,7 +712,7 @@ mod tests {
     #[test]
     fn audio_comes_out_of_the_budget_before_video() {
         let b = Budget::new(400_000);
-        assert_eq!(b.for_video(2 * 44_000), 252_000);
+        assert_eq!(b.for_video(2 * 44_000), 272_000);
         assert_eq!(
             b.for_video(1_000_000),
             0,

@@ -702,7 +702,14 @@ fn bots_publish_simulcast_and_subscriber_preferences_switch_the_forwarded_layer(
     let _guard = crate::harness::heavy();
     let first = crate::harness::free_ports(3);
     let range = format!("{first}-{}", first + 2);
-    let t = Tidecast::start(&[], &[("TIDECAST_ROOMS__MEDIA_PORTS", &range)]);
+    // the SFU's estimates and layer switches in its log, for a failure to show
+    let t = Tidecast::start(
+        &[],
+        &[
+            ("TIDECAST_ROOMS__MEDIA_PORTS", &range),
+            ("RUST_LOG", "info,tidecast_rooms=debug"),
+        ],
+    );
     let room = format!("bots-{}", std::process::id());
     let report = run_bots(&t, &room, 3, 22, "0=low,6=high,14=off,17=low");
     let participants = report["participants"].as_array().expect("participants");
@@ -765,7 +772,8 @@ fn bots_publish_simulcast_and_subscriber_preferences_switch_the_forwarded_layer(
             }
             assert!(
                 first_high.is_some(),
-                "{me} {key} never got 720p: {heights:?}"
+                "{me} {key} never got 720p: {heights:?}\n{}",
+                t.log()
             );
             // the switch up happened without a gap in sequence numbers
             for (h, continuous) in &heights[1..=first_high.unwrap_or(0)] {
