@@ -29,8 +29,15 @@ pub struct TrackKey {
 pub struct LayerInfo {
     /// Frame height.
     pub height: u32,
-    /// Measured bitrate (bits per second).
+    /// Measured bitrate (bits per second); [`LayerInfo::UNAVAILABLE`] when the publisher sends
+    /// none of it.
     pub bitrate_bps: u64,
+}
+
+impl LayerInfo {
+    /// The bitrate of a layer the publisher does not send: no budget carries it, so it is never
+    /// chosen (and sums of a few of them do not overflow).
+    pub const UNAVAILABLE: u64 = u64::MAX / 16;
 }
 
 /// What a subscriber's layout needs of one track.
@@ -85,7 +92,8 @@ pub fn sticky(
 /// paused, thumbnails before pinned), then tracks are raised one layer at a time towards their
 /// target, pinned tracks first, while the budget allows.
 ///
-/// The first wanted track (the pinned one, if any) keeps its lowest layer whatever the budget:
+/// The first wanted track whose lowest layer is sent (the pinned one, if any) keeps that layer
+/// whatever the budget:
 /// a subscriber with every video paused receives only audio, and str0m did not pad that up to
 /// the estimate (the lab link carried 130-180 kbit/s under a 270 kbit/s estimate), so the
 /// estimate sank towards the audio rate and the video did not come back (on a 400 kbit/s link
@@ -113,10 +121,12 @@ pub fn select_layers(
     wanted.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(b.0)));
     let rate = |key: &TrackKey, i: usize| layers[key][i].bitrate_bps;
     let mut spent = 0u64;
-    for (i, (key, _, _)) in wanted.iter().enumerate() {
+    let mut one_flows = false;
+    for (key, _, _) in &wanted {
         let cost = rate(key, 0);
-        if i == 0 || spent + cost <= budget_bps {
+        if cost < LayerInfo::UNAVAILABLE && (!one_flows || spent + cost <= budget_bps) {
             spent += cost;
+            one_flows = true;
             chosen.insert((*key).clone(), Some(0));
         }
     }
@@ -580,6 +590,21 @@ mod tests {
             (c[&key("b")], c[&key("c")]),
             (Some(0), None),
             "no pinned: the first"
+        );
+        // a pinned track its publisher does not send (camera off) neither gets a layer nor
+        // takes the budget: the others are served as before
+        let n = needs(&[("a", Layer::High, None), ("b", Layer::High, None)]);
+        let mut l = layers(&["a", "b"]);
+        for layer in l.get_mut(&key("a")).into_iter().flatten() {
+            layer.bitrate_bps = LayerInfo::UNAVAILABLE;
+        }
+        let c = select_layers(&n, &l, 700_000);
+        assert_eq!((c[&key("a")], c[&key("b")]), (None, Some(1)));
+        let c = select_layers(&n, &l, 0);
+        assert_eq!(
+            (c[&key("a")], c[&key("b")]),
+            (None, Some(0)),
+            "b is the one that flows"
         );
     }
 

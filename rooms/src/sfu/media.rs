@@ -97,7 +97,7 @@ impl Published {
                 LayerInfo {
                     height: l.height.unwrap_or(nominal.height),
                     bitrate_bps: if !active {
-                        u64::MAX / 16 // never chosen
+                        LayerInfo::UNAVAILABLE
                     } else if l.bitrate_bps > 0 {
                         l.bitrate_bps
                     } else {
@@ -220,7 +220,9 @@ impl RoomMedia {
             .filter(|(_, p)| p.kind == MediaKind::Video)
             .map(|(k, p)| {
                 let infos = p.infos(now);
-                let best = infos.iter().rposition(|l| l.bitrate_bps != u64::MAX / 16);
+                let best = infos
+                    .iter()
+                    .rposition(|l| l.bitrate_bps != LayerInfo::UNAVAILABLE);
                 (
                     k.clone(),
                     Some(best.unwrap_or(infos.len().saturating_sub(1))),
