@@ -855,8 +855,13 @@ impl Router {
     }
 }
 
-/// Poll peer `id` of `room` until it returns a timeout: datagrams go out on `wire`, events are
-/// handled, a failed or closed peer is added to `dead`.
+/// Timeouts due at once that one [`drain`] feeds before it leaves the rest to the loop (a
+/// bound: a peer that keeps asking for time now cannot hold the loop).
+const MAX_IMMEDIATE_TIMEOUTS: u32 = 256;
+
+/// Poll peer `id` of `room` until it returns a timeout in the future: datagrams go out on
+/// `wire`, events are handled, a failed or closed peer is added to `dead`.
+
 fn drain(
     room: &str,
     media: &mut RoomMedia,
@@ -869,6 +874,7 @@ fn drain(
     if let Some(peer) = media.peers.get_mut(id) {
         peer.dirty = false;
     }
+    let mut immediate = 0;
     while let Some(peer) = media.peers.get_mut(id) {
         if !peer.rtc.is_alive() {
             dead.push((room.to_string(), id.to_string()));
@@ -876,6 +882,17 @@ fn drain(
         }
         match peer.rtc.poll_output() {
             Ok(Output::Timeout(t)) => {
+                // the pacer asks for time again right after each packet it lets out (a
+                // microsecond on): feed it here rather than through a pass of the loop, whose
+                // timer cannot wait less than a millisecond, so a burst goes out in one go
+                let fresh = Instant::now();
+                if t <= fresh && immediate < MAX_IMMEDIATE_TIMEOUTS {
+                    immediate += 1;
+                    if let Err(e) = peer.rtc.handle_input(Input::Timeout(fresh)) {
+                        debug!(%room, participant = %id, "timeout: {e}");
+                    }
+                    continue;
+                }
                 peer.wake = t;
                 return;
             }
