@@ -374,6 +374,13 @@ impl RoomMedia {
 
     /// Recompute the layers of every subscriber marked for it; returns keyframe requests made.
     pub fn reselect(&mut self, now: Instant) {
+        for p in self.peers.values_mut() {
+            // a steady estimate sends no events: the budget's hold ends here, when it is over
+            // (at the next one-second tick it took up to a second longer to follow a lifted cap)
+            if p.budget.estimate(p.estimate_bps, now) {
+                p.reselect = true;
+            }
+        }
         let ids: Vec<String> = self
             .peers
             .iter()
@@ -706,8 +713,6 @@ impl RoomMedia {
             }
         }
         for p in self.peers.values_mut() {
-            // a steady estimate sends no events: the budget's hold ends here
-            p.budget.estimate(p.estimate_bps, now);
             p.reselect = true;
         }
     }
