@@ -861,7 +861,6 @@ const MAX_IMMEDIATE_TIMEOUTS: u32 = 256;
 
 /// Poll peer `id` of `room` until it returns a timeout in the future: datagrams go out on
 /// `wire`, events are handled, a failed or closed peer is added to `dead`.
-
 fn drain(
     room: &str,
     media: &mut RoomMedia,
