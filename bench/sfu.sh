@@ -10,10 +10,13 @@
 #      remote video frame. Prints p50 and the spread.
 #   3. Glass-to-glass through the SFU in Chromium (bench/g2g_room.mjs): a canvas clock published by
 #      one page, read back from presented frames on another. Prints p50/p95 (goal p50 <= 150 ms).
+#   With ROUNDS=k (default 1) step 1 runs k rounds, tidecast and Janus in turn, and prints each
+#   round's figures and the medians: the machine's own noise moves one run's ratio by ±10 %.
 #   bench/sfu.sh [participants]          (make bench-sfu; janus: infra/bootstrap.sh --bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-6}"
+rounds="${ROUNDS:-1}"
 target="${CARGO_TARGET_DIR:-$HOME/.cache/tidecast/target}"
 bin="${TIDECAST_BIN:-$target/release/tidecast}"
 [ -x "$bin" ] || { echo "build first: cargo build --release -p tidecast" >&2; exit 1; }
@@ -35,7 +38,7 @@ cost() {
   (while kill -0 "$pid" 2>/dev/null; do
      echo "$(date +%s%3N) $(awk '{ print $14 + $15 }' "/proc/$pid/stat")"; sleep 0.5
    done) >"$out.cpu" & local sampler=$!
-  RUST_LOG=error "$bin" bot "$@" --room cost --participants "$n" --duration 40 \
+  RUST_LOG=error "$bin" bot "$@" --participants "$n" --duration 40 \
     --schedule 0=high,15=high,35=high --pin --json >"$out" 2>/dev/null || true
   kill "$sampler" 2>/dev/null || true
   python3 - "$label" "$out" "$hz" <<'PY'
@@ -68,7 +71,6 @@ PY
 }
 
 echo "== forwarding cost: $n participants, each publishing 3 layers + audio and receiving the others"
-cost tidecast "$sfu" "$work/cost.json" --server "127.0.0.1:$port"
 if command -v janus >/dev/null; then
   jport=$((port + 1)); jrtp=$((40000 + RANDOM % 20000))
   mkdir -p "$work/janus"
@@ -100,16 +102,31 @@ JCFG
   jpid=$!
   for _ in $(seq 50); do curl -s -o /dev/null "127.0.0.1:$jport/janus/info" && break; sleep 0.1; done
   version=$(dpkg-query -W -f '${Version}' janus 2>/dev/null || echo "?")
-  cost "Janus $version" "$jpid" "$work/janus.json" --janus "127.0.0.1:$jport"
-  python3 - "$work/cost.json.figure" "$work/janus.json.figure" <<'PY'
-import sys
-t, j = (float(open(p).read()) for p in sys.argv[1:3])
-print(f"  => tidecast {t:,.0f} vs Janus {j:,.0f} packets per CPU-second: {t / j:.2f}x "
+  for r in $(seq "$rounds"); do
+    [ "$rounds" -gt 1 ] && echo " round $r/$rounds"
+    cost tidecast "$sfu" "$work/cost$r.json" --server "127.0.0.1:$port" --room "cost$r"
+    cost "Janus $version" "$jpid" "$work/janus$r.json" --janus "127.0.0.1:$jport" --room "cost$r"
+  done
+  python3 - "$work" "$rounds" <<'PY'
+import statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+fig = lambda name: float(open(f"{work}/{name}.json.figure").read())
+t = [fig(f"cost{r}") for r in range(1, rounds + 1)]
+j = [fig(f"janus{r}") for r in range(1, rounds + 1)]
+ratios = [a / b for a, b in zip(t, j)]
+if rounds > 1:
+    print("  ratio per round: " + ", ".join(f"{x:.2f}x" for x in ratios))
+tm, jm = statistics.median(t), statistics.median(j)
+print(f"  => tidecast {tm:,.0f} vs Janus {jm:,.0f} packets per CPU-second"
+      f"{' (medians of %d rounds)' % rounds if rounds > 1 else ''}: {statistics.median(ratios):.2f}x "
       f"(goals: >= 80,000 and >= 1.5x Janus)")
 PY
   kill "$jpid" 2>/dev/null || true
 else
   echo "  Janus not installed (apt-get install janus, or infra/bootstrap.sh --bench): no anchor ratio"
+  for r in $(seq "$rounds"); do
+    cost tidecast "$sfu" "$work/cost$r.json" --server "127.0.0.1:$port" --room "cost$r"
+  done
 fi
 
 echo "== join time: WebSocket open -> first remote video frame, 10 joins"

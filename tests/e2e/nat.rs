@@ -242,6 +242,15 @@ fn call(lab: &Lab, room: &str, wrappers: &(PathBuf, PathBuf), direct: bool) -> V
     report
 }
 
+/// [`call`] where the media must go through tidecast's TURN: asserts the relay carried it.
+fn call_through_turn(lab: &Lab, room: &str, wrappers: &(PathBuf, PathBuf)) -> Value {
+    let before = turn_relayed(lab);
+    let report = call(lab, room, wrappers, false);
+    let relayed = turn_relayed(lab) - before;
+    assert!(relayed > 200, "{room}: TURN relayed only {relayed} packets");
+    report
+}
+
 fn turn_relayed(lab: &Lab) -> u64 {
     let text = lab.curl("pub", &["http://127.0.0.1:8080/metrics"]);
     text.lines()
@@ -435,8 +444,7 @@ fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_f
     // (b) symmetric NATs: the mappings differ per destination, only the relay gets through
     nat_rules(&lab, "a", true, Firewall::Open);
     nat_rules(&lab, "b", true, Firewall::Open);
-    let before = turn_relayed(&lab);
-    let r = call(&lab, "symmetric", &wrappers, false);
+    let r = call_through_turn(&lab, "symmetric", &wrappers);
     for side in ["a", "b"] {
         let pair = &r["steps"]["connected"][side];
         assert!(
@@ -444,36 +452,28 @@ fn calls_cross_cone_nats_directly_symmetric_nats_through_turn_and_udp_blocking_f
             "symmetric NATs: {side}'s pair has no relay end: {pair}"
         );
     }
-    let relayed = turn_relayed(&lab) - before;
-    assert!(relayed > 200, "TURN relayed only {relayed} packets");
 
     // (c) no UDP out of A's network: A's relay is reached over TCP
     nat_rules(&lab, "a", false, Firewall::NoUdp);
     nat_rules(&lab, "b", false, Firewall::Open);
-    let before = turn_relayed(&lab);
-    let r = call(&lab, "tcp-only", &wrappers, false);
+    let r = call_through_turn(&lab, "tcp-only", &wrappers);
     let pa = &r["steps"]["connected"]["a"];
     assert_eq!(pa["local"]["type"], "relay", "A without UDP: {pa}");
     assert!(
         matches!(pa["local"]["relayProtocol"].as_str(), Some("tcp" | "tls")),
         "A reaches its relay over TCP/TLS: {pa}"
     );
-    let relayed = turn_relayed(&lab) - before;
-    assert!(relayed > 200, "TURN relayed only {relayed} packets");
 
     // (d) neither UDP nor TCP 3478 out of A's network: only TURN over TLS gets through, with
     // the certificate checked against the CA the browser trusts
     nat_rules(&lab, "a", false, Firewall::TlsOnly);
-    let before = turn_relayed(&lab);
-    let r = call(&lab, "tls-only", &wrappers, false);
+    let r = call_through_turn(&lab, "tls-only", &wrappers);
     let pa = &r["steps"]["connected"]["a"];
     assert_eq!(pa["local"]["type"], "relay", "A with only TLS: {pa}");
     assert_eq!(
         pa["local"]["relayProtocol"], "tls",
         "A reaches its relay over TLS: {pa}"
     );
-    let relayed = turn_relayed(&lab) - before;
-    assert!(relayed > 200, "TURN relayed only {relayed} packets");
 }
 
 /// An SFU behind NAT learns its public address from tidecast's STUN: the rooms node runs in

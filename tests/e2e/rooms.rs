@@ -628,6 +628,21 @@ pub fn spawn_bots(
         .expect("tidecast bot")
 }
 
+/// A bot report's packets of `track` (one of participant `p`'s) per schedule step, with the
+/// track's key (`publisher/kind`).
+fn steps_of(p: &Value, track: &Value) -> (String, Vec<u64>) {
+    let key = format!(
+        "{}/{}",
+        track["publisher"].as_str().unwrap_or_default(),
+        track["kind"].as_str().unwrap_or_default()
+    );
+    let steps = p["packets_by_step"][&key]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    (key, steps)
+}
+
 /// Two bots are a peer-to-peer call (no SFU): each receives the other's audio and video
 /// directly, and the video follows what the receiver's `subscribe` asks for — 180p, then 720p
 /// (the sender switches its one track on a keyframe), nothing while off, 180p again.
@@ -649,16 +664,8 @@ fn two_bots_call_peer_to_peer_and_the_sent_layer_follows_the_subscription() {
             "{me} receives the other's audio and video: {p}"
         );
         for track in tracks {
-            let key = format!(
-                "{}/{}",
-                track["publisher"].as_str().unwrap_or_default(),
-                track["kind"].as_str().unwrap_or_default()
-            );
             assert_ne!(track["publisher"], me, "{p}");
-            let steps: Vec<u64> = p["packets_by_step"][&key]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_u64).collect())
-                .unwrap_or_default();
+            let (key, steps) = steps_of(p, track);
             assert_eq!(steps.len(), 4, "{me} {key}: {steps:?}");
             if track["kind"] == "audio" {
                 assert!(steps.iter().all(|n| *n > 30), "{me} {key}: {steps:?}");
@@ -725,11 +732,7 @@ fn bots_publish_simulcast_and_subscriber_preferences_switch_the_forwarded_layer(
         for track in tracks {
             let from = track["publisher"].as_str().unwrap_or_default();
             assert_ne!(from, me);
-            let key = format!("{from}/{}", track["kind"].as_str().unwrap_or_default());
-            let steps: Vec<u64> = p["packets_by_step"][&key]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_u64).collect())
-                .unwrap_or_default();
+            let (key, steps) = steps_of(p, track);
             assert_eq!(steps.len(), 4, "{me} {key}: {steps:?}");
             assert_eq!(track["discontinuities"], 0, "{me} {key}: {track}");
             if track["kind"] == "audio" {

@@ -98,6 +98,16 @@ pub enum Refused {
 }
 
 impl Refused {
+    /// Every reason, for metric series made at start.
+    pub const ALL: [Refused; 6] = [
+        Refused::Unauthorized,
+        Refused::StaleNonce,
+        Refused::Forbidden,
+        Refused::Quota,
+        Refused::Mismatch,
+        Refused::BadRequest,
+    ];
+
     /// Label for metrics.
     pub fn label(self) -> &'static str {
         match self {

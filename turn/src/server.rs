@@ -83,7 +83,7 @@ struct Counters {
     to_client_packets: Metric,
     auth_failures: Metric,
     dropped: Vec<(&'static str, Metric)>,
-    registry: Registry,
+    refused: Vec<(Refused, Metric)>,
 }
 
 /// Labels of `tidecast_turn_dropped_total`: the core's [`crate::core::Dropped`] reasons, then
@@ -142,7 +142,17 @@ impl Counters {
                     (reason, m)
                 })
                 .collect(),
-            registry: r.clone(),
+            refused: Refused::ALL
+                .iter()
+                .map(|&why| {
+                    let m = r.counter(
+                        "tidecast_turn_refused_total",
+                        "TURN requests refused, by reason.",
+                        &[("reason", why.label())],
+                    );
+                    (why, m)
+                })
+                .collect(),
         }
     }
 
@@ -154,14 +164,12 @@ impl Counters {
         }
     }
 
+    /// A request refused; like [`Counters::dropped`], no registry lookup per refusal (a flood
+    /// of bad requests is what this counts).
     fn refused(&self, why: Refused) {
-        self.registry
-            .counter(
-                "tidecast_turn_refused_total",
-                "TURN requests refused, by reason.",
-                &[("reason", why.label())],
-            )
-            .inc();
+        if let Some((_, m)) = self.refused.iter().find(|(r, _)| *r == why) {
+            m.inc();
+        }
         if matches!(why, Refused::Unauthorized | Refused::StaleNonce) {
             self.auth_failures.inc();
         }
