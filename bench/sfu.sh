@@ -10,13 +10,13 @@
 #      remote video frame. Prints p50 and the spread.
 #   3. Glass-to-glass through the SFU in Chromium (bench/g2g_room.mjs): a canvas clock published by
 #      one page, read back from presented frames on another. Prints p50/p95 (goal p50 <= 150 ms).
-#   With ROUNDS=k (default 1) step 1 runs k rounds, tidecast and Janus in turn, and prints each
+#   Step 1 runs RUNS=3 rounds (as bench/turn.sh), tidecast and Janus in turn, and prints each
 #   round's figures and the medians: the machine's own noise moves one run's ratio by ±10 %.
 #   bench/sfu.sh [participants]          (make bench-sfu; janus: infra/bootstrap.sh --bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-6}"
-rounds="${ROUNDS:-1}"
+rounds="${RUNS:-3}"
 target="${CARGO_TARGET_DIR:-$HOME/.cache/tidecast/target}"
 bin="${TIDECAST_BIN:-$target/release/tidecast}"
 [ -x "$bin" ] || { echo "build first: cargo build --release -p tidecast" >&2; exit 1; }
@@ -148,6 +148,10 @@ print(f"  join time p50 {statistics.median(v):.0f} ms (min {v[0]:.0f}, max {v[-1
 PY
 
 echo "== glass-to-glass through the SFU (Chromium, canvas clock, 20 s)"
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "  playwright-core missing: cd tests/browser && npm ci (or make test-tools); skipped"
+  exit 0
+fi
 node bench/g2g_room.mjs "http://127.0.0.1:$port/demo/room.html?room=g2g" 20 >"$work/g2g.json"
 python3 - "$work/g2g.json" <<'PY'
 import json, sys
