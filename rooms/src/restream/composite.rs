@@ -42,6 +42,10 @@ pub struct CompositeSettings {
 
 /// How long the aggregators wait for a late input (jitter buffer plus decoding).
 const MIX_LATENCY: Duration = Duration::from_millis(400);
+/// How long the FLV muxer waits for a late encoded picture before it writes the audio past it
+/// (a picture later than that gets a clamped, backwards timestamp, which the receiving ladder
+/// does not recover from): the encoder's delay on a busy machine, with room to spare.
+const MUX_LATENCY: Duration = Duration::from_secs(2);
 /// How long a finishing restream may take to flush to the RTMP server.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -70,11 +74,16 @@ fn main_description(url: &str, s: &CompositeSettings) -> String {
     );
     let audio = "audio/x-raw,format=S16LE,layout=interleaved,rate=48000,channels=2";
     let latency = MIX_LATENCY.as_nanos();
+    // the encoder gets the newest pictures: when it cannot keep up (a busy machine) pictures
+    // are dropped before it rather than queued, so the video stays live instead of falling
+    // further behind the audio
     format!(
-        "compositor name=vmix background=black latency={latency} ! {raw} ! queue \
+        "compositor name=vmix background=black latency={latency} ! {raw} \
+           ! queue leaky=downstream max-size-buffers=2 max-size-bytes=0 max-size-time=0 \
            ! x264enc tune=zerolatency speed-preset={preset} bitrate={kbps} \
              key-int-max={gop} bframes=0 ! video/x-h264,profile=main ! h264parse \
-           ! queue ! flvmux name=mux streamable=true ! rtmp2sink name=out location=\"{url}\" \
+           ! queue ! flvmux name=mux streamable=true latency={mux_latency} \
+           ! rtmp2sink name=out location=\"{url}\" \
          videotestsrc is-live=true pattern=black ! {raw} ! vmix. \
          audiotestsrc is-live=true wave=silence ! {audio} ! amix. \
          audiomixer name=amix latency={latency} ! {audio} ! audioconvert ! avenc_aac bitrate=128000 \
@@ -82,6 +91,7 @@ fn main_description(url: &str, s: &CompositeSettings) -> String {
         preset = s.x264_preset,
         kbps = s.video_kbps,
         gop = s.fps * 2,
+        mux_latency = MUX_LATENCY.as_nanos(),
     )
 }
 
