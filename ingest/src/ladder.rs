@@ -11,9 +11,8 @@
 //! boundary (`send-force-keyunit`), and all rungs see the same decoded frames, so segments are cut
 //! at the same PTS in every rendition.
 
-use std::collections::BTreeSet;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -28,6 +27,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::ladder_plan::PlannedRung;
+use crate::segmenting::{force_cadence, split_by_plan, SourceKeyframes};
 use crate::IngestError;
 
 /// Settings that shape every ladder (from `[ladder]` config).
@@ -179,7 +179,7 @@ impl Ladder {
             //              └─ queue ─ avdec_h264 … (the ladder)
             let tee = make("tee", "tee-source")?;
             let pass_q = queue("passq")?;
-            let pass_mux = cmafmux("mux-source", settings, false)?;
+            let pass_mux = cmafmux("mux-source", settings, true)?;
             let pass_sink = appsink("sink-source");
             let dec_q = queue("decq")?;
             pipeline
@@ -187,6 +187,9 @@ impl Ladder {
                 .map_err(|e| IngestError::Ladder(e.to_string()))?;
             parse.unlink(&dec);
             link(&[&parse, &tee, &pass_q, &pass_mux, pass_sink.upcast_ref()])?;
+            if let Some(pad) = pass_q.static_pad("src") {
+                split_by_plan(&pad, settings.segment, settings.part);
+            }
             link(&[&tee, &dec_q, &dec])?;
             wire_appsink(&pass_sink, &input, "source", sink.clone());
             source_keyframes.watch(&parse);
@@ -229,9 +232,10 @@ impl Ladder {
                 enc.set_property("key-int-max", 100_000u32);
                 source_keyframes.force_on(&enc);
             } else {
-                // keyframes come from cmafmux's force-keyunit requests at every boundary; this
-                // only bounds the GOP if those stop
+                // keyframes on the segment cadence (below); this only bounds the GOP if those
+                // stop
                 enc.set_property("key-int-max", 600u32);
+                force_cadence(&enc, settings.segment);
             }
             let profile = make("capsfilter", &format!("profile-{n}"))?;
             profile.set_property(
@@ -240,7 +244,7 @@ impl Ladder {
                     .field("profile", "high")
                     .build(),
             );
-            let mux = cmafmux(&format!("mux-{n}"), settings, input.passthrough.is_none())?;
+            let mux = cmafmux(&format!("mux-{n}"), settings, true)?;
             let appsink = appsink(&format!("sink-{n}"));
             pipeline
                 .add_many([
@@ -258,6 +262,9 @@ impl Ladder {
             link(&[&upstream, &scale_q, &scale, &caps, &tee])?;
             size_filters.push(caps.clone());
             link(&[&tee, &enc_q, &enc, &profile, &mux, appsink.upcast_ref()])?;
+            if let Some(pad) = profile.static_pad("src") {
+                split_by_plan(&pad, settings.segment, settings.part);
+            }
             wire_appsink(&appsink, &input, n, sink.clone());
             upstream = tee;
             renditions.push(RenditionInfo {
@@ -393,60 +400,6 @@ impl Drop for Ladder {
     }
 }
 
-/// PTS of the source's keyframes, recorded at the parser and turned into forced keyframes at
-/// each encoder's input (passthrough mode).
-#[derive(Clone, Default)]
-struct SourceKeyframes(Arc<Mutex<BTreeSet<gst::ClockTime>>>);
-
-impl SourceKeyframes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<gst::ClockTime>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn watch(&self, parser: &gst::Element) {
-        let Some(pad) = parser.static_pad("src") else {
-            return;
-        };
-        let set = self.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_pad, info| {
-            if let Some(buffer) = info.buffer() {
-                if !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
-                    if let Some(pts) = buffer.pts() {
-                        let mut set = set.lock();
-                        set.insert(pts);
-                        // keep the last minute of keyframes at most
-                        while set.len() > 1024 {
-                            set.pop_first();
-                        }
-                    }
-                }
-            }
-            gst::PadProbeReturn::Ok
-        });
-    }
-
-    fn force_on(&self, encoder: &gst::Element) {
-        let Some(pad) = encoder.static_pad("sink") else {
-            return;
-        };
-        let set = self.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-            let is_key = info
-                .buffer()
-                .and_then(|b| b.pts())
-                .is_some_and(|pts| set.lock().contains(&pts));
-            if is_key {
-                // no running time: the encoder makes the very next frame (this one) a keyframe
-                let event = gst_video::DownstreamForceKeyUnitEvent::builder()
-                    .all_headers(true)
-                    .build();
-                let _ = pad.send_event(event);
-            }
-            gst::PadProbeReturn::Ok
-        });
-    }
-}
-
 trait SendFromAnyThread {
     fn blocking_send_or_try(&self, ev: LiveEvent) -> Result<(), ()>;
 }
@@ -499,10 +452,13 @@ fn keep_colorimetry(pad: &gst::Pad, filters: Vec<gst::Element>) {
     });
 }
 
+/// A `cmafmux` cutting `settings.segment` fragments and `settings.part` chunks: planned by the
+/// mux itself (audio), or by the ladder with split-now events (`manual_split`, video: see
+/// [`crate::segmenting`] for why).
 fn cmafmux(
     name: &str,
     settings: &LadderSettings,
-    force_keyunits: bool,
+    manual_split: bool,
 ) -> Result<gst::Element, IngestError> {
     let mux = make("cmafmux", name)?;
     mux.set_property(
@@ -515,7 +471,8 @@ fn cmafmux(
             gst::ClockTime::from_nseconds(part.as_nanos() as u64),
         );
     }
-    mux.set_property("send-force-keyunit", force_keyunits);
+    mux.set_property("send-force-keyunit", false);
+    mux.set_property("manual-split", manual_split);
     Ok(mux)
 }
 

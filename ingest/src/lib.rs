@@ -4,8 +4,9 @@
 //! Pure cores: [`chunk_guard`] (the RTMP chunk stream and AMF0 checked before rml_rtmp sees
 //! them), [`rtmp_input`] (bytes → guard → rml_rtmp session, what the fuzz targets drive),
 //! [`flv`] (FLV tags, AVC decoder configuration and SPS parsing), [`ladder_plan`] (which rungs
-//! a source gets), [`publishers`] (who owns a stream name). Shells: [`server`]
-//! (sockets, one task per connection) and [`ladder`] (the GStreamer pipeline per session).
+//! a source gets), [`segmenting`] (where keyframes, segments and parts are cut), [`publishers`]
+//! (who owns a stream name). Shells: [`server`] (sockets, one task per connection) and
+//! [`ladder`] (the GStreamer pipeline per session).
 
 pub mod chunk_guard;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod media_gate;
 pub mod publishers;
 pub mod push;
 pub mod rtmp_input;
+pub mod segmenting;
 pub mod server;
 
 pub use error::IngestError;

@@ -335,15 +335,22 @@ fn split_ingest_pushes_to_a_remote_origin() {
     );
 }
 
-/// Publish with ffmpeg using a given GOP (frames) and B-frames, like differently configured OBS.
-fn publish_gop(t: &Tidecast, key: &str, size: &str, gop: u32, seconds: u32) -> std::process::Child {
+/// Publish with ffmpeg using a given frame rate, GOP (frames) and B-frames, like differently
+/// configured OBS.
+fn publish_gop(
+    t: &Tidecast,
+    key: &str,
+    (size, fps): (&str, u32),
+    gop: u32,
+    seconds: u32,
+) -> std::process::Child {
     Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
         .args([
             "-f",
             "lavfi",
             "-i",
-            &format!("testsrc2=size={size}:rate=30"),
+            &format!("testsrc2=size={size}:rate={fps}"),
         ])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
         .args(["-t", &seconds.to_string()])
@@ -368,8 +375,8 @@ fn passthrough_follows_source_keyframes_and_long_gops_are_transcoded() {
     let _guard = heavy();
     let t = Tidecast::start(&[], &[("TIDECAST_LADDER__PASSTHROUGH", "true")]);
     // two publishers at once: a 2 s GOP (passthrough) and OBS's "auto" ~8.3 s GOP (transcoded)
-    let mut short = publish_gop(&t, "short", "1280x720", 60, 16);
-    let mut long = publish_gop(&t, "long", "640x360", 250, 16);
+    let mut short = publish_gop(&t, "short", ("1280x720", 30), 60, 16);
+    let mut long = publish_gop(&t, "long", ("640x360", 30), 250, 16);
 
     let m = master(&t, "short");
     let uris: Vec<&str> = m.variants.iter().map(|v| v.uri.as_str()).collect();
@@ -428,6 +435,42 @@ fn passthrough_follows_source_keyframes_and_long_gops_are_transcoded() {
     assert!(t.log().contains("passthrough=false"), "{}", t.log());
     let _ = short.wait();
     let _ = long.wait();
+}
+
+/// A 5 fps publisher (slides, a screen, a camera at a low rate) gets 2 s segments in every video
+/// rendition. With `cmafmux` planning the fragments itself, its chunk grid (two 200 ms frames per
+/// 250 ms part) ended a chunk exactly on the fragment's end, and from then on it never closed the
+/// fragment: one endless segment 0, the HLS playlists stuck (see `ingest::segmenting`).
+#[test]
+fn a_5_fps_publisher_gets_segments_in_every_rendition() {
+    let _guard = heavy();
+    let t = Tidecast::start(&[], &[]);
+    let mut publisher = publish_gop(&t, "slow", ("640x360", 5), 10, 12);
+    let status = publisher.wait().expect("ffmpeg");
+    assert!(status.success(), "ffmpeg: {status}");
+    let (audio, _) = t.wait_for("the stream's end", Duration::from_secs(20), || {
+        let (p, text) = media(&t, "slow", "audio");
+        p.end_list.then_some((p, text))
+    });
+    for rendition in ["360p", "240p"] {
+        let (p, text) = media(&t, "slow", rendition);
+        assert!(p.end_list, "{rendition}: no ENDLIST\n{text}");
+        assert!(
+            p.segments.len() >= 5,
+            "{rendition}: too few segments\n{text}"
+        );
+        let whole = &p.segments[..p.segments.len() - 1];
+        assert!(
+            whole.iter().all(|s| (1.9..2.1).contains(&s.duration)),
+            "{rendition}: segments are not 2 s\n{text}"
+        );
+        assert!(
+            last_msn(&p).abs_diff(last_msn(&audio)) <= 1,
+            "{rendition} ends at segment {}, audio at {}\n{text}",
+            last_msn(&p),
+            last_msn(&audio)
+        );
+    }
 }
 
 /// A stream the origin forgets (`ended_stream_ttl_secs` after it ended) takes its metric series
