@@ -7,9 +7,9 @@
 //!                                └─ aacparse ─ cmafmux ─ appsink (audio)
 //! ```
 //! Decode once; each rung scales from the previous rung (a cascade, cheaper than scaling every
-//! rung from the source). Every `cmafmux` asks its encoder for a keyframe at each fragment
-//! boundary (`send-force-keyunit`), and all rungs see the same decoded frames, so segments are cut
-//! at the same PTS in every rendition.
+//! rung from the source). Each encoder gets a keyframe at every segment boundary and each video
+//! `cmafmux` is told where fragments and chunks start ([`crate::segmenting`]); all rungs see the
+//! same decoded frames, so segments are cut at the same PTS in every rendition.
 
 use std::sync::mpsc as std_mpsc;
 use std::sync::OnceLock;
