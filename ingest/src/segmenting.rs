@@ -15,7 +15,9 @@
 //!   boundaries a fixed `segment` apart (no drift); every rung sees the same decoded frames, so
 //!   every rung cuts at the same PTS.
 //! - [`SplitPlan`]: per buffer entering the mux, whether it starts a fragment (a keyframe at least
-//!   ~one segment after the fragment's start) or a chunk (a `part` after the chunk's start).
+//!   ~one segment after the fragment's start) or a chunk (the first frame a `part` after the
+//!   chunk's start, or one that would take the chunk past LL-HLS `PART-TARGET`: at low frame
+//!   rates parts stay within the target the origin announces).
 //! - [`SourceKeyframes`]: passthrough mode, keyframes exactly where the source has them.
 //!
 //! The first two are pure (running times in, decisions out); the pad probes below apply them.
@@ -27,6 +29,7 @@ use std::time::Duration;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_video as gst_video;
+use tidecast_common::config::part_target;
 
 /// Keyframes on the first frame at or after every `segment` boundary, counted from the first
 /// frame. Times in nanoseconds of running time.
@@ -75,6 +78,8 @@ pub enum Split {
 pub struct SplitPlan {
     segment: u64,
     part: Option<u64>,
+    /// [`part_target`] of `part`: no chunk grows past it when its frames' lengths are known.
+    limit: u64,
     fragment_start: Option<u64>,
     chunk_start: u64,
 }
@@ -85,15 +90,20 @@ impl SplitPlan {
         SplitPlan {
             segment: segment.as_nanos() as u64,
             part: part.map(|p| (p.as_nanos() as u64).max(1)),
+            limit: part.map_or(0, |p| part_target(p).as_nanos() as u64),
             fragment_start: None,
             chunk_start: 0,
         }
     }
 
-    /// A buffer at `pts` (ns): what it starts, if anything. A keyframe starts a fragment once the
-    /// current one is within a twentieth of `segment` of its length (a source whose keyframes come
-    /// every 1.999 s still gets 2 s segments, not 4 s ones); a longer GOP makes a longer fragment.
-    pub fn buffer(&mut self, pts: u64, keyframe: bool) -> Option<Split> {
+    /// A buffer at `pts` lasting `duration` (ns; unknown: `None`): what it starts, if anything.
+    /// A keyframe starts a fragment once the current one is within a twentieth of `segment` of
+    /// its length (a source whose keyframes come every 1.999 s still gets 2 s segments, not 4 s
+    /// ones); a longer GOP makes a longer fragment. A chunk ends before the first frame at or
+    /// past `part` from its start, or before a frame that would end past `PART-TARGET`: 30 fps
+    /// and 250 ms parts make 267 ms chunks, 5 fps makes 200 ms ones (not 400 ms, over the
+    /// 334 ms target); a frame longer than the target is a chunk by itself.
+    pub fn buffer(&mut self, pts: u64, duration: Option<u64>, keyframe: bool) -> Option<Split> {
         let Some(fragment_start) = self.fragment_start else {
             if keyframe {
                 self.fragment_start = Some(pts);
@@ -107,13 +117,16 @@ impl SplitPlan {
             self.chunk_start = pts;
             return Some(Split::Fragment);
         }
-        match self.part {
-            Some(part) if pts >= self.chunk_start.saturating_add(part) => {
-                self.chunk_start = pts;
-                Some(Split::Chunk)
-            }
-            _ => None,
+        let part = self.part?;
+        let past = pts >= self.chunk_start.saturating_add(part)
+            || duration.is_some_and(|d| {
+                pts.saturating_add(d) > self.chunk_start.saturating_add(self.limit)
+            });
+        if past && pts > self.chunk_start {
+            self.chunk_start = pts;
+            return Some(Split::Chunk);
         }
+        None
     }
 }
 
@@ -176,7 +189,8 @@ pub fn split_by_plan(mux_input: &gst::Pad, segment: Duration, part: Option<Durat
             return gst::PadProbeReturn::Ok;
         };
         let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-        if let Some(split) = lock(&plan).buffer(pts.nseconds(), keyframe) {
+        let duration = buffer.duration().map(|d| d.nseconds());
+        if let Some(split) = lock(&plan).buffer(pts.nseconds(), duration, keyframe) {
             // serialized: the mux sees it right before this buffer
             if let Some(peer) = pad.peer() {
                 let _ = peer.send_event(split_now(split));
@@ -277,7 +291,7 @@ mod tests {
         for i in 0..130u64 {
             let t = i * 100 / 3; // 30 fps
             let key = i % 60 == 0;
-            if let Some(s) = p.buffer(t * MS, key) {
+            if let Some(s) = p.buffer(t * MS, Some(33 * MS), key) {
                 out.push((t, s));
             }
         }
@@ -297,35 +311,67 @@ mod tests {
     }
 
     #[test]
+    fn low_frame_rates_keep_parts_within_part_target() {
+        // 5 fps: 200 ms frames; the frame at 200 ms ends at 400 ms, past PART-TARGET (334 ms),
+        // so the chunk ends before it: 200 ms parts, not 400 ms
+        let chunks = |duration: Option<u64>| {
+            let mut p = SplitPlan::new(ms(2000), Some(ms(250)));
+            (0..10u64)
+                .filter_map(|i| {
+                    let t = i * 200;
+                    p.buffer(t * MS, duration, i == 0).map(|_| t)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            chunks(Some(200 * MS)),
+            [200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800]
+        );
+        // frames of unknown length: the first frame at or after the part's end
+        assert_eq!(chunks(None), [400, 800, 1200, 1600]);
+        // 2 fps: a frame longer than a part is a part by itself
+        let mut p = SplitPlan::new(ms(2000), Some(ms(250)));
+        assert_eq!(p.buffer(0, Some(500 * MS), true), None);
+        assert_eq!(
+            p.buffer(500 * MS, Some(500 * MS), false),
+            Some(Split::Chunk)
+        );
+        assert_eq!(
+            p.buffer(1000 * MS, Some(500 * MS), false),
+            Some(Split::Chunk)
+        );
+    }
+
+    #[test]
     fn a_gap_does_not_stop_the_fragments() {
         // the case that froze cmafmux's own planning: frames up to 20.309 s, a gap, and the
         // keyframe at 20.714 s after a fragment that started at 18.624 s
         let mut p = SplitPlan::new(ms(2000), Some(ms(250)));
-        assert_eq!(p.buffer(18_624 * MS, true), None);
-        assert_eq!(p.buffer(20_309 * MS, false), Some(Split::Chunk));
-        assert_eq!(p.buffer(20_714 * MS, true), Some(Split::Fragment));
-        assert_eq!(p.buffer(20_747 * MS, false), None);
-        assert_eq!(p.buffer(20_964 * MS, false), Some(Split::Chunk));
+        assert_eq!(p.buffer(18_624 * MS, None, true), None);
+        assert_eq!(p.buffer(20_309 * MS, None, false), Some(Split::Chunk));
+        assert_eq!(p.buffer(20_714 * MS, None, true), Some(Split::Fragment));
+        assert_eq!(p.buffer(20_747 * MS, None, false), None);
+        assert_eq!(p.buffer(20_964 * MS, None, false), Some(Split::Chunk));
     }
 
     #[test]
     fn short_and_long_source_gops() {
         let mut p = SplitPlan::new(ms(2000), None);
-        assert_eq!(p.buffer(0, true), None);
+        assert_eq!(p.buffer(0, None, true), None);
         // 1 s GOPs: every second keyframe starts a fragment
-        assert_eq!(p.buffer(1000 * MS, true), None);
-        assert_eq!(p.buffer(1999 * MS, true), Some(Split::Fragment));
+        assert_eq!(p.buffer(1000 * MS, None, true), None);
+        assert_eq!(p.buffer(1999 * MS, None, true), Some(Split::Fragment));
         // a 3 s GOP: one 3 s fragment
-        assert_eq!(p.buffer(3500 * MS, false), None);
-        assert_eq!(p.buffer(4999 * MS, true), Some(Split::Fragment));
+        assert_eq!(p.buffer(3500 * MS, None, false), None);
+        assert_eq!(p.buffer(4999 * MS, None, true), Some(Split::Fragment));
     }
 
     #[test]
     fn nothing_before_the_first_keyframe() {
         let mut p = SplitPlan::new(ms(2000), Some(ms(250)));
-        assert_eq!(p.buffer(0, false), None);
-        assert_eq!(p.buffer(500 * MS, false), None);
-        assert_eq!(p.buffer(600 * MS, true), None);
-        assert_eq!(p.buffer(900 * MS, false), Some(Split::Chunk));
+        assert_eq!(p.buffer(0, None, false), None);
+        assert_eq!(p.buffer(500 * MS, None, false), None);
+        assert_eq!(p.buffer(600 * MS, None, true), None);
+        assert_eq!(p.buffer(900 * MS, None, false), Some(Split::Chunk));
     }
 }

@@ -111,7 +111,10 @@ impl Origin {
         let settings = WindowSettings {
             window: config.origin.window_segments.max(3),
             dvr: Duration::from_secs(config.origin.dvr_window_secs),
-            part_target: config.ladder.part().map(crate::window::part_target),
+            part_target: config
+                .ladder
+                .part()
+                .map(tidecast_common::config::part_target),
             grace: config.origin.grace_segments,
             target: Duration::from_millis(config.ladder.segment_ms.max(100)),
             ended_ttl: Duration::from_secs(config.origin.ended_stream_ttl_secs),

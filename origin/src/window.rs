@@ -280,27 +280,10 @@ fn snap_frame_rate(measured: f64) -> f64 {
         .unwrap_or((measured * 1000.0).round() / 1000.0)
 }
 
-/// `PART-TARGET` for parts of `part_ms`: it must bound every part and never change. A part
-/// ends at the first frame at or after its nominal end, and the first part of a segment runs one
-/// frame longer when the forced keyframe lands a frame late: two frames over at most. Frame
-/// rates down to 24 fps are covered (2 × 41.7 ms); +10 % when that is more.
-pub fn part_target(part: Duration) -> Duration {
-    part + (part / 10).max(Duration::from_millis(84))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn part_target_bounds_two_frames_over() {
-        let ms = Duration::from_millis;
-        // 400 ms at 30 fps: 12 frames, 13 with a late keyframe (0.433 s)
-        assert_eq!(part_target(ms(400)), ms(484));
-        // 24 fps: 10 frames = 0.4167 s, up to 11 (0.4583 s)
-        assert!(part_target(ms(400)) >= Duration::from_micros(458_334));
-        assert_eq!(part_target(ms(1000)), ms(1100));
-    }
     use tidecast_common::TrackKind;
 
     fn track() -> RenditionTrack {

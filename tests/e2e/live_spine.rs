@@ -440,7 +440,8 @@ fn passthrough_follows_source_keyframes_and_long_gops_are_transcoded() {
 /// A 5 fps publisher (slides, a screen, a camera at a low rate) gets 2 s segments in every video
 /// rendition. With `cmafmux` planning the fragments itself, its chunk grid (two 200 ms frames per
 /// 250 ms part) ended a chunk exactly on the fragment's end, and from then on it never closed the
-/// fragment: one endless segment 0, the HLS playlists stuck (see `ingest::segmenting`).
+/// fragment: one endless segment 0, the HLS playlists stuck (see `ingest::segmenting`). Its LL-HLS
+/// parts are one frame (200 ms): two frames made 400 ms parts, past the 334 ms PART-TARGET.
 #[test]
 fn a_5_fps_publisher_gets_segments_in_every_rendition() {
     let _guard = heavy();
@@ -469,6 +470,21 @@ fn a_5_fps_publisher_gets_segments_in_every_rendition() {
             "{rendition} ends at segment {}, audio at {}\n{text}",
             last_msn(&p),
             last_msn(&audio)
+        );
+        // LL-HLS parts of 200 ms (one 5 fps frame), not 400 ms: within PART-TARGET
+        let target: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("#EXT-X-PART-INF:PART-TARGET="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{rendition}: no PART-TARGET\n{text}"));
+        let parts: Vec<f64> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("#EXT-X-PART:DURATION="))
+            .filter_map(|l| l.split(',').next()?.parse().ok())
+            .collect();
+        assert!(
+            parts.len() >= 10 && parts.iter().all(|d| *d <= target),
+            "{rendition}: parts {parts:?} against PART-TARGET {target}\n{text}"
         );
     }
 }

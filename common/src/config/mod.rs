@@ -336,6 +336,15 @@ impl Default for LadderConfig {
 /// cut a 4 s segment in the source rendition only (e2e `passthrough_…`); 400 ms and up do not.
 pub const MIN_PASSTHROUGH_PART_MS: u64 = 400;
 
+/// LL-HLS `PART-TARGET` for parts of `part`: it must bound every part and never change. The
+/// ladder ends a part at the first frame at or after its nominal end, or before a frame that would
+/// take it past this target (see `ingest::segmenting::SplitPlan`); the first part of a segment
+/// can run a frame longer when the forced keyframe lands a frame late: two frames over at most at
+/// 24 fps and up (2 × 41.7 ms), one frame of up to the target below that; +10 % when more.
+pub fn part_target(part: std::time::Duration) -> std::time::Duration {
+    part + (part / 10).max(std::time::Duration::from_millis(84))
+}
+
 impl LadderConfig {
     /// The part (CMAF chunk) duration the ladder really uses: `part_ms` moved to the nearest
     /// duration that divides `segment_ms` (the larger one on a tie), at least 50 ms; `None` when
@@ -690,6 +699,17 @@ fn apply_env_override(root: &mut toml::Value, path: &str, raw: &str) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn part_target_bounds_two_frames_over() {
+        let ms = std::time::Duration::from_millis;
+        // 400 ms at 30 fps: 12 frames, 13 with a late keyframe (0.433 s)
+        assert_eq!(part_target(ms(400)), ms(484));
+        // 24 fps: 10 frames = 0.4167 s, up to 11 (0.4583 s)
+        assert!(part_target(ms(400)) >= std::time::Duration::from_micros(458_334));
+        assert_eq!(part_target(ms(1000)), ms(1100));
+        assert_eq!(part_target(ms(250)), ms(334));
+    }
 
     #[test]
     fn defaults_without_file() {
