@@ -128,7 +128,7 @@ pub async fn package(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let events = tidecast_ingest::ladder::sample_events(
+                    let events = tidecast_ingest::ladder_output::sample_events(
                         &sample, &stream, session, &rendition, started_at,
                     );
                     for event in events {

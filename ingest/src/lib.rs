@@ -6,12 +6,14 @@
 //! [`flv`] (FLV tags, AVC decoder configuration and SPS parsing), [`ladder_plan`] (which rungs
 //! a source gets), [`segmenting`] (where keyframes, segments and parts are cut), [`publishers`]
 //! (who owns a stream name). Shells: [`server`] (sockets, one task per connection) and
-//! [`ladder`] (the GStreamer pipeline per session).
+//! [`ladder`] (the GStreamer pipeline per session) and [`ladder_output`] (its muxers and appsinks:
+//! samples → the origin's events).
 
 pub mod chunk_guard;
 pub mod error;
 pub mod flv;
 pub mod ladder;
+pub mod ladder_output;
 pub mod ladder_plan;
 pub mod media_gate;
 pub mod publishers;

@@ -211,7 +211,7 @@ impl IngestServer {
             if self.lock_publishers().release(&stream, conn) {
                 self.metrics.publishers.dec();
                 self.metrics.registry.remove_labelled_in(
-                    crate::ladder::OUTPUT_MS,
+                    crate::ladder_output::OUTPUT_MS,
                     "stream",
                     &stream,
                 );
