@@ -9,8 +9,9 @@
 //! `UDP_SEGMENT`): the kernel walks its IP stack, netfilter and the route once for the run and
 //! cuts it into the same datagrams on the wire. On loopback a datagram costs ~10.5 µs of kernel
 //! time alone, ~3.4 µs each in a run of two, ~1.4 µs in a run of seven (this machine, sender
-//! thread's system time). Where GSO is refused (`EIO`/`EINVAL`: a device or kernel without it),
-//! the batch says so once and sends plain datagrams from then on.
+//! thread's system time). Where GSO is refused (`EIO`/`EINVAL`) the run is sent again as plain
+//! datagrams; if those go, the device or kernel lacks GSO and the batch sends plain datagrams
+//! from then on; if they are refused too, the destination was at fault and GSO stays on.
 //!
 //! A full socket buffer drops the rest of the batch, as a full buffer drops a single datagram;
 //! a datagram the kernel refuses (no route, say) is dropped alone and the others still go.
@@ -116,7 +117,6 @@ impl SendBatch {
                 done.dropped += total - at;
                 return self.cleared(done);
             }
-            plain_from = at;
             match send_gso(socket, &self.bytes, &self.queued[at..at + run]) {
                 Ok(()) => {
                     done.sent += run;
@@ -133,9 +133,19 @@ impl SendBatch {
                     return self.cleared(done);
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(EIO | EINVAL)) => {
-                    // this run and all that follows go plain
-                    tracing::info!("UDP GSO refused ({e}): sending plain datagrams");
-                    self.no_gso = true;
+                    // GSO unsupported, or this destination refused (port 0 is EINVAL too):
+                    // the run goes plain, and only if plain datagrams go is GSO to blame
+                    let sent_before = done.sent;
+                    if self.send_plain(socket, at..at + run, &mut done) {
+                        done.dropped += total - (at + run);
+                        return self.cleared(done);
+                    }
+                    if done.sent - sent_before == run {
+                        tracing::info!("UDP GSO refused ({e}): sending plain datagrams");
+                        self.no_gso = true;
+                    }
+                    at += run;
+                    plain_from = at;
                 }
                 // the destination was refused: the run is dropped, the rest still go
                 Err(_) => {
@@ -348,6 +358,33 @@ mod tests {
         // the kernel's limits: 64 segments, 65,000 bytes
         assert_eq!(gso_run(&queue(&[(1, 100); 100])), GSO_SEGMENTS);
         assert_eq!(gso_run(&queue(&[(1, 1400); 60])), 46);
+    }
+
+    #[tokio::test]
+    async fn a_refused_destination_does_not_turn_gso_off() {
+        let out = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to_a = a.local_addr().unwrap();
+        let mut batch = SendBatch::default();
+        // port 0: the kernel answers EINVAL, as it does for a GSO send it cannot do
+        for _ in 0..3 {
+            batch.push("127.0.0.1:0".parse().unwrap(), &[1; 1000]);
+        }
+        for k in 0..3u8 {
+            batch.push(to_a, &[k; 1000]);
+        }
+        let flushed = batch.flush(&out);
+        assert_eq!((flushed.sent, flushed.dropped), (3, 3));
+        assert_eq!(
+            flushed.segmented, 3,
+            "the good run still went as one GSO send"
+        );
+        assert!(!batch.no_gso);
+        let mut buf = [0u8; 2048];
+        for k in 0..3u8 {
+            let n = a.recv(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], &[k; 1000][..]);
+        }
     }
 
     #[tokio::test]
