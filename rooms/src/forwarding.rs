@@ -326,7 +326,8 @@ struct Entry {
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct ForwardingTable {
-    entries: BTreeMap<(String, TrackKey), Entry>,
+    /// track → subscriber → entry: a packet's receivers are one lookup, not a scan of the room
+    entries: BTreeMap<TrackKey, BTreeMap<String, Entry>>,
     switches: u64,
 }
 
@@ -340,10 +341,14 @@ impl ForwardingTable {
     ) -> Vec<Action> {
         let mut actions = Vec::new();
         for (track, layer) in chosen {
-            let e = self
-                .entries
-                .entry((subscriber.to_string(), track.clone()))
-                .or_default();
+            let subs = match self.entries.get_mut(track) {
+                Some(subs) => subs,
+                None => self.entries.entry(track.clone()).or_default(),
+            };
+            let e = match subs.get_mut(subscriber) {
+                Some(e) => e,
+                None => subs.entry(subscriber.to_string()).or_default(),
+            };
             if e.target == *layer && (e.current == *layer || layer.is_some()) {
                 continue;
             }
@@ -375,13 +380,16 @@ impl ForwardingTable {
     /// now (before this packet is forwarded).
     pub fn keyframe(&mut self, track: &TrackKey, layer: usize) -> Vec<Action> {
         let mut actions = Vec::new();
-        for ((sub, t), e) in self.entries.iter_mut() {
-            if t == track && e.target == Some(layer) && e.current != Some(layer) {
+        let Some(subs) = self.entries.get_mut(track) else {
+            return actions;
+        };
+        for (sub, e) in subs.iter_mut() {
+            if e.target == Some(layer) && e.current != Some(layer) {
                 e.current = Some(layer);
                 self.switches += 1;
                 actions.push(Action::Switched {
                     subscriber: sub.clone(),
-                    track: t.clone(),
+                    track: track.clone(),
                     layer: Some(layer),
                 });
             }
@@ -391,9 +399,7 @@ impl ForwardingTable {
 
     /// The layer of `track` forwarded to `subscriber` now.
     pub fn current(&self, subscriber: &str, track: &TrackKey) -> Option<usize> {
-        self.entries
-            .get(&(subscriber.to_string(), track.clone()))
-            .and_then(|e| e.current)
+        self.entries.get(track)?.get(subscriber)?.current
     }
 
     /// Subscribers that get `track`'s `layer` now (who a packet of it goes to).
@@ -403,9 +409,11 @@ impl ForwardingTable {
         layer: usize,
     ) -> impl Iterator<Item = &'a str> {
         self.entries
-            .iter()
-            .filter(move |((_, t), e)| t == track && e.current == Some(layer))
-            .map(|((s, _), _)| s.as_str())
+            .get(track)
+            .into_iter()
+            .flatten()
+            .filter(move |(_, e)| e.current == Some(layer))
+            .map(|(s, _)| s.as_str())
     }
 
     /// Switches still waiting for a keyframe: (track, layer), each once. The shell asks again
@@ -413,9 +421,11 @@ impl ForwardingTable {
     pub fn waiting(&self) -> BTreeSet<(TrackKey, usize)> {
         self.entries
             .iter()
-            .filter_map(|((_, t), e)| match e.target {
-                Some(l) if e.current != Some(l) => Some((t.clone(), l)),
-                _ => None,
+            .flat_map(|(t, subs)| {
+                subs.values().filter_map(move |e| match e.target {
+                    Some(l) if e.current != Some(l) => Some((t.clone(), l)),
+                    _ => None,
+                })
             })
             .collect()
     }
@@ -424,21 +434,24 @@ impl ForwardingTable {
     /// publisher).
     pub fn layers_in_use(&self, track: &TrackKey) -> BTreeSet<usize> {
         self.entries
-            .iter()
-            .filter(|((_, t), _)| t == track)
-            .flat_map(|(_, e)| e.current.into_iter().chain(e.target))
+            .get(track)
+            .into_iter()
+            .flat_map(|subs| subs.values())
+            .flat_map(|e| e.current.into_iter().chain(e.target))
             .collect()
     }
 
     /// A participant left: its subscriptions and the entries of its tracks go.
     pub fn remove_participant(&mut self, id: &str) {
-        self.entries
-            .retain(|(sub, track), _| sub != id && track.publisher != id);
+        self.entries.retain(|track, subs| {
+            subs.remove(id);
+            track.publisher != id && !subs.is_empty()
+        });
     }
 
     /// Entries held (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.values().map(BTreeMap::len).sum()
     }
 
     /// No entries.
@@ -677,6 +690,41 @@ mod tests {
         assert_eq!(t.switches(), 3);
         t.remove_participant("a");
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn receivers_are_the_tracks_subscribers_on_that_layer_and_a_leaver_goes_everywhere() {
+        let mut t = ForwardingTable::default();
+        let (a, b) = (key("a"), key("b"));
+        for (sub, la, lb) in [
+            ("b", Some(0), None),
+            ("c", Some(2), Some(0)),
+            ("d", Some(0), Some(0)),
+        ] {
+            let chosen: BTreeMap<_, _> = [(a.clone(), la), (b.clone(), lb)].into();
+            t.set(sub, &chosen);
+        }
+        t.keyframe(&a, 0);
+        t.keyframe(&a, 2);
+        t.keyframe(&b, 0);
+        assert_eq!(t.receivers(&a, 0).collect::<Vec<_>>(), vec!["b", "d"]);
+        assert_eq!(t.receivers(&a, 2).collect::<Vec<_>>(), vec!["c"]);
+        assert_eq!(t.receivers(&b, 0).collect::<Vec<_>>(), vec!["c", "d"]);
+        assert_eq!(
+            t.receivers(&key("x"), 0).count(),
+            0,
+            "a track nobody asked for"
+        );
+        assert_eq!(t.len(), 6);
+        // d leaves: its subscriptions go; b leaves: its track and its subscriptions go
+        t.remove_participant("d");
+        assert_eq!(t.receivers(&a, 0).collect::<Vec<_>>(), vec!["b"]);
+        assert_eq!(t.len(), 4);
+        t.remove_participant("b");
+        assert_eq!(t.receivers(&b, 0).count(), 0);
+        assert_eq!(t.receivers(&a, 0).count(), 0);
+        assert_eq!(t.current("c", &a), Some(2));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

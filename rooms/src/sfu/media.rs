@@ -120,6 +120,64 @@ pub struct Counts {
     pub received_packets: u64,
 }
 
+/// One received packet on its way out: what each subscriber's copy is made from.
+struct Forwarded<'a> {
+    key: &'a TrackKey,
+    layer: usize,
+    packet: &'a RtpPacket,
+    params: &'a PayloadParams,
+    ext: ExtensionValues,
+    nackable: bool,
+    now: Instant,
+}
+
+impl Forwarded<'_> {
+    /// Write the packet into `peer`'s outgoing stream of the track, rewritten to continue it;
+    /// false when the peer has no open stream for it (or no matching codec).
+    fn write_to(&self, peer: &mut Peer) -> bool {
+        let Some(out_pt) = peer
+            .rtc
+            .codec_config()
+            .match_params(*self.params)
+            .map(|p| p.pt())
+        else {
+            return false;
+        };
+        let Some(out) = peer.outputs.get_mut(self.key) else {
+            return false;
+        };
+        let OutState::Open(out_mid) = out.state else {
+            return false;
+        };
+        let header = &self.packet.header;
+        let (seq, ts) = out.rewriter.rewrite(
+            self.layer,
+            header.sequence_number,
+            header.timestamp,
+            self.now,
+        );
+        let seq = out.seq.extend(seq);
+        let mut api = peer.rtc.direct_api();
+        let Some(stream) = api.stream_tx_by_mid(out_mid, None) else {
+            return false;
+        };
+        stream.write_rtp(
+            RtpWrite::new(
+                out_pt,
+                seq.into(),
+                ts,
+                self.packet.timestamp,
+                self.packet.payload.clone(),
+            )
+            .marker(header.marker)
+            .ext_vals(self.ext.clone())
+            .nackable(self.nackable),
+        );
+        peer.dirty = true;
+        true
+    }
+}
+
 /// See the module docs.
 #[derive(Default)]
 pub struct RoomMedia {
@@ -133,7 +191,6 @@ pub struct RoomMedia {
     pub table: ForwardingTable,
     /// Since the last report.
     pub counts: Counts,
-    receivers: Vec<String>,
     /// Who speaks.
     pub speakers: SpeakerDetector,
     /// The forwarding table changed: layers to pause or resume may have changed.
@@ -600,70 +657,47 @@ impl RoomMedia {
                 }
             }
         }
-        // who gets it
-        self.receivers.clear();
-        match kind {
-            MediaKind::Video => self
-                .receivers
-                .extend(self.table.receivers(&key, layer).map(str::to_string)),
-            _ => self.receivers.extend(
-                self.peers
-                    .keys()
-                    .filter(|k| k.as_str() != publisher)
-                    .cloned(),
-            ),
-        }
         if !self.taps.is_empty()
-            && (kind != MediaKind::Video || self.receivers.iter().any(|r| r == RECORDER))
+            && (kind != MediaKind::Video || self.table.current(RECORDER, &key) == Some(layer))
         {
             self.record(&key, layer, packet, &params, now);
         }
-        let ext = ExtensionValues {
-            audio_level: packet.header.ext_vals.audio_level,
-            voice_activity: packet.header.ext_vals.voice_activity,
-            video_orientation: packet.header.ext_vals.video_orientation,
-            ..Default::default()
+        let out = Forwarded {
+            key: &key,
+            layer,
+            packet,
+            params: &params,
+            ext: ExtensionValues {
+                audio_level: packet.header.ext_vals.audio_level,
+                voice_activity: packet.header.ext_vals.voice_activity,
+                video_orientation: packet.header.ext_vals.video_orientation,
+                ..Default::default()
+            },
+            nackable: kind == MediaKind::Video,
+            now,
         };
-        for sub in &self.receivers {
-            let Some(peer) = self.peers.get_mut(sub) else {
-                continue;
-            };
-            let Some(out_pt) = peer.rtc.codec_config().match_params(params).map(|p| p.pt()) else {
-                continue;
-            };
-            let Some(out) = peer.outputs.get_mut(&key) else {
-                continue;
-            };
-            let OutState::Open(out_mid) = out.state else {
-                continue;
-            };
-            let (seq, ts) = out.rewriter.rewrite(
-                layer,
-                packet.header.sequence_number,
-                packet.header.timestamp,
-                now,
-            );
-            let seq = out.seq.extend(seq);
-            let mut api = peer.rtc.direct_api();
-            let Some(stream) = api.stream_tx_by_mid(out_mid, None) else {
-                continue;
-            };
-            stream.write_rtp(
-                RtpWrite::new(
-                    out_pt,
-                    seq.into(),
-                    ts,
-                    packet.timestamp,
-                    packet.payload.clone(),
-                )
-                .marker(packet.header.marker)
-                .ext_vals(ext.clone())
-                .nackable(kind == MediaKind::Video),
-            );
-            peer.dirty = true;
-            self.counts.forwarded_packets += 1;
-            self.counts.forwarded_bytes += packet.payload.len() as u64;
-        }
+        // who gets it: video by the forwarding table, audio everyone else (no list is built:
+        // this runs for every packet)
+        let Self {
+            peers,
+            table,
+            counts,
+            ..
+        } = self;
+        let sent = match kind {
+            MediaKind::Video => table
+                .receivers(&key, layer)
+                .filter(|sub| peers.get_mut(*sub).is_some_and(|peer| out.write_to(peer)))
+                .count(),
+            _ => peers
+                .iter_mut()
+                .filter(|(id, _)| id.as_str() != publisher)
+                .map(|(_, peer)| out.write_to(peer))
+                .filter(|&written| written)
+                .count(),
+        };
+        counts.forwarded_packets += sent as u64;
+        counts.forwarded_bytes += (sent * packet.payload.len()) as u64;
     }
 
     /// Once a second: layer bitrates from the bytes counted.
