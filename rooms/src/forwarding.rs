@@ -341,14 +341,12 @@ impl ForwardingTable {
     ) -> Vec<Action> {
         let mut actions = Vec::new();
         for (track, layer) in chosen {
-            let subs = match self.entries.get_mut(track) {
-                Some(subs) => subs,
-                None => self.entries.entry(track.clone()).or_default(),
-            };
-            let e = match subs.get_mut(subscriber) {
-                Some(e) => e,
-                None => subs.entry(subscriber.to_string()).or_default(),
-            };
+            let e = self
+                .entries
+                .entry(track.clone())
+                .or_default()
+                .entry(subscriber.to_string())
+                .or_default();
             if e.target == *layer && (e.current == *layer || layer.is_some()) {
                 continue;
             }
