@@ -212,6 +212,19 @@ impl Budget {
     }
 }
 
+/// How the shell asks the estimator to probe (see [`ProbePacer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Dip the desired bitrate for [`ProbePacer::DIP`], then restore it: str0m, like
+    /// libwebrtc, probes on the rise (an allocation probe) — when its estimator lets it.
+    Raise,
+    /// Start the estimator afresh from the estimate now: its initial probes (3x and 6x)
+    /// run whatever state the old one was in. GCC does not probe while its loss-based
+    /// estimator holds a rate after losses — on a capped link that is most of the time, and
+    /// the hold outlasts the cap by seconds (7-12 s to find a lifted 400 kbit/s cap).
+    Restart,
+}
+
 /// When to probe the bandwidth for a layer held back by it: every second while probes pay off
 /// (the estimate rose since the last), backing off to every [`ProbePacer::MAX`] while they do
 /// not (a capped link: each probe only fills its queue).
@@ -219,11 +232,18 @@ impl Budget {
 /// A probe is asked for by raising the desired bitrate (str0m, like libwebrtc, probes on an
 /// allocation increase). str0m reads the desired bitrate on its own BWE timer, so the rise must
 /// be seen there: a probe first dips the desired bitrate for [`ProbePacer::DIP`] (the shell
-/// sets half while [`ProbePacer::dipping`]), then restores it.
+/// sets half while [`ProbePacer::dipping`]), then restores it. After two probes that found
+/// nothing, every other one is a [`Probe::Restart`] instead, if the estimate has not dropped
+/// for [`ProbePacer::CALM`] (not on a link congested now): a lifted cap is found within about
+/// 2 x [`ProbePacer::MAX`] of the estimate settling.
 #[derive(Debug, Clone, Default)]
 pub struct ProbePacer {
     last: Option<(Instant, u64)>,
     interval_ms: u64,
+    /// probes in a row that found no room
+    misses: u32,
+    /// the last probe was a [`Probe::Restart`]
+    restarted: bool,
     /// the dip of the probe under way ends then
     dip_until: Option<Instant>,
     /// the estimate last seen by [`ProbePacer::pad`], and when it last dropped
@@ -268,31 +288,42 @@ impl ProbePacer {
             self.dropped_at = Some(now);
         }
         self.seen_bps = estimate_bps;
+        self.calm(now)
+    }
+
+    fn calm(&self, now: Instant) -> bool {
         self.dropped_at
             .is_none_or(|t| now.saturating_duration_since(t) >= Self::CALM)
     }
 
-    /// Whether to probe now, given the estimate now; records the probe when it says yes.
-    pub fn due(&mut self, estimate_bps: u64, now: Instant) -> bool {
+    /// Whether to probe now, and how, given the estimate now (and the last seen by
+    /// [`ProbePacer::pad`]); records the probe when it says one.
+    pub fn due(&mut self, estimate_bps: u64, now: Instant) -> Option<Probe> {
         let min = Self::MIN.as_millis() as u64;
         let max = Self::MAX.as_millis() as u64;
         let interval = self.interval_ms.clamp(min, max);
         if let Some((at, before)) = self.last {
             if (now.saturating_duration_since(at).as_millis() as u64) < interval {
-                return false;
+                return None;
             }
             // did the last probe find room?
-            self.interval_ms = if estimate_bps > before + before / 20 {
-                min
+            if estimate_bps > before + before / 20 {
+                self.interval_ms = min;
+                self.misses = 0;
             } else {
-                (interval * 2).min(max)
-            };
+                self.interval_ms = (interval * 2).min(max);
+                self.misses = self.misses.saturating_add(1);
+            }
         } else {
             self.interval_ms = min;
         }
         self.last = Some((now, estimate_bps));
+        self.restarted = self.misses >= 2 && !self.restarted && self.calm(now);
+        if self.restarted {
+            return Some(Probe::Restart);
+        }
         self.dip_until = Some(now + Self::DIP);
-        true
+        Some(Probe::Raise)
     }
 }
 
@@ -796,15 +827,46 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut p = ProbePacer::default();
-        assert!(p.due(300_000, at(0)));
-        assert!(!p.due(300_000, at(500)));
-        assert!(p.due(300_000, at(1000))); // found nothing: next in 2 s, the longest
-        assert!(!p.due(300_000, at(2500)));
-        assert!(p.due(300_000, at(3000)));
-        assert!(!p.due(300_000, at(4500)));
-        assert!(p.due(300_000, at(5000)));
-        assert!(p.due(600_000, at(7000))); // it grew: every second again
-        assert!(p.due(900_000, at(8000)));
+        assert!(p.due(300_000, at(0)).is_some());
+        assert!(p.due(300_000, at(500)).is_none());
+        assert!(p.due(300_000, at(1000)).is_some()); // found nothing: next in 2 s, the longest
+        assert!(p.due(300_000, at(2500)).is_none());
+        assert!(p.due(300_000, at(3000)).is_some());
+        assert!(p.due(300_000, at(4500)).is_none());
+        assert!(p.due(300_000, at(5000)).is_some());
+        assert!(p.due(600_000, at(7000)).is_some()); // it grew: every second again
+        assert!(p.due(900_000, at(8000)).is_some());
+    }
+
+    #[test]
+    fn every_other_probe_after_two_misses_restarts_the_estimator_when_calm() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut p = ProbePacer::default();
+        assert_eq!(p.due(300_000, at(0)), Some(Probe::Raise));
+        assert_eq!(p.due(300_000, at(1000)), Some(Probe::Raise), "one miss");
+        assert_eq!(p.due(300_000, at(3000)), Some(Probe::Restart), "two misses");
+        assert!(!p.dipping(at(3000)), "a restart needs no dip");
+        assert_eq!(p.due(300_000, at(5000)), Some(Probe::Raise));
+        assert_eq!(p.due(300_000, at(7000)), Some(Probe::Restart));
+        // the estimate drops (congestion now): raises only, until it has been calm for 3 s
+        assert!(p.pad(300_000, at(8000)));
+        assert!(!p.pad(200_000, at(8500)));
+        assert_eq!(p.due(200_000, at(9000)), Some(Probe::Raise));
+        assert_eq!(
+            p.due(200_000, at(11000)),
+            Some(Probe::Raise),
+            "not calm yet"
+        );
+        assert_eq!(
+            p.due(200_000, at(13000)),
+            Some(Probe::Restart),
+            "calm again"
+        );
+        // a probe that finds room: raises every second again, restarts after two misses
+        assert_eq!(p.due(800_000, at(15000)), Some(Probe::Raise));
+        assert_eq!(p.due(800_000, at(16000)), Some(Probe::Raise));
+        assert_eq!(p.due(800_000, at(18000)), Some(Probe::Restart));
     }
 
     #[test]
@@ -827,12 +889,12 @@ mod tests {
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut p = ProbePacer::default();
         assert!(!p.dipping(at(0)));
-        assert!(p.due(300_000, at(0)));
+        assert_eq!(p.due(300_000, at(0)), Some(Probe::Raise));
         assert!(p.dipping(at(0)));
         assert!(p.dipping(at(149)));
         assert!(!p.dipping(at(150)), "the rise after the dip is the probe");
         assert!(!p.dipping(at(200)));
-        assert!(!p.due(300_000, at(500)));
+        assert!(p.due(300_000, at(500)).is_none());
         assert!(!p.dipping(at(500)));
     }
 

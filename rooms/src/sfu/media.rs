@@ -15,8 +15,8 @@ use super::codec::{starts_keyframe, vp8_keyframe_size, VideoCodec};
 use super::peer::{OutState, Peer, INITIAL_ESTIMATE_BPS};
 use super::speaker::SpeakerDetector;
 use crate::forwarding::{
-    select_layers, sticky, target_layer, Action, ForwardingTable, LayerInfo, Need, RtpRewriter,
-    TrackKey,
+    select_layers, sticky, target_layer, Action, ForwardingTable, LayerInfo, Need, Probe,
+    RtpRewriter, TrackKey,
 };
 use crate::recording::index::RecordedCodec;
 use crate::signal::Layer;
@@ -118,6 +118,8 @@ pub struct Counts {
     pub forwarded_bytes: u64,
     /// Packets received from publishers.
     pub received_packets: u64,
+    /// Subscribers' bandwidth estimators restarted to probe for a held-back layer.
+    pub estimator_restarts: u64,
 }
 
 /// One received packet on its way out: what each subscriber's copy is made from.
@@ -523,9 +525,22 @@ impl RoomMedia {
             );
             // a held-back layer: ask GCC to probe for it now rather than wait for the estimate
             // to creep — str0m probes when it sees the desired rate rise on its BWE timer, so
-            // dip it for a moment first (and come back here to raise it)
-            let dip = capped && (peer.probe.dipping(now) || peer.probe.due(peer.estimate_bps, now));
-            if dip {
+            // dip it for a moment first (and come back here to raise it); or, when such probes
+            // keep finding nothing, start its estimator afresh (see `Probe::Restart`)
+            let dipping = capped && peer.probe.dipping(now);
+            let probe = if capped && !dipping {
+                peer.probe.due(peer.estimate_bps, now)
+            } else {
+                None
+            };
+            if probe == Some(Probe::Restart) {
+                debug!(subscriber = %id, bps = peer.estimate_bps, "bandwidth estimator restarted to probe");
+                peer.rtc
+                    .bwe()
+                    .reset(str0m::bwe::Bitrate::bps(peer.estimate_bps));
+                self.counts.estimator_restarts += 1;
+            }
+            if dipping || probe == Some(Probe::Raise) {
                 peer.rtc
                     .bwe()
                     .set_bitrate(min, str0m::bwe::Bitrate::bps(desired / 2));

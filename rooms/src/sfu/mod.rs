@@ -41,7 +41,7 @@ use tidecast_common::udp_batch::SendBatch;
 use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, debug_span, info, warn};
 
 use crate::forwarding::Need;
 use crate::signal::ServerMessage;
@@ -661,9 +661,11 @@ impl Router {
         if let Some((room, id)) = self.demux.get(&source) {
             if let Some(peer) = self.rooms.get_mut(room).and_then(|m| m.peers.get_mut(id)) {
                 if peer.rtc.accepts(&input) {
+                    let span = debug_span!("peer", %room, participant = %id).entered();
                     if let Err(e) = peer.rtc.handle_input(input) {
-                        debug!(%room, participant = %id, "input refused: {e}");
+                        debug!("input refused: {e}");
                     }
+                    drop(span);
                     let (room, id) = (room.clone(), id.clone());
                     self.drain_one(&room, &id, now);
                     return;
@@ -675,9 +677,11 @@ impl Router {
                 if peer.rtc.accepts(&input) {
                     self.demux.insert(source, (room.clone(), id.clone()));
                     peer.addrs.push(source);
+                    let span = debug_span!("peer", %room, participant = %id).entered();
                     if let Err(e) = peer.rtc.handle_input(input) {
-                        debug!(%room, participant = %id, "input refused: {e}");
+                        debug!("input refused: {e}");
                     }
+                    drop(span);
                     let (room, id) = (room.clone(), id.clone());
                     self.drain_one(&room, &id, now);
                     return;
@@ -712,8 +716,9 @@ impl Router {
                 .collect();
             for id in &due {
                 if let Some(peer) = media.peers.get_mut(id) {
+                    let _span = debug_span!("peer", room = %name, participant = %id).entered();
                     if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                        debug!(room = %name, participant = %id, "timeout: {e}");
+                        debug!("timeout: {e}");
                     }
                     drain(name, media, id, &self.wire, now, &mut dead);
                 }
@@ -832,6 +837,12 @@ impl Router {
                 &[],
             )
             .add(c.received_packets as i64);
+            r.counter(
+                "tidecast_sfu_estimator_restarts_total",
+                "Subscribers' bandwidth estimators restarted to probe for a layer held back by it.",
+                &[],
+            )
+            .add(c.estimator_restarts as i64);
             let total = media.table.switches();
             let before = self.switches.insert(name.clone(), total).unwrap_or(0);
             r.counter(
@@ -869,6 +880,8 @@ fn drain(
     now: Instant,
     dead: &mut Vec<(String, String)>,
 ) {
+    // str0m's own logs (estimator, pacer, ICE) carry the room and participant
+    let _span = debug_span!("peer", %room, participant = %id).entered();
     // cleared first: an event below may ask for more (a connection up wants an offer)
     if let Some(peer) = media.peers.get_mut(id) {
         peer.dirty = false;
