@@ -601,15 +601,14 @@ fn sfu_serves_a_capped_subscriber_the_low_layer_and_raises_it_when_the_cap_lifts
     };
     let (higher, full) = (after(360), after(720));
     eprintln!("after the cap lifted: 360p+ in {higher:?} ms, 720p in {full:?} ms");
-    // the SFU probes a held-back subscriber at least every 2 s, and GCC climbs from there: a
-    // higher layer within 10 s (1.8-9.8 s over 8 runs). The bots' 720p costs ~2 Mbit/s (the
-    // test picture's noise), so it needs an estimate of ~2.6 Mbit/s, six and a half times the
-    // cap: GCC's ramp took 5.2-15.8 s over the same runs (13.5 s once in CI before the padding
-    // stopped after estimate drops): asserted within 20 s, the subscriber watching for 24 s
+    // the SFU probes a held-back subscriber at least every 2 s, and a probe that finds the cap
+    // gone lifts the estimate from ~0.35 to ~2.5 Mbit/s at once: the high layer (720p, ~2 Mbit/s
+    // for the bots' noisy test picture) in 3.9-5.7 s over 6 runs. While the bots' SDP made
+    // str0m probe on its SSRC 0 fallback (see `trim_sdp_lines`) GCC had to creep up instead:
+    // 6-20 s, and two runs in five failed even the 20 s this asserted then
     assert!(
-        higher.is_some_and(|ms| ms <= 10_000) && full.is_some_and(|ms| ms <= 20_000),
-        "a higher layer within 10 s and 720p within 20 s of lifting the cap: {heights:?} \
-         (lifted at {lifted_ms} ms)\n{}",
+        full.is_some_and(|ms| ms <= 10_000),
+        "the high layer within 10 s of lifting the cap: {heights:?} (lifted at {lifted_ms} ms)\n{}",
         lab.logs()
     );
 }

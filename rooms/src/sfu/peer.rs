@@ -49,6 +49,22 @@ pub struct OutTrack {
     pub seq: SeqExtender,
 }
 
+/// `sdp` with the spaces and tabs at the end of each line removed. webrtc-rs writes a
+/// feedback without a parameter as `a=rtcp-fb:96 transport-cc ` (its format string puts a
+/// space before the empty parameter); str0m reads that value with the space and takes the
+/// codec for one without transport-wide feedback, so it never sent bandwidth probes on that
+/// client's video streams but on its SSRC 0 fallback, which webrtc-rs drops unacknowledged:
+/// each probe counted as loss, and a subscriber's estimate crept up instead of jumping (a lifted
+/// 400 kbit/s cap took 6-20 s to find). Trailing whitespace carries no meaning in SDP.
+pub fn trim_sdp_lines(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.lines() {
+        out.push_str(line.trim_end_matches([' ', '\t', '\r']));
+        out.push_str("\r\n");
+    }
+    out
+}
+
 /// See the module docs.
 pub struct Peer {
     /// Participant identity.
@@ -99,7 +115,8 @@ impl Peer {
         tcp: bool,
         now: Instant,
     ) -> Result<(Peer, String), SfuError> {
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let offer = SdpOffer::from_sdp_string(&trim_sdp_lines(sdp))
+            .map_err(|e| SfuError::Sdp(e.to_string()))?;
         let mut rtc = Rtc::builder()
             .set_rtp_mode(true)
             .clear_codecs()
@@ -157,7 +174,8 @@ impl Peer {
 
     /// A renegotiation offer from the client.
     pub fn accept_offer(&mut self, sdp: &str) -> Result<String, SfuError> {
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let offer = SdpOffer::from_sdp_string(&trim_sdp_lines(sdp))
+            .map_err(|e| SfuError::Sdp(e.to_string()))?;
         let answer = self
             .rtc
             .sdp_api()
@@ -178,7 +196,8 @@ impl Peer {
 
     /// The client's answer to the SFU's offer.
     pub fn accept_answer(&mut self, sdp: &str) -> Result<(), SfuError> {
-        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let answer = SdpAnswer::from_sdp_string(&trim_sdp_lines(sdp))
+            .map_err(|e| SfuError::Sdp(e.to_string()))?;
         let Some(pending) = self.pending.take() else {
             return Err(SfuError::Sdp("an answer without an offer".into()));
         };
@@ -291,5 +310,60 @@ impl Peer {
             .iter()
             .find(|(_, o)| o.state == OutState::Open(mid))
             .map(|(k, _)| k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An offer as webrtc-rs 0.17 writes it (the bots'), trailing spaces included.
+    const WEBRTC_RS_OFFER: &str = "v=0\r\no=- 2470870231819380759 981998972 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+a=fingerprint:sha-256 F6:3D:E0:3C:1D:8B:9D:48:F9:70:E7:7F:E5:42:52:79:52:80:AB:63:99:01:D0:6B:E4:BD:BE:0F:D1:5B:80:59\r\n\
+a=group:BUNDLE 0 1\r\na=extmap-allow-mixed\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=setup:actpass\r\na=mid:0\r\n\
+a=ice-ufrag:edUkHDBRfdYjRNZB\r\na=ice-pwd:jHdSaDrojrIsofkQEyjaWdBfsKodrLxo\r\na=rtcp-mux\r\na=rtcp-rsize\r\n\
+a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\na=rtcp-fb:111 transport-cc \r\n\
+a=extmap:2 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=ssrc:3339555345 cname:pub-1\r\na=msid:pub-1 audio\r\na=sendonly\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=setup:actpass\r\na=mid:1\r\n\
+a=ice-ufrag:edUkHDBRfdYjRNZB\r\na=ice-pwd:jHdSaDrojrIsofkQEyjaWdBfsKodrLxo\r\na=rtcp-mux\r\na=rtcp-rsize\r\n\
+a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 transport-cc \r\na=rtcp-fb:96 goog-remb \r\na=rtcp-fb:96 ccm fir\r\n\
+a=rtcp-fb:96 nack \r\na=rtcp-fb:96 nack pli\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+a=extmap:2 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=ssrc:3434927387 cname:pub-1\r\na=msid:pub-1 video\r\na=sendonly\r\n";
+
+    fn vp8_has_transport_cc(offer: &str) -> bool {
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .build(Instant::now());
+        let offer = SdpOffer::from_sdp_string(offer).expect("offer");
+        rtc.sdp_api().accept_offer(offer).expect("answer");
+        rtc.codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+            .is_some_and(|p| p.fb_transport_cc())
+    }
+
+    #[test]
+    fn transport_wide_feedback_is_read_from_a_webrtc_rs_offer_once_lines_are_trimmed() {
+        assert!(
+            !vp8_has_transport_cc(WEBRTC_RS_OFFER),
+            "str0m reads `transport-cc ` as another feedback (if it learns to trim, drop trim_sdp_lines)"
+        );
+        assert!(vp8_has_transport_cc(&trim_sdp_lines(WEBRTC_RS_OFFER)));
+    }
+
+    #[test]
+    fn trimming_keeps_every_line_and_ends_each_with_crlf() {
+        assert_eq!(
+            trim_sdp_lines("v=0\na=rtcp-fb:96 transport-cc \r\na=x\t\r\n"),
+            "v=0\r\na=rtcp-fb:96 transport-cc\r\na=x\r\n"
+        );
+        assert_eq!(trim_sdp_lines(""), "");
     }
 }
