@@ -5,6 +5,7 @@
 //! [`call_events`] is what goes on the event bus.
 #![deny(missing_docs)]
 
+pub mod bandwidth;
 pub mod call_events;
 pub mod client;
 pub mod cluster;

@@ -14,9 +14,10 @@ use tracing::{debug, info};
 use super::codec::{starts_keyframe, vp8_keyframe_size, VideoCodec};
 use super::peer::{OutState, Peer, INITIAL_ESTIMATE_BPS};
 use super::speaker::SpeakerDetector;
+use crate::bandwidth::Probe;
 use crate::forwarding::{
-    select_layers, sticky, target_layer, Action, ForwardingTable, LayerInfo, Need, Probe,
-    RtpRewriter, TrackKey,
+    select_layers, sticky, target_layer, Action, ForwardingTable, LayerInfo, Need, RtpRewriter,
+    TrackKey,
 };
 use crate::recording::index::RecordedCodec;
 use crate::signal::Layer;

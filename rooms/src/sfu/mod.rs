@@ -661,11 +661,9 @@ impl Router {
         if let Some((room, id)) = self.demux.get(&source) {
             if let Some(peer) = self.rooms.get_mut(room).and_then(|m| m.peers.get_mut(id)) {
                 if peer.rtc.accepts(&input) {
-                    let span = debug_span!("peer", %room, participant = %id).entered();
-                    if let Err(e) = peer.rtc.handle_input(input) {
+                    if let Err(e) = peer_span(room, id).in_scope(|| peer.rtc.handle_input(input)) {
                         debug!("input refused: {e}");
                     }
-                    drop(span);
                     let (room, id) = (room.clone(), id.clone());
                     self.drain_one(&room, &id, now);
                     return;
@@ -677,11 +675,9 @@ impl Router {
                 if peer.rtc.accepts(&input) {
                     self.demux.insert(source, (room.clone(), id.clone()));
                     peer.addrs.push(source);
-                    let span = debug_span!("peer", %room, participant = %id).entered();
-                    if let Err(e) = peer.rtc.handle_input(input) {
+                    if let Err(e) = peer_span(room, id).in_scope(|| peer.rtc.handle_input(input)) {
                         debug!("input refused: {e}");
                     }
-                    drop(span);
                     let (room, id) = (room.clone(), id.clone());
                     self.drain_one(&room, &id, now);
                     return;
@@ -716,8 +712,9 @@ impl Router {
                 .collect();
             for id in &due {
                 if let Some(peer) = media.peers.get_mut(id) {
-                    let _span = debug_span!("peer", room = %name, participant = %id).entered();
-                    if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                    let timeout = Input::Timeout(now);
+                    if let Err(e) = peer_span(name, id).in_scope(|| peer.rtc.handle_input(timeout))
+                    {
                         debug!("timeout: {e}");
                     }
                     drain(name, media, id, &self.wire, now, &mut dead);
@@ -870,6 +867,12 @@ impl Router {
 /// bound: a peer that keeps asking for time now cannot hold the loop).
 const MAX_IMMEDIATE_TIMEOUTS: u32 = 256;
 
+/// The span str0m's own logs (estimator, pacer, ICE) about peer `id` of `room` run in, so they
+/// say whom they are about.
+fn peer_span(room: &str, id: &str) -> tracing::Span {
+    debug_span!("peer", %room, participant = %id)
+}
+
 /// Poll peer `id` of `room` until it returns a timeout in the future: datagrams go out on
 /// `wire`, events are handled, a failed or closed peer is added to `dead`.
 fn drain(
@@ -880,8 +883,7 @@ fn drain(
     now: Instant,
     dead: &mut Vec<(String, String)>,
 ) {
-    // str0m's own logs (estimator, pacer, ICE) carry the room and participant
-    let _span = debug_span!("peer", %room, participant = %id).entered();
+    let _span = peer_span(room, id).entered();
     // cleared first: an event below may ask for more (a connection up wants an offer)
     if let Some(peer) = media.peers.get_mut(id) {
         peer.dirty = false;

@@ -16,7 +16,8 @@ use str0m::{Candidate, Rtc};
 
 use super::codec::SeqExtender;
 use super::SfuError;
-use crate::forwarding::{Budget, ProbePacer, RtpRewriter, TrackKey};
+use crate::bandwidth::{Budget, ProbePacer};
+use crate::forwarding::{RtpRewriter, TrackKey};
 
 /// Starting bandwidth estimate towards a subscriber, before TWCC feedback refines it.
 pub const INITIAL_ESTIMATE_BPS: u64 = 1_500_000;
