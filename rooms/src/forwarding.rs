@@ -379,6 +379,14 @@ impl RtpRewriter {
         }
         (out_seq, out_ts)
     }
+
+    /// Forwarding stopped (the layer was paused for this subscriber): whatever layer comes next
+    /// starts right after the last packet sent, as a switch does. Without this a layer resumed
+    /// after a pause went on from the source's own sequence numbers, and the receiver counted
+    /// every packet it was not sent as lost (and asked for them again).
+    pub fn pause(&mut self) {
+        self.layer = None;
+    }
 }
 
 #[cfg(test)]
@@ -616,6 +624,21 @@ mod tests {
         // a reordered packet of the current layer keeps its relative place
         let late = r.rewrite(2, 65535, 4_000_003_000, at + Duration::from_millis(70));
         assert_eq!(late, out[4]);
+    }
+
+    #[test]
+    fn a_layer_resumed_after_a_pause_goes_on_from_the_last_packet_sent() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut r = RtpRewriter::new(90_000);
+        assert_eq!(r.rewrite(0, 100, 9_000, at(0)), (100, 9_000));
+        assert_eq!(r.rewrite(0, 101, 12_000, at(33)), (101, 12_000));
+        r.pause();
+        // 30 packets (1 s) of layer 0 not forwarded, then the same layer again
+        let (seq, ts) = r.rewrite(0, 132, 102_000, at(1033));
+        assert_eq!(seq, 102, "no gap for packets never meant to be sent");
+        assert_eq!(ts, 12_000 + 90_000, "time still moves on");
+        assert_eq!(r.rewrite(0, 133, 105_000, at(1066)), (103, 105_000));
     }
 
     #[test]

@@ -125,6 +125,55 @@ impl SeqExtender {
     }
 }
 
+/// Packets lost on one incoming stream, from its extended sequence numbers: a packet still
+/// missing once the stream has moved [`LossWindow::SPAN`] packets past it is counted lost, so a
+/// reordered or retransmitted packet that arrives within that span is not.
+#[derive(Debug, Clone, Default)]
+pub struct LossWindow {
+    /// highest sequence number seen
+    highest: Option<u64>,
+    /// bit `i` set: `highest - i` arrived
+    seen: u64,
+}
+
+impl LossWindow {
+    /// How far behind the highest packet a late one still counts as arrived.
+    pub const SPAN: u64 = 64;
+
+    /// A packet with extended sequence number `seq` arrived; returns how many packets became
+    /// lost by it (those that fell out of the window unseen).
+    pub fn arrived(&mut self, seq: u64) -> u64 {
+        let Some(highest) = self.highest else {
+            self.highest = Some(seq);
+            self.seen = u64::MAX; // nothing before the first packet is missing
+            return 0;
+        };
+        if seq <= highest {
+            let behind = highest - seq;
+            if behind < Self::SPAN {
+                self.seen |= 1 << behind;
+            }
+            return 0;
+        }
+        let advance = seq - highest;
+        // the bits pushed out of the window by the advance: unseen ones are lost
+        let lost = if advance >= Self::SPAN {
+            u64::from((!self.seen).count_ones()) + (advance - Self::SPAN)
+        } else {
+            let leaving = self.seen >> (Self::SPAN - advance);
+            let mask = (1u64 << advance) - 1;
+            u64::from((!leaving & mask).count_ones())
+        };
+        self.seen = if advance >= Self::SPAN {
+            1
+        } else {
+            (self.seen << advance) | 1
+        };
+        self.highest = Some(seq);
+        lost
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +255,34 @@ mod tests {
         assert_eq!(x.extend(65_535), 65_535); // late packet
         assert_eq!(x.extend(1), 65_537);
         assert_eq!(x.extend(5), 65_541);
+    }
+
+    #[test]
+    fn a_packet_is_lost_once_the_stream_is_a_window_past_it() {
+        let mut w = LossWindow::default();
+        let mut lost = 0;
+        for seq in (1000..1010).chain(1011..1020) {
+            lost += w.arrived(seq);
+        }
+        assert_eq!(lost, 0, "1010 may still come");
+        // 1010 arrives late (reordered or retransmitted): not lost
+        assert_eq!(w.arrived(1010), 0);
+        for seq in 1020..1200 {
+            if seq != 1100 && seq != 1101 {
+                lost += w.arrived(seq);
+            }
+        }
+        assert_eq!(lost, 2, "1100 and 1101 never came");
+        // a jump past the whole window: what it skipped is lost, the last SPAN - 1 of them once
+        // the stream moves on past them too
+        assert_eq!(
+            w.arrived(1399),
+            200 - LossWindow::SPAN,
+            "1200..1334 of 1200..1398"
+        );
+        assert_eq!(w.arrived(1399 + LossWindow::SPAN), LossWindow::SPAN - 1);
+        // duplicates and very old packets change nothing
+        assert_eq!(w.arrived(1000), 0);
+        assert_eq!(w.arrived(1399 + LossWindow::SPAN), 0);
     }
 }

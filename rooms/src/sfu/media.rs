@@ -11,7 +11,7 @@ use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use tracing::{debug, info};
 
-use super::codec::{starts_keyframe, vp8_keyframe_size, VideoCodec};
+use super::codec::{starts_keyframe, vp8_keyframe_size, LossWindow, VideoCodec};
 use super::peer::{OutState, Peer, INITIAL_ESTIMATE_BPS};
 use super::speaker::SpeakerDetector;
 use crate::bandwidth::Probe;
@@ -63,6 +63,7 @@ struct LayerStat {
     height: Option<u32>,
     last_packet: Option<Instant>,
     last_keyframe_request: Option<Instant>,
+    loss: LossWindow,
 }
 
 /// A track a participant publishes.
@@ -121,6 +122,10 @@ pub struct Counts {
     pub received_packets: u64,
     /// Subscribers' bandwidth estimators restarted to probe for a held-back layer.
     pub estimator_restarts: u64,
+    /// Packets publishers sent that never reached the SFU (gaps in their sequence numbers).
+    pub lost_from_publishers: u64,
+    /// Packets subscribers report lost on the way to them (their RTCP receiver reports).
+    pub lost_to_subscribers: u64,
 }
 
 /// One received packet on its way out: what each subscriber's copy is made from.
@@ -294,8 +299,13 @@ impl RoomMedia {
             self.layers_changed = true;
         }
         for action in actions {
-            if let Action::RequestKeyframe { track, layer } = action {
-                self.request_keyframe(&track, layer, now);
+            match action {
+                Action::RequestKeyframe { track, layer } => {
+                    self.request_keyframe(&track, layer, now)
+                }
+                Action::Switched {
+                    subscriber, track, ..
+                } => self.forwarding_stopped(&subscriber, &track),
             }
         }
     }
@@ -560,9 +570,28 @@ impl RoomMedia {
                     }
                     Action::Switched {
                         subscriber, track, ..
-                    } => debug!(%subscriber, ?track, "forwarding stopped"),
+                    } => {
+                        debug!(%subscriber, ?track, "forwarding stopped");
+                        self.forwarding_stopped(&subscriber, &track);
+                    }
                 }
             }
+        }
+    }
+
+    /// `track` is no longer forwarded to `subscriber`: its outgoing stream resumes, whenever it
+    /// does, right after the last packet it was sent.
+    fn forwarding_stopped(&mut self, subscriber: &str, track: &TrackKey) {
+        let rewriter = if subscriber == RECORDER {
+            self.recorded.get_mut(track)
+        } else {
+            self.peers
+                .get_mut(subscriber)
+                .and_then(|p| p.outputs.get_mut(track))
+                .map(|o| &mut o.rewriter)
+        };
+        if let Some(r) = rewriter {
+            r.pause();
         }
     }
 
@@ -643,6 +672,7 @@ impl RoomMedia {
             stat.bytes += packet.payload.len() as u64 + 12;
             stat.first_in_window.get_or_insert(now);
             stat.last_packet = Some(now);
+            self.counts.lost_from_publishers += stat.loss.arrived(*packet.seq_no);
         }
         if kind == MediaKind::Video {
             let codec = video_codec(params.spec().codec);

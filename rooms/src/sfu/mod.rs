@@ -840,6 +840,20 @@ impl Router {
                 &[],
             )
             .add(c.estimator_restarts as i64);
+            let lost = "RTP packets lost: from_publishers, gaps in what publishers sent the SFU; \
+                        to_subscribers, what subscribers report missing (RTCP receiver reports).";
+            r.counter(
+                "tidecast_sfu_lost_packets_total",
+                lost,
+                &[("direction", "from_publishers")],
+            )
+            .add(c.lost_from_publishers as i64);
+            r.counter(
+                "tidecast_sfu_lost_packets_total",
+                lost,
+                &[("direction", "to_subscribers")],
+            )
+            .add(c.lost_to_subscribers as i64);
             let total = media.table.switches();
             let before = self.switches.insert(name.clone(), total).unwrap_or(0);
             r.counter(
@@ -958,6 +972,15 @@ fn handle_event(
                 if peer.budget.estimate(peer.estimate_bps, now) {
                     peer.reselect = true;
                 }
+            }
+        }
+        Event::MediaEgressStats(stats) => {
+            if let (Some(peer), Some(remote)) = (media.peers.get_mut(id), stats.remote) {
+                let lost = peer.lost_reported(stats.mid, remote.packets_lost);
+                if lost > 0 {
+                    debug!(%room, participant = %id, mid = %stats.mid, lost, "subscriber reports loss");
+                }
+                media.counts.lost_to_subscribers += lost;
             }
         }
         Event::Connected => {

@@ -19,6 +19,9 @@ use super::SfuError;
 use crate::bandwidth::{Budget, ProbePacer};
 use crate::forwarding::{RtpRewriter, TrackKey};
 
+/// How often str0m reports a peer's media statistics (the subscribers' reported losses).
+const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Starting bandwidth estimate towards a subscriber, before TWCC feedback refines it.
 pub const INITIAL_ESTIMATE_BPS: u64 = 1_500_000;
 
@@ -95,6 +98,8 @@ pub struct Peer {
     pub dirty: bool,
     /// When str0m next wants time fed in.
     pub wake: Instant,
+    /// Packets lost on each outgoing stream as the subscriber last reported them (cumulative).
+    pub reported_lost: HashMap<Mid, u64>,
 }
 
 fn ufrag(sdp: &str) -> String {
@@ -125,6 +130,7 @@ impl Peer {
             .enable_vp8(true)
             .enable_h264(true)
             .enable_bwe(Some(Bitrate::bps(INITIAL_ESTIMATE_BPS)))
+            .set_stats_interval(Some(STATS_INTERVAL))
             .build(now);
         for addr in candidates {
             let c = Candidate::host(*addr, "udp").map_err(|e| SfuError::Sdp(e.to_string()))?;
@@ -164,8 +170,16 @@ impl Peer {
             addrs: Vec::new(),
             dirty: true,
             wake: now,
+            reported_lost: HashMap::new(),
         };
         Ok((peer, answer.to_sdp_string()))
+    }
+
+    /// The subscriber's cumulative loss report for the stream `mid`: how many packets it adds
+    /// to the last report.
+    pub fn lost_reported(&mut self, mid: Mid, cumulative: u64) -> u64 {
+        let before = self.reported_lost.insert(mid, cumulative).unwrap_or(0);
+        cumulative.saturating_sub(before)
     }
 
     /// Whether `sdp` comes from the same `RTCPeerConnection` as the first offer.
