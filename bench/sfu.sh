@@ -3,7 +3,8 @@
 #   1. Forwarding cost: N bots (default 6) each publish simulcast VP8 + Opus and subscribe to all
 #      the others (one pinned → 720p, the rest 180p). Over the window 16.5–35 s after the bots
 #      start: RTP packets the bots received per second of the server's own CPU (user + system
-#      of the process, all threads, from /proc, sampled every 0.5 s), and the bots' loss.
+#      of the process, all threads, from /proc, sampled every 0.5 s), and the bots' loss (for
+#      tidecast also what the SFU counted: gaps from the publishers, the subscribers' RTCP reports).
 #      The same load, the same bots, against Janus VideoRoom (Debian's `janus`, its packaged
 #      defaults but for the ports and the plugins/transports not used) — the anchor: ratio.
 #   2. Join time: 10 times, a subscriber joins a room with two publishers; WebSocket open → first
@@ -70,6 +71,22 @@ open(path + ".figure", "w").write(f"{per_cpu}")
 PY
 }
 
+# the SFU's own loss counters (tidecast_sfu_lost_packets_total) as "from_publishers to_subscribers"
+sfu_lost() {
+  curl -s "127.0.0.1:$port/metrics" | awk '/^tidecast_sfu_lost_packets_total/ {
+    if ($1 ~ /from_publishers/) f = $2; else s = $2 } END { print f + 0, s + 0 }'
+}
+
+# tidecast_cost ROUND: one round against tidecast, with what the SFU itself counted lost in it
+tidecast_cost() {
+  local before after
+  before=$(sfu_lost)
+  cost tidecast "$sfu" "$work/cost$1.json" --server "127.0.0.1:$port" --room "cost$1"
+  after=$(sfu_lost)
+  python3 -c 'import sys; b, a = [list(map(int, x.split())) for x in sys.argv[1:3]]
+print(f"    the SFU counted: {a[0] - b[0]} lost from the publishers, {a[1] - b[1]} reported lost by the subscribers (RTCP)")' "$before" "$after"
+}
+
 echo "== forwarding cost: $n participants, each publishing 3 layers + audio and receiving the others"
 if command -v janus >/dev/null; then
   jport=$((port + 1)); jrtp=$((40000 + RANDOM % 20000))
@@ -104,7 +121,7 @@ JCFG
   version=$(dpkg-query -W -f '${Version}' janus 2>/dev/null || echo "?")
   for r in $(seq "$rounds"); do
     [ "$rounds" -gt 1 ] && echo " round $r/$rounds"
-    cost tidecast "$sfu" "$work/cost$r.json" --server "127.0.0.1:$port" --room "cost$r"
+    tidecast_cost "$r"
     cost "Janus $version" "$jpid" "$work/janus$r.json" --janus "127.0.0.1:$jport" --room "cost$r"
   done
   python3 - "$work" "$rounds" <<'PY'
@@ -125,7 +142,7 @@ PY
 else
   echo "  Janus not installed (apt-get install janus, or infra/bootstrap.sh --bench): no anchor ratio"
   for r in $(seq "$rounds"); do
-    cost tidecast "$sfu" "$work/cost$r.json" --server "127.0.0.1:$port" --room "cost$r"
+    tidecast_cost "$r"
   done
 fi
 
