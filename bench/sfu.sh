@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # SFU cost and join time, with `tidecast bot` (webrtc-rs) as the clients, on loopback.
-#   1. Forwarding cost: N bots (default 6) each publish simulcast VP8 + Opus and subscribe to all
-#      the others (one pinned → 720p, the rest 180p). Over the window 16.5–35 s after the bots
-#      start: RTP packets the bots received per second of the server's own CPU (user + system
-#      of the process, all threads, from /proc, sampled every 0.5 s), and the bots' loss (for
-#      tidecast also what the SFU counted: gaps from the publishers, the subscribers' RTCP reports).
-#      The same load, the same bots, against Janus VideoRoom (Debian's `janus`, its packaged
-#      defaults but for the ports and the plugins/transports not used) — the anchor: ratio.
+#   1. Forwarding cost, in two shapes of load:
+#      - meeting: N bots (default 6) each publish simulcast VP8 + Opus and subscribe to all the
+#        others (one pinned → 720p, the rest 180p);
+#      - webinar: P bots publish, S only subscribe (WEBINAR=P+S, default 3+15; LiveKit's
+#        load-test has the same split), everyone pinning the first publisher (720p) with the
+#        others as 180p thumbnails.
+#      Over the window 16.5–35 s after the bots start: RTP packets the bots received per second
+#      of the server's own CPU (user + system of the process, all threads, from /proc, sampled
+#      every 0.5 s), and the bots' loss (for tidecast also what the SFU counted: gaps from the
+#      publishers, the subscribers' RTCP reports). The same load, the same bots, against Janus
+#      VideoRoom (Debian's `janus`, its packaged defaults but for the ports and the
+#      plugins/transports not used) — the anchor: ratio, per shape.
 #   2. Join time: 10 times, a subscriber joins a room with two publishers; WebSocket open → first
 #      remote video frame. Prints p50 and the spread.
 #   3. Glass-to-glass through the SFU in Chromium (bench/g2g_room.mjs): a canvas clock published by
@@ -17,6 +22,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-6}"
+webinar="${WEBINAR:-3+15}"
+wpub="${webinar%+*}" wsub="${webinar#*+}"
 rounds="${RUNS:-3}"
 target="${CARGO_TARGET_DIR:-$HOME/.cache/tidecast/target}"
 bin="${TIDECAST_BIN:-$target/release/tidecast}"
@@ -39,7 +46,7 @@ cost() {
   (while kill -0 "$pid" 2>/dev/null; do
      echo "$(date +%s%3N) $(awk '{ print $14 + $15 }' "/proc/$pid/stat")"; sleep 0.5
    done) >"$out.cpu" & local sampler=$!
-  RUST_LOG=error "$bin" bot "$@" --participants "$n" --duration 40 \
+  RUST_LOG=error "$bin" bot "$@" --duration 40 \
     --schedule 0=high,15=high,35=high --pin --json >"$out" 2>/dev/null || true
   kill "$sampler" 2>/dev/null || true
   python3 - "$label" "$out" "$hz" <<'PY'
@@ -77,17 +84,28 @@ sfu_lost() {
     if ($1 ~ /from_publishers/) f = $2; else s = $2 } END { print f + 0, s + 0 }'
 }
 
-# tidecast_cost ROUND: one round against tidecast, with what the SFU itself counted lost in it
+# shape_args SHAPE: the bots of a load shape
+shape_args() {
+  case $1 in
+    meeting) echo "--participants $n" ;;
+    webinar) echo "--participants $((wpub + wsub)) --publishers $wpub" ;;
+  esac
+}
+
+# tidecast_cost SHAPE ROUND: one round against tidecast, with what the SFU itself counted lost in it
 tidecast_cost() {
   local before after
   before=$(sfu_lost)
-  cost tidecast "$sfu" "$work/cost$1.json" --server "127.0.0.1:$port" --room "cost$1"
+  # shellcheck disable=SC2046
+  cost tidecast "$sfu" "$work/$1-cost$2.json" --server "127.0.0.1:$port" --room "$1-cost$2" \
+    $(shape_args "$1")
   after=$(sfu_lost)
   python3 -c 'import sys; b, a = [list(map(int, x.split())) for x in sys.argv[1:3]]
 print(f"    the SFU counted: {a[0] - b[0]} lost from the publishers, {a[1] - b[1]} reported lost by the subscribers (RTCP)")' "$before" "$after"
 }
 
-echo "== forwarding cost: $n participants, each publishing 3 layers + audio and receiving the others"
+echo "== forwarding cost: meeting, $n participants, each publishing 3 layers + audio and receiving"
+echo "   the others; webinar, $wpub publishers and $wsub subscribers"
 if command -v janus >/dev/null; then
   jport=$((port + 1)); jrtp=$((40000 + RANDOM % 20000))
   mkdir -p "$work/janus"
@@ -120,29 +138,37 @@ JCFG
   for _ in $(seq 50); do curl -s -o /dev/null "127.0.0.1:$jport/janus/info" && break; sleep 0.1; done
   version=$(dpkg-query -W -f '${Version}' janus 2>/dev/null || echo "?")
   for r in $(seq "$rounds"); do
-    [ "$rounds" -gt 1 ] && echo " round $r/$rounds"
-    tidecast_cost "$r"
-    cost "Janus $version" "$jpid" "$work/janus$r.json" --janus "127.0.0.1:$jport" --room "cost$r"
+    for shape in meeting webinar; do
+      [ "$rounds" -gt 1 ] && echo " $shape, round $r/$rounds" || echo " $shape"
+      tidecast_cost "$shape" "$r"
+      # shellcheck disable=SC2046
+      cost "Janus $version" "$jpid" "$work/$shape-janus$r.json" --janus "127.0.0.1:$jport" \
+        --room "$shape-cost$r" $(shape_args "$shape")
+    done
   done
   python3 - "$work" "$rounds" <<'PY'
 import statistics, sys
 work, rounds = sys.argv[1], int(sys.argv[2])
 fig = lambda name: float(open(f"{work}/{name}.json.figure").read())
-t = [fig(f"cost{r}") for r in range(1, rounds + 1)]
-j = [fig(f"janus{r}") for r in range(1, rounds + 1)]
-ratios = [a / b for a, b in zip(t, j)]
-if rounds > 1:
-    print("  ratio per round: " + ", ".join(f"{x:.2f}x" for x in ratios))
-tm, jm = statistics.median(t), statistics.median(j)
-print(f"  => tidecast {tm:,.0f} vs Janus {jm:,.0f} packets per CPU-second"
-      f"{' (medians of %d rounds)' % rounds if rounds > 1 else ''}: {statistics.median(ratios):.2f}x "
-      f"(goals: >= 80,000 and >= 1.5x Janus)")
+for shape in ("meeting", "webinar"):
+    t = [fig(f"{shape}-cost{r}") for r in range(1, rounds + 1)]
+    j = [fig(f"{shape}-janus{r}") for r in range(1, rounds + 1)]
+    ratios = [a / b for a, b in zip(t, j)]
+    if rounds > 1:
+        print(f"  {shape}: ratio per round: " + ", ".join(f"{x:.2f}x" for x in ratios))
+    tm, jm = statistics.median(t), statistics.median(j)
+    print(f"  => {shape}: tidecast {tm:,.0f} vs Janus {jm:,.0f} packets per CPU-second"
+          f"{' (medians of %d rounds)' % rounds if rounds > 1 else ''}: {statistics.median(ratios):.2f}x "
+          f"(goals: >= 80,000 and >= 1.5x Janus)")
 PY
   kill "$jpid" 2>/dev/null || true
 else
   echo "  Janus not installed (apt-get install janus, or infra/bootstrap.sh --bench): no anchor ratio"
   for r in $(seq "$rounds"); do
-    tidecast_cost "$r"
+    for shape in meeting webinar; do
+      echo " $shape, round $r/$rounds"
+      tidecast_cost "$shape" "$r"
+    done
   done
 fi
 

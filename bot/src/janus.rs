@@ -18,7 +18,7 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 
 use crate::participant::{
-    gathered, lock, peer_connection, publish, watch_tracks, Media, ParticipantReport, Stats, Steps,
+    gathered, lock, peer_connection, watch_tracks, Media, ParticipantReport, Stats, Steps,
     TrackNames,
 };
 use crate::{BotError, BotOptions};
@@ -205,7 +205,8 @@ fn sdp_of(e: &Value) -> Result<String, BotError> {
 /// the others by name only). Janus numbers the rids of `a=simulcast` as listed high to low
 /// (Chrome's order); webrtc-rs lists ours low to high, so substream 0 is our 720p layer.
 fn substreams(names: &BTreeMap<String, String>, video: &[String], layer: &str, pin: bool) -> Value {
-    let pinned = video.iter().filter_map(|m| names.get(m)).min();
+    let pinned =
+        crate::participant::first_in_number_order(video.iter().filter_map(|m| names.get(m)));
     let streams: Vec<Value> = video
         .iter()
         .map(|mid| {
@@ -216,10 +217,12 @@ fn substreams(names: &BTreeMap<String, String>, video: &[String], layer: &str, p
     json!({ "request": "configure", "streams": streams })
 }
 
-/// Run participant `identity` against Janus at `opts.janus` until `deadline`.
+/// Run participant `identity` against Janus at `opts.janus` until `deadline`; `publish`: it
+/// also publishes (else it only subscribes).
 pub async fn run(
     opts: Arc<BotOptions>,
     identity: String,
+    publish: bool,
     media: Arc<Media>,
     started: Instant,
     deadline: Instant,
@@ -262,9 +265,9 @@ pub async fn run(
         })
         .await?;
     let mut pcs: Vec<Arc<RTCPeerConnection>> = Vec::new();
-    if opts.publish {
+    if publish {
         let pc = peer_connection(Vec::new()).await?;
-        publish(&pc, &identity, &media).await?;
+        crate::participant::publish(&pc, &identity, &media).await?;
         let offer = pc.create_offer(None).await?;
         let sdp = gathered(&pc, offer).await?;
         session
@@ -281,7 +284,11 @@ pub async fn run(
             .await?;
         pcs.push(pc);
     }
-    let others = opts.participants.saturating_sub(usize::from(opts.publish));
+    // the feeds to wait for: the run's publishers but this one
+    let others = opts
+        .participants
+        .min(opts.publishers)
+        .saturating_sub(usize::from(publish));
     let joined = Instant::now();
     let mut steps = Steps::new(&opts.schedule, started);
     let names: Arc<std::sync::Mutex<BTreeMap<String, String>>> = Arc::default();

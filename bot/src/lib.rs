@@ -63,8 +63,9 @@ pub struct BotOptions {
     pub join_interval: Duration,
     /// `rooms.api_secret` for minting tokens (empty: the development default).
     pub secret: String,
-    /// Publish media (else only subscribe).
-    pub publish: bool,
+    /// How many of the participants publish (the first ones); the rest only subscribe, as the
+    /// viewers of a webinar. `usize::MAX`: all of them.
+    pub publishers: usize,
     /// Subscription layer over time: (offset from start, `high`/`low`/`off`), sorted.
     pub schedule: Vec<(Duration, String)>,
     /// `high` in the schedule is for one participant only (the first of the others by
@@ -159,12 +160,13 @@ pub async fn run(options: BotOptions) -> Result<BotReport, BotError> {
         let deadline = started + options.duration;
         let (o, m) = (options.clone(), media[i % media.len()].clone());
         let identity = format!("{}{}", options.prefix, i + 1);
+        let publish = i < options.publishers;
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(join_at.into()).await;
             let result = if o.janus.is_some() {
-                janus::run(o, identity.clone(), m, started, deadline).await
+                janus::run(o, identity.clone(), publish, m, started, deadline).await
             } else {
-                participant::run(o, identity.clone(), m, started, deadline).await
+                participant::run(o, identity.clone(), publish, m, started, deadline).await
             };
             result.map_err(|e| format!("{identity}: {e}"))
         }));
@@ -238,6 +240,17 @@ pub fn render(report: &BotReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pinned_one_is_the_first_by_number_not_by_text() {
+        let ids: Vec<String> = ["bot-10", "bot-3", "bot-2", "bot-11"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let first = participant::first_in_number_order(ids.iter());
+        assert_eq!(first.map(String::as_str), Some("bot-2"));
+        assert_eq!(participant::first_in_number_order([].iter()), None);
+    }
 
     #[test]
     fn schedules_parse_and_start_at_zero() {

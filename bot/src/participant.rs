@@ -794,10 +794,21 @@ async fn open_signaling(
     }
 }
 
-/// Run participant `identity` until `deadline`.
+/// The first of `identities` as a person counts (`bot-2` before `bot-10`): the one a bot pins.
+/// Publishers are the first participants of a run, so with viewers (`--publishers`) the pinned
+/// one is a publisher, as it is in the Janus mode, which only sees publishers.
+pub(crate) fn first_in_number_order<'a>(
+    identities: impl Iterator<Item = &'a String>,
+) -> Option<&'a String> {
+    identities.min_by_key(|s| (s.len(), *s))
+}
+
+/// Run participant `identity` until `deadline`; `publish`: it also publishes (else it only
+/// subscribes).
 pub async fn run(
     opts: Arc<BotOptions>,
     identity: String,
+    publish: bool,
     media: Arc<Media>,
     started: Instant,
     deadline: Instant,
@@ -833,7 +844,7 @@ pub async fn run(
     let mut steps = Steps::new(&opts.schedule, started);
     // with --pin, `high` is for the first of the others only (a pinned tile), the rest low
     let subscribe_all = |others: &[String], layer: &str| {
-        let pinned = others.iter().min();
+        let pinned = first_in_number_order(others.iter());
         for o in others {
             let layer = if opts.pin && layer == "high" && Some(o) != pinned {
                 "low"
@@ -889,7 +900,7 @@ pub async fn run(
                             .filter_map(|p| p["id"].as_str().map(str::to_string)).collect();
                         subscribe_all(&others, &steps.layer());
                         if m["mode"] == "sfu" && sfu.is_none() {
-                            let (c, sdp) = SfuConnection::open(&identity, &media, stats.clone(), started, opts.publish, ice_servers.clone()).await?;
+                            let (c, sdp) = SfuConnection::open(&identity, &media, stats.clone(), started, publish, ice_servers.clone()).await?;
                             send(json!({ "type": "offer", "to": "sfu", "sdp": sdp }));
                             sfu = Some(c);
                         } else if m["mode"] == "p2p" {
@@ -910,7 +921,7 @@ pub async fn run(
                             let _ = call.pc.close().await;
                         }
                         lock(&stats).clear();
-                        let (c, sdp) = SfuConnection::open(&identity, &media, stats.clone(), started, opts.publish, ice_servers.clone()).await?;
+                        let (c, sdp) = SfuConnection::open(&identity, &media, stats.clone(), started, publish, ice_servers.clone()).await?;
                         send(json!({ "type": "offer", "to": "sfu", "sdp": sdp }));
                         sfu = Some(c);
                         subscribe_all(&others, &steps.layer());

@@ -110,9 +110,13 @@ enum Command {
         /// The rooms node's `rooms.api_secret` (none: its development default mints for anyone).
         #[arg(long, env = "TIDECAST_ROOMS__API_SECRET", default_value = "")]
         secret: String,
-        /// Only subscribe (publish nothing).
-        #[arg(long)]
+        /// Only subscribe (publish nothing): `--publishers 0`.
+        #[arg(long, conflicts_with = "publishers")]
         no_publish: bool,
+        /// How many of the participants publish (the first ones); the others only subscribe, as
+        /// a webinar's viewers. Default: all of them.
+        #[arg(long)]
+        publishers: Option<usize>,
         /// Layer asked of every other participant over time: `SECONDS=high|low|off,…`.
         #[arg(long, default_value = "0=low")]
         schedule: String,
@@ -355,6 +359,7 @@ async fn main() -> Result<()> {
             join_interval,
             secret,
             no_publish,
+            publishers,
             schedule,
             pin,
             janus,
@@ -377,7 +382,11 @@ async fn main() -> Result<()> {
                 duration: std::time::Duration::from_secs_f64(*duration),
                 join_interval: std::time::Duration::from_secs_f64(*join_interval),
                 secret: secret.clone(),
-                publish: !no_publish,
+                publishers: if *no_publish {
+                    0
+                } else {
+                    publishers.unwrap_or(usize::MAX)
+                },
                 schedule: tidecast_bot::parse_schedule(schedule)?,
                 pin: *pin,
                 janus: janus.clone(),
