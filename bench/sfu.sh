@@ -33,7 +33,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 port=$((20000 + RANDOM % 10000))
-TIDECAST_ROOMS__MEDIA_LISTEN=127.0.0.1:0 RUST_LOG=warn "$bin" rooms --rooms-listen "127.0.0.1:$port" \
+# rooms as large as the Janus room the bots create (`publishers: 100`)
+TIDECAST_ROOMS__MAX_PARTICIPANTS=100 TIDECAST_ROOMS__MEDIA_LISTEN=127.0.0.1:0 RUST_LOG=warn "$bin" rooms --rooms-listen "127.0.0.1:$port" \
   --data-dir "$work/data" 2>"$work/sfu.log" & pids+=($!)
 sfu=$!
 for _ in $(seq 50); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
@@ -70,7 +71,9 @@ total = sum(t["packets"] for t in tracks)
 heights = sorted({t["height"] for t in tracks if t["kind"] == "video"})
 pps = packets / ((b - a) / 1000)
 per_cpu = packets / cpu if cpu else float("inf")
-print(f"  {label}: {len(report['participants'])} bots ({len(report['failures'])} failed), "
+# a bot refused or cut off reports errors: the load was not the one asked for
+failed = len(report["failures"]) + sum(1 for p in report["participants"] if p["errors"])
+print(f"  {label}: {len(report['participants']) + len(report['failures'])} bots ({failed} failed), "
       f"video heights {heights}; received {pps:,.0f} packets/s using {cpu / (b - a) * 1e5:.1f} % "
       f"of a core => {per_cpu:,.0f} packets per CPU-second; loss {lost}/{total} "
       f"({100 * lost / max(total, 1):.2f} %)")

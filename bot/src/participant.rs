@@ -243,10 +243,11 @@ pub(crate) fn watch_tracks(
             };
             debug!(%publisher, kind, "track received");
             let key = (publisher.clone(), kind.to_string());
+            let ssrc = track.ssrc();
             let again = lock(&stats)
                 .insert(
                     key.clone(),
-                    TrackStats::new(&publisher, kind, started, Instant::now()),
+                    TrackStats::new(&publisher, kind, ssrc, started, Instant::now()),
                 )
                 .is_some();
             if again {
@@ -256,7 +257,9 @@ pub(crate) fn watch_tracks(
                 let ended = loop {
                     match track.read_rtp().await {
                         Ok((packet, _)) => {
-                            if let Some(s) = lock(&stats).get_mut(&key) {
+                            // a track replaced under the same key (the room moved from
+                            // peer-to-peer to the SFU) no longer counts into it
+                            if let Some(s) = lock(&stats).get_mut(&key).filter(|s| s.is_of(ssrc)) {
                                 s.packet(
                                     packet.header.sequence_number,
                                     packet.header.marker,

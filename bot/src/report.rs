@@ -64,11 +64,19 @@ pub struct TrackStats {
     last_seq: Option<u16>,
     last_frame: Option<Instant>,
     window: (Instant, u64),
+    /// the SSRC of the received track these packets come from
+    ssrc: u32,
 }
 
 impl TrackStats {
-    /// A track of `publisher`, started at `started` (the bot's start).
-    pub fn new(publisher: &str, kind: &str, started: Instant, now: Instant) -> TrackStats {
+    /// A track of `publisher` received with SSRC `ssrc`, started at `started` (the bot's start).
+    pub fn new(
+        publisher: &str,
+        kind: &str,
+        ssrc: u32,
+        started: Instant,
+        now: Instant,
+    ) -> TrackStats {
         TrackStats {
             report: TrackReport {
                 publisher: publisher.to_string(),
@@ -88,10 +96,17 @@ impl TrackStats {
                 rtt_ms: None,
             },
             started,
+            ssrc,
             last_seq: None,
             last_frame: None,
             window: (now, 0),
         }
+    }
+
+    /// These are the stats of the track received with SSRC `ssrc` (not of an earlier one of the
+    /// same publisher and kind: a peer-to-peer call's, still draining as the room moves to the SFU).
+    pub fn is_of(&self, ssrc: u32) -> bool {
+        self.ssrc == ssrc
     }
 
     /// A packet arrived.
@@ -186,7 +201,7 @@ mod tests {
     fn counts_frames_loss_and_continuous_switches() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        let mut s = TrackStats::new("a", "video", t0, t0);
+        let mut s = TrackStats::new("a", "video", 1, t0, t0);
         s.packet(10, true, &key(320, 180), at(100));
         s.packet(11, true, &[0x10, 0x51], at(133));
         s.packet(12, true, &key(1280, 720), at(166)); // switch, continuous
@@ -214,7 +229,7 @@ mod tests {
     #[test]
     fn a_jump_in_sequence_numbers_is_a_discontinuity() {
         let t0 = Instant::now();
-        let mut s = TrackStats::new("a", "video", t0, t0);
+        let mut s = TrackStats::new("a", "video", 1, t0, t0);
         s.packet(100, false, &[0], t0);
         s.packet(30_000, false, &key(640, 360), t0);
         let r = s.report(t0);

@@ -143,19 +143,22 @@ impl Forwarded<'_> {
     /// Write the packet into `peer`'s outgoing stream of the track, rewritten to continue it;
     /// false when the peer has no open stream for it (or no matching codec).
     fn write_to(&self, peer: &mut Peer) -> bool {
-        let Some(out_pt) = peer
-            .rtc
-            .codec_config()
-            .match_params(*self.params)
-            .map(|p| p.pt())
-        else {
-            return false;
-        };
         let Some(out) = peer.outputs.get_mut(self.key) else {
             return false;
         };
         let OutState::Open(out_mid) = out.state else {
             return false;
+        };
+        let in_pt = self.params.pt();
+        let out_pt = match out.pt {
+            Some((from, to)) if from == in_pt => to,
+            _ => {
+                let Some(to) = peer.rtc.codec_config().match_params(*self.params) else {
+                    return false;
+                };
+                out.pt = Some((in_pt, to.pt()));
+                to.pt()
+            }
         };
         let header = &self.packet.header;
         let (seq, ts) = out.rewriter.rewrite(
