@@ -229,8 +229,15 @@ impl Peer {
                 out.state = OutState::Open(m);
             }
         }
-        self.outputs
-            .retain(|_, o| !matches!(o.state, OutState::NegotiatingStop(_)));
+        // stopped streams go, with the loss last reported on them
+        let reported_lost = &mut self.reported_lost;
+        self.outputs.retain(|_, o| match o.state {
+            OutState::NegotiatingStop(mid) => {
+                reported_lost.remove(&mid);
+                false
+            }
+            _ => true,
+        });
         // tracks just opened can be forwarded: choose their layers now, not at the next tick
         self.reselect = true;
         Ok(())
