@@ -17,10 +17,9 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 
-use crate::participant::{
-    gathered, lock, peer_connection, watch_tracks, Media, ParticipantReport, Stats, Steps,
-    TrackNames,
-};
+use crate::participant::{lock, Media, ParticipantReport, Stats};
+use crate::peer::{gathered, peer_connection, watch_tracks, TrackNames};
+use crate::steps::Steps;
 use crate::{BotError, BotOptions};
 
 /// Subscribe with the feeds known by then even if not all the others have published.
@@ -267,7 +266,7 @@ pub async fn run(
     let mut pcs: Vec<Arc<RTCPeerConnection>> = Vec::new();
     if publish {
         let pc = peer_connection(Vec::new()).await?;
-        crate::participant::publish(&pc, &identity, &media).await?;
+        crate::peer::publish(&pc, &identity, &media).await?;
         let offer = pc.create_offer(None).await?;
         let sdp = gathered(&pc, offer).await?;
         session

@@ -8,7 +8,10 @@
 //! switches, sequence continuity, loss, freezes and RTT.
 //!
 //! * [`media`]: the encoded loops (GStreamer, once).
-//! * [`participant`]: one bot — signaling, the peer connection, publishing, receiving.
+//! * [`participant`]: one bot — its signaling session and what it reports.
+//! * `peer`: its webrtc-rs peer connections — publishing, receiving, the SFU and P2P calls.
+//! * `steps`: the subscription schedule and the packets received per step.
+//! * [`janus`]: the same participant against Janus VideoRoom (the bench's anchor).
 //! * [`report`]: what is measured on a received track (a pure core).
 #![deny(missing_docs)]
 
@@ -16,7 +19,9 @@ pub mod http;
 pub mod janus;
 pub mod media;
 pub mod participant;
+mod peer;
 pub mod report;
+mod steps;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
