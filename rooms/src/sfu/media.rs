@@ -11,105 +11,22 @@ use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use tracing::{debug, info};
 
-use super::codec::{starts_keyframe, vp8_keyframe_size, LossWindow, VideoCodec};
+use super::codec::{starts_keyframe, vp8_keyframe_size, VideoCodec};
 use super::peer::{OutState, Peer, INITIAL_ESTIMATE_BPS};
 use super::speaker::SpeakerDetector;
 use crate::bandwidth::Probe;
 use crate::forwarding::{
-    select_layers, sticky, target_layer, Action, ForwardingTable, LayerInfo, Need, RtpRewriter,
-    TrackKey,
+    select_layers, sticky, target_layer, Action, ForwardingTable, Need, RtpRewriter, TrackKey,
 };
-use crate::recording::index::RecordedCodec;
 use crate::signal::Layer;
-use crate::tap::{Tap, TapPurpose, TappedPacket};
+use crate::tap::{Tap, TapPurpose};
 
-/// A layer with no packet for this long is treated as paused by the publisher.
-const LAYER_IDLE: Duration = Duration::from_millis(1500);
+pub use super::published::{order_rids, Published};
+use super::published::{LayerStat, LAYER_IDLE};
+pub use super::tapping::RECORDER;
+
 /// Keyframe requests for one layer are at most this frequent.
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Nominal bitrates and heights of layers not measured yet, low → high (the room client's
-/// simulcast encodings).
-fn nominal(index: usize, count: usize) -> LayerInfo {
-    let from_top = count.saturating_sub(index + 1) as u32;
-    LayerInfo {
-        height: 720 >> from_top.min(4),
-        bitrate_bps: [1_500_000u64, 500_000, 150_000, 100_000][from_top.min(3) as usize],
-    }
-}
-
-/// Order of simulcast RIDs, low → high: `q`/`h`/`f` (LiveKit's and the room client's names),
-/// `l`/`m`/`h`, else the order the offer listed them in.
-pub fn order_rids(rids: &[Rid]) -> Vec<Rid> {
-    let names: Vec<&str> = rids.iter().map(|r| &**r).collect();
-    let scheme: &[&str] = if names.iter().any(|n| *n == "q" || *n == "f") {
-        &["q", "h", "f"]
-    } else {
-        &["l", "m", "h"]
-    };
-    let mut v = rids.to_vec();
-    if names.iter().all(|n| scheme.contains(n)) {
-        v.sort_by_key(|r| scheme.iter().position(|s| *s == &**r));
-    }
-    v
-}
-
-#[derive(Debug, Default, Clone)]
-struct LayerStat {
-    bytes: u64,
-    /// first packet counted in `bytes`
-    first_in_window: Option<Instant>,
-    bitrate_bps: u64,
-    height: Option<u32>,
-    last_packet: Option<Instant>,
-    last_keyframe_request: Option<Instant>,
-    loss: LossWindow,
-}
-
-/// A track a participant publishes.
-#[derive(Debug)]
-pub struct Published {
-    /// Audio or video.
-    pub kind: MediaKind,
-    mid: Mid,
-    /// Simulcast RIDs low → high (empty: one layer).
-    rids: Vec<Rid>,
-    layers: Vec<LayerStat>,
-    /// Layers the SFU asked the publisher to pause (nobody receives them): available on
-    /// request, though no packet comes.
-    paused: Vec<bool>,
-}
-
-impl Published {
-    fn layer_of(&self, rid: Option<Rid>) -> usize {
-        rid.and_then(|r| self.rids.iter().position(|x| *x == r))
-            .unwrap_or(0)
-    }
-
-    fn infos(&self, now: Instant) -> Vec<LayerInfo> {
-        let n = self.layers.len();
-        self.layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let active = self.paused.get(i).copied().unwrap_or(false)
-                    || l.last_packet
-                        .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE);
-                let nominal = nominal(i, n);
-                LayerInfo {
-                    height: l.height.unwrap_or(nominal.height),
-                    bitrate_bps: if !active {
-                        LayerInfo::UNAVAILABLE
-                    } else if l.bitrate_bps > 0 {
-                        l.bitrate_bps
-                    } else {
-                        nominal.bitrate_bps
-                    },
-                }
-            })
-            .collect()
-    }
-}
 
 /// Counters the shell turns into metrics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -209,16 +126,12 @@ pub struct RoomMedia {
     /// subscriber → publisher → what its layout needs
     needs: BTreeMap<String, BTreeMap<String, Need>>,
     /// The room is recorded or restreamed: its packets also go here.
-    taps: BTreeMap<TapPurpose, Tap>,
+    pub(super) taps: BTreeMap<TapPurpose, Tap>,
     /// One continuous stream per tapped track.
-    recorded: BTreeMap<TrackKey, RtpRewriter>,
+    pub(super) recorded: BTreeMap<TrackKey, RtpRewriter>,
     /// Seconds since the recorder last asked for keyframes (one per chunk).
     recording_seconds: u32,
 }
-
-/// The recorder's place in the forwarding table: a subscriber to the best layer of every video
-/// (not a valid identity, so no participant can have it).
-pub const RECORDER: &str = "\u{1}recorder";
 
 fn video_codec(codec: Codec) -> Option<VideoCodec> {
     match codec {
@@ -234,133 +147,6 @@ impl RoomMedia {
         RoomMedia {
             name: name.to_string(),
             ..RoomMedia::default()
-        }
-    }
-
-    /// Where the room's packets go besides its subscribers (the recorder, the restreamer).
-    pub fn set_taps(&mut self, taps: BTreeMap<TapPurpose, Tap>) {
-        let same = taps.len() == self.taps.len()
-            && taps
-                .iter()
-                .all(|(p, t)| self.taps.get(p).is_some_and(|o| o.same(t)));
-        if same {
-            return;
-        }
-        let now = Instant::now();
-        if taps.is_empty() {
-            self.table.remove_participant(RECORDER);
-            self.layers_changed = true;
-            self.recorded.clear();
-        }
-        self.taps = taps;
-        self.select_recorded(now);
-        // a new tap starts on a keyframe of every video
-        self.request_tapped_keyframes(now);
-    }
-
-    /// Ask for a keyframe of every layer the taps take.
-    fn request_tapped_keyframes(&mut self, now: Instant) {
-        let tapped: Vec<(TrackKey, usize)> = self
-            .published
-            .keys()
-            .filter_map(|k| Some((k.clone(), self.table.current(RECORDER, k)?)))
-            .collect();
-        for (track, layer) in tapped {
-            self.request_keyframe(&track, layer, now);
-        }
-    }
-
-    /// Tell the taps who speaks.
-    pub fn tap_speaker(&self, participant: &str) {
-        for tap in self.taps.values() {
-            tap.active_speaker(participant);
-        }
-    }
-
-    /// The recorder takes the best layer each video has (a paused one resumes for it).
-    fn select_recorded(&mut self, now: Instant) {
-        if self.taps.is_empty() {
-            return;
-        }
-        let chosen: BTreeMap<TrackKey, Option<usize>> = self
-            .published
-            .iter()
-            .filter(|(_, p)| p.kind == MediaKind::Video)
-            .map(|(k, p)| {
-                let infos = p.infos(now);
-                let best = infos
-                    .iter()
-                    .rposition(|l| l.bitrate_bps != LayerInfo::UNAVAILABLE);
-                (
-                    k.clone(),
-                    Some(best.unwrap_or(infos.len().saturating_sub(1))),
-                )
-            })
-            .collect();
-        let actions = self.table.set(RECORDER, &chosen);
-        if !actions.is_empty() {
-            self.layers_changed = true;
-        }
-        for action in actions {
-            match action {
-                Action::RequestKeyframe { track, layer } => {
-                    self.request_keyframe(&track, layer, now)
-                }
-                Action::Switched {
-                    subscriber, track, ..
-                } => self.forwarding_stopped(&subscriber, &track),
-            }
-        }
-    }
-
-    /// A packet of a recorded track to the recorder, on the track's continuous stream.
-    fn record(
-        &mut self,
-        key: &TrackKey,
-        layer: usize,
-        packet: &RtpPacket,
-        params: &PayloadParams,
-        now: Instant,
-    ) {
-        if self.taps.is_empty() {
-            return;
-        }
-        let spec = params.spec();
-        let codec = match spec.codec {
-            Codec::Vp8 => RecordedCodec::Vp8,
-            Codec::H264 => RecordedCodec::H264,
-            Codec::Opus => RecordedCodec::Opus,
-            _ => return,
-        };
-        let clock_rate = spec.clock_rate.get();
-        let rewriter = self
-            .recorded
-            .entry(key.clone())
-            .or_insert_with(|| RtpRewriter::new(clock_rate));
-        let (seq, timestamp) = rewriter.rewrite(
-            layer,
-            packet.header.sequence_number,
-            packet.header.timestamp,
-            now,
-        );
-        let kind = if codec == RecordedCodec::Opus {
-            "audio"
-        } else {
-            "video"
-        };
-        let tapped = TappedPacket {
-            publisher: key.publisher.clone(),
-            track: format!("{kind}-{}", key.track),
-            codec,
-            pt: *params.pt(),
-            clock_rate,
-            seq,
-            timestamp,
-            marker: packet.header.marker,
-            payload: packet.payload.clone(),
-        };
-        for tap in self.taps.values() {
-            tap.send(tapped.clone());
         }
     }
 
@@ -584,7 +370,7 @@ impl RoomMedia {
 
     /// `track` is no longer forwarded to `subscriber`: its outgoing stream resumes, whenever it
     /// does, right after the last packet it was sent.
-    fn forwarding_stopped(&mut self, subscriber: &str, track: &TrackKey) {
+    pub(super) fn forwarding_stopped(&mut self, subscriber: &str, track: &TrackKey) {
         let rewriter = if subscriber == RECORDER {
             self.recorded.get_mut(track)
         } else {
@@ -829,26 +615,5 @@ impl RoomMedia {
             }
         }
         updates
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rids_order_low_to_high() {
-        let r = |s: &[&str]| s.iter().map(|x| Rid::from(*x)).collect::<Vec<_>>();
-        assert_eq!(order_rids(&r(&["f", "q", "h"])), r(&["q", "h", "f"]));
-        assert_eq!(order_rids(&r(&["h", "l", "m"])), r(&["l", "m", "h"]));
-        assert_eq!(order_rids(&r(&["a", "b"])), r(&["a", "b"]));
-    }
-
-    #[test]
-    fn unmeasured_layers_get_nominal_figures() {
-        assert_eq!(nominal(2, 3).height, 720);
-        assert_eq!(nominal(0, 3).height, 180);
-        assert_eq!(nominal(0, 1).height, 720);
-        assert!(nominal(0, 3).bitrate_bps < nominal(1, 3).bitrate_bps);
     }
 }

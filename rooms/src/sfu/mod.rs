@@ -7,6 +7,8 @@
 //!
 //! * [`peer`]: one participant's `Rtc` and its SDP negotiation.
 //! * [`media`]: one room's peers, published tracks and forwarding table.
+//! * `published`: a published track's layers and their measured bitrate and size.
+//! * `tapping`: a room's recording and restream taps on its tracks.
 //! * [`codec`]: keyframe detection on payloads.
 //! * [`speaker`]: the active speaker from audio levels.
 //! * `stun`: the sockets' public addresses from a STUN server, at start.
@@ -24,10 +26,12 @@ pub mod codec;
 mod commands;
 pub mod media;
 pub mod peer;
+mod published;
 mod router;
 mod sockets;
 pub mod speaker;
 mod stun;
+mod tapping;
 pub mod tcp;
 mod tick;
 
