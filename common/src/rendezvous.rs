@@ -50,21 +50,52 @@ fn fnv(parts: &[&str]) -> u64 {
     h.finish()
 }
 
+impl Node {
+    fn fresh(base: &str) -> Node {
+        Node {
+            base: base.trim_end_matches('/').to_string(),
+            healthy: true,
+            successes: 0,
+            failures: 0,
+            changed_at: None,
+        }
+    }
+}
+
 impl NodePool {
     /// A pool of base URLs (`http://host:port`), all assumed healthy at first.
     pub fn new(bases: &[String]) -> Self {
         NodePool {
-            nodes: bases
-                .iter()
-                .map(|b| Node {
-                    base: b.trim_end_matches('/').to_string(),
-                    healthy: true,
-                    successes: 0,
-                    failures: 0,
-                    changed_at: None,
-                })
-                .collect(),
+            nodes: bases.iter().map(|b| Node::fresh(b)).collect(),
         }
+    }
+
+    /// Make `bases` the members (a discovery round found them): a node that stays keeps its
+    /// health and counts, a new one is assumed healthy as at the start, a missing one leaves.
+    /// True when the members changed.
+    pub fn set_bases(&mut self, bases: &[String]) -> bool {
+        let mut wanted: Vec<&str> = Vec::new();
+        for b in bases.iter().map(|b| b.trim_end_matches('/')) {
+            if !wanted.contains(&b) {
+                wanted.push(b);
+            }
+        }
+        let same = wanted.len() == self.nodes.len()
+            && wanted
+                .iter()
+                .all(|w| self.nodes.iter().any(|n| n.base == *w));
+        if same {
+            return false;
+        }
+        let mut old = std::mem::take(&mut self.nodes);
+        self.nodes = wanted
+            .into_iter()
+            .map(|b| match old.iter().position(|n| n.base == b) {
+                Some(i) => old.swap_remove(i),
+                None => Node::fresh(b),
+            })
+            .collect();
+        true
     }
 
     /// Base URLs, in configuration order.
@@ -178,5 +209,34 @@ mod tests {
         assert_eq!(p.record(&first, true, now), None);
         assert_eq!(p.record(&first, true, now), Some(true));
         assert_eq!(p.order(s)[0], first);
+    }
+
+    #[test]
+    fn new_members_start_healthy_and_staying_ones_keep_their_health() {
+        let now = Instant::now();
+        let mut p = pool(2);
+        p.record("http://o1:8080", false, now);
+        p.record("http://o1:8080", false, now);
+        assert!(!p.is_healthy("http://o1:8080"));
+        let same = ["http://o1:8080/".to_string(), "http://o0:8080".into()];
+        assert!(!p.set_bases(&same), "the same members, in another order");
+        let next = [
+            "http://o1:8080".to_string(),
+            "http://o2:8080".into(),
+            "http://o2:8080".into(),
+        ];
+        assert!(p.set_bases(&next));
+        assert_eq!(
+            p.bases().collect::<Vec<_>>(),
+            ["http://o1:8080", "http://o2:8080"]
+        );
+        assert!(!p.is_healthy("http://o1:8080"), "o1 stays down");
+        assert!(
+            p.is_healthy("http://o2:8080"),
+            "a new member starts healthy"
+        );
+        assert!(!p.is_healthy("http://o0:8080"), "o0 left");
+        // a stream of o0 moves to a member, as when o0 fails
+        assert_eq!(p.order("main").len(), 2);
     }
 }

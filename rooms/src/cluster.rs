@@ -6,8 +6,15 @@
 //! the owner (`redirect`); a dead node's rooms move to the next node in their order as their
 //! participants join again.
 //!
-//! [`place`] is the decision, pure; [`RoomCluster`] asks the other nodes and keeps their health.
+//! The members are `rooms.nodes`, and with `rooms.nodes_dns` whatever its names resolve to,
+//! looked up again every [`DISCOVERY_INTERVAL`] ([`members`]): on Kubernetes a headless Service
+//! over the rooms DaemonSet answers with the address of every ready node, so a node added or
+//! removed with the cluster joins or leaves the rendezvous by itself.
+//!
+//! [`place`] and [`members`] are the decisions, pure; [`RoomCluster`] asks the other nodes,
+//! keeps their health and resolves the names.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -55,6 +62,36 @@ pub fn place(
     }
 }
 
+/// How often `rooms.nodes_dns` is resolved again.
+pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The members of the cluster after a discovery round: the listed `nodes`, this node (`me`),
+/// and `scheme://ADDRESS:PORT` for each `resolved` address of the IP family of `me`'s own
+/// address (a dual-stack name answers each node twice; a node is one member) — `me`'s scheme.
+/// Sorted, without repeats.
+pub fn members(me: &str, nodes: &[String], resolved: &[SocketAddr]) -> Vec<String> {
+    let (scheme, authority) = me.split_once("://").unwrap_or(("http", me));
+    let my_family = authority
+        .split('/')
+        .next()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .map(|a| a.is_ipv4());
+    let mut all: Vec<String> = nodes
+        .iter()
+        .map(|n| n.trim().trim_end_matches('/').to_string())
+        .chain(std::iter::once(me.trim_end_matches('/').to_string()))
+        .chain(
+            resolved
+                .iter()
+                .filter(|a| my_family.is_none_or(|v4| a.is_ipv4() == v4))
+                .map(|a| format!("{scheme}://{a}")),
+        )
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
 /// The WebSocket URL of a room on a node (`http://h:p` → `ws://h:p/rooms/{room}/ws`).
 pub fn ws_url(node: &str, room: &str) -> String {
     let base = node.trim_end_matches('/');
@@ -71,27 +108,45 @@ pub fn ws_url(node: &str, room: &str) -> String {
 /// This node's view of the rooms nodes.
 pub struct RoomCluster {
     me: String,
+    /// `rooms.nodes`
+    listed: Vec<String>,
+    /// `rooms.nodes_dns`
+    names: Vec<String>,
     secret: String,
     pool: Mutex<NodePool>,
     client: Client<HttpConnector, Empty<Bytes>>,
 }
 
 impl RoomCluster {
-    /// From `rooms.nodes` and `rooms.node_url`; `None` for a single node.
+    /// From `rooms.nodes`, `rooms.nodes_dns` and `rooms.node_url`; `None` for a single node.
     pub fn new(config: &RoomsConfig) -> Option<Arc<RoomCluster>> {
-        if config.nodes.is_empty() {
+        if config.nodes.is_empty() && config.nodes_dns.is_empty() {
             return None;
         }
-        let nodes: Vec<String> = config
+        let me = config.node_url.trim().trim_end_matches('/').to_string();
+        let listed: Vec<String> = config
             .nodes
             .iter()
             .map(|n| n.trim().trim_end_matches('/').to_string())
             .collect();
+        let names: Vec<String> = config
+            .nodes_dns
+            .iter()
+            .map(|n| n.trim().to_string())
+            .collect();
+        // until the names are resolved: the listed nodes, and this one when found by name
+        let nodes = if names.is_empty() {
+            listed.clone()
+        } else {
+            members(&me, &listed, &[])
+        };
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
         connector.set_nodelay(true);
         Some(Arc::new(RoomCluster {
-            me: config.node_url.trim().trim_end_matches('/').to_string(),
+            me,
+            listed,
+            names,
             secret: config.api_secret.clone(),
             pool: Mutex::new(NodePool::new(&nodes)),
             client: Client::builder(TokioExecutor::new()).build(connector),
@@ -164,10 +219,59 @@ impl RoomCluster {
         )
     }
 
+    /// Resolve `rooms.nodes_dns` and make what it finds the members; a name that does not
+    /// resolve (or not in time) leaves them as they were.
+    async fn discover(&self, registry: &Registry) {
+        let mut resolved = Vec::new();
+        for name in &self.names {
+            match tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(name)).await
+            {
+                Ok(Ok(addrs)) => resolved.extend(addrs),
+                Ok(Err(e)) => {
+                    warn!(%name, "rooms.nodes_dns: {e}; the rooms nodes stay as they were");
+                    return;
+                }
+                Err(_) => {
+                    warn!(%name, "rooms.nodes_dns: no answer in 2 s; the rooms nodes stay as they were");
+                    return;
+                }
+            }
+        }
+        let found = members(&self.me, &self.listed, &resolved);
+        let (changed, gone) = {
+            let mut pool = self.pool();
+            let before: Vec<String> = pool.bases().map(str::to_string).collect();
+            let changed = pool.set_bases(&found);
+            let gone: Vec<String> = before.into_iter().filter(|b| !found.contains(b)).collect();
+            (changed, gone)
+        };
+        if changed {
+            info!(nodes = ?found, "rooms nodes changed (rooms.nodes_dns)");
+            for node in gone {
+                registry.remove_labelled_in("tidecast_rooms_node_healthy", "node", &node);
+            }
+        }
+    }
+
     /// Probe every other node's `/readyz` every second, forever (a draining node is not ready:
-    /// its rooms move as their participants join again).
+    /// its rooms move as their participants join again); with `rooms.nodes_dns`, find the
+    /// members again every [`DISCOVERY_INTERVAL`].
     pub async fn probe_forever(self: Arc<Self>, registry: Registry) {
+        let mut discovered: Option<Instant> = None;
         loop {
+            if !self.names.is_empty()
+                && discovered.is_none_or(|t| t.elapsed() >= DISCOVERY_INTERVAL)
+            {
+                self.discover(&registry).await;
+                discovered = Some(Instant::now());
+            }
+            registry
+                .gauge(
+                    "tidecast_rooms_nodes",
+                    "Rooms nodes this one knows of, itself included.",
+                    &[],
+                )
+                .set(self.pool().bases().count() as i64);
             let nodes: Vec<String> = self.pool().bases().map(str::to_string).collect();
             for node in nodes.iter().filter(|n| **n != self.me) {
                 let ok = self.ready(node).await;
@@ -242,6 +346,38 @@ mod tests {
             pool.order(&room)[0],
             next,
             "b is down: the next node in the room's order"
+        );
+    }
+
+    #[test]
+    fn members_found_by_name_are_this_nodes_family_with_the_listed_ones() {
+        let addrs: Vec<SocketAddr> = ["10.0.0.8:7880", "[fd00::8]:7880", "10.0.0.7:7880"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(
+            members("http://10.0.0.7:7880/", &[], &addrs),
+            ["http://10.0.0.7:7880", "http://10.0.0.8:7880"],
+            "IPv4 like this node: each node once"
+        );
+        assert_eq!(
+            members("https://[fd00::7]:7880", &[], &addrs),
+            ["https://[fd00::7]:7880", "https://[fd00::8]:7880"],
+            "IPv6 and this node's scheme"
+        );
+        assert_eq!(
+            members(
+                "http://10.0.0.7:7880",
+                &["http://rooms-x:7880/".into()],
+                &[]
+            ),
+            ["http://10.0.0.7:7880", "http://rooms-x:7880"],
+            "nothing resolved yet: the listed nodes and this one"
+        );
+        assert_eq!(
+            members("http://rooms-a:7880", &[], &addrs[..2]).len(),
+            3,
+            "this node by name: every address found"
         );
     }
 

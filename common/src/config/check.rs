@@ -319,9 +319,25 @@ impl Config {
         for (n, node) in r.nodes.iter().enumerate() {
             p.url(&format!("rooms.nodes[{n}]"), node, &["http", "https"]);
         }
-        if !r.nodes.is_empty() {
+        for (n, name) in r.nodes_dns.iter().enumerate() {
+            let port = name
+                .trim()
+                .rsplit_once(':')
+                .map(|(_, port)| port.parse::<u16>());
+            if !matches!(port, Some(Ok(p)) if p != 0) {
+                p.add(
+                    &format!("rooms.nodes_dns[{n}]"),
+                    format!("{name:?} is not host:port"),
+                );
+            }
+        }
+        if !r.nodes_dns.is_empty() {
+            p.url("rooms.node_url", &r.node_url, &["http", "https"]);
+        }
+        if !r.nodes.is_empty() || !r.nodes_dns.is_empty() {
             let me = r.node_url.trim().trim_end_matches('/');
-            if !r.nodes.iter().any(|n| n.trim().trim_end_matches('/') == me) {
+            let listed = r.nodes.iter().any(|n| n.trim().trim_end_matches('/') == me);
+            if r.nodes_dns.is_empty() && !listed {
                 p.add(
                     "rooms.node_url",
                     format!("{:?} is not one of rooms.nodes", r.node_url),
@@ -449,6 +465,37 @@ mod tests {
                 "turn.relay_ports",
                 "bus.brokers",
             ]
+        );
+    }
+
+    #[test]
+    fn rooms_nodes_by_list_or_by_name() {
+        let rooms = |extra: &str| {
+            let c = Config::from_toml(&format!(
+                "[rooms]\napi_secret = \"{}\"\n{extra}",
+                "k".repeat(32)
+            ))
+            .expect("parses");
+            keys(&c)
+        };
+        let none: [&str; 0] = [];
+        assert_eq!(
+            rooms(r#"nodes = ["http://a:7880", "http://b:7880"]"#),
+            ["rooms.node_url"],
+            "this node is not one of the list"
+        );
+        assert_eq!(
+            rooms("nodes = [\"http://a:7880\"]\nnode_url = \"http://a:7880/\""),
+            none
+        );
+        assert_eq!(
+            rooms("nodes_dns = [\"rooms-nodes:7880\"]\nnode_url = \"http://10.0.0.7:7880\""),
+            none,
+            "found by name: this node need not be listed"
+        );
+        assert_eq!(
+            rooms(r#"nodes_dns = ["rooms-nodes", "rooms-nodes:0"]"#),
+            ["rooms.nodes_dns[0]", "rooms.nodes_dns[1]", "rooms.node_url"]
         );
     }
 

@@ -189,7 +189,13 @@ pub struct RoomsConfig {
     /// its name hashes to (rendezvous) among the healthy ones, unless it is already open on
     /// another; a join that reaches another node is redirected there. Empty: one node.
     pub nodes: Vec<String>,
-    /// This node's own entry in `nodes`.
+    /// Names (`host:port`) that resolve to the rooms nodes' addresses, looked up every 5 s:
+    /// each address of the family of `node_url`'s is a node `http://ADDRESS:port` (`https` when
+    /// `node_url` is), beside those of `nodes`. On Kubernetes, a headless Service over the
+    /// rooms DaemonSet lists every ready node. A name that does not resolve leaves the members
+    /// as they were.
+    pub nodes_dns: Vec<String>,
+    /// This node's own entry in `nodes` (with `nodes_dns`: its URL by its address).
     pub node_url: String,
     /// Record every call (through the SFU, into the object store of `[store]`); otherwise a
     /// call is recorded from `POST /api/rooms/{room}/recording` on.
@@ -230,6 +236,7 @@ impl Default for RoomsConfig {
             restream_fps: 30,
             restream_kbps: 3000,
             nodes: Vec::new(),
+            nodes_dns: Vec::new(),
             node_url: String::new(),
         }
     }

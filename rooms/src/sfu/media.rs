@@ -348,21 +348,32 @@ impl RoomMedia {
             } else {
                 peer.rtc.bwe().set_bitrate(min, want);
             }
-            let actions = self.table.set(&id, &chosen);
-            if !actions.is_empty() {
-                self.layers_changed = true;
-            }
-            for action in actions {
-                match action {
-                    Action::RequestKeyframe { track, layer } => {
-                        self.request_keyframe(&track, layer, now)
-                    }
-                    Action::Switched {
-                        subscriber, track, ..
-                    } => {
-                        debug!(%subscriber, ?track, "forwarding stopped");
-                        self.forwarding_stopped(&subscriber, &track);
-                    }
+            self.select(&id, &chosen, now);
+        }
+    }
+
+    /// Put `subscriber`'s layers in the forwarding table and carry out what that decides:
+    /// keyframes of layers it now waits for, a pause of the streams it no longer gets.
+    pub(super) fn select(
+        &mut self,
+        subscriber: &str,
+        chosen: &BTreeMap<TrackKey, Option<usize>>,
+        now: Instant,
+    ) {
+        let actions = self.table.set(subscriber, chosen);
+        if !actions.is_empty() {
+            self.layers_changed = true;
+        }
+        for action in actions {
+            match action {
+                Action::RequestKeyframe { track, layer } => {
+                    self.request_keyframe(&track, layer, now)
+                }
+                Action::Switched {
+                    subscriber, track, ..
+                } => {
+                    debug!(%subscriber, ?track, "forwarding stopped");
+                    self.forwarding_stopped(&subscriber, &track);
                 }
             }
         }
@@ -370,7 +381,7 @@ impl RoomMedia {
 
     /// `track` is no longer forwarded to `subscriber`: its outgoing stream resumes, whenever it
     /// does, right after the last packet it was sent.
-    pub(super) fn forwarding_stopped(&mut self, subscriber: &str, track: &TrackKey) {
+    fn forwarding_stopped(&mut self, subscriber: &str, track: &TrackKey) {
         let rewriter = if subscriber == RECORDER {
             self.recorded.get_mut(track)
         } else {

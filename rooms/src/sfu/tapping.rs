@@ -10,7 +10,7 @@ use str0m::media::MediaKind;
 use str0m::rtp::RtpPacket;
 
 use super::media::RoomMedia;
-use crate::forwarding::{Action, LayerInfo, RtpRewriter, TrackKey};
+use crate::forwarding::{LayerInfo, RtpRewriter, TrackKey};
 use crate::recording::index::RecordedCodec;
 use crate::tap::{Tap, TapPurpose, TappedPacket};
 
@@ -79,20 +79,7 @@ impl RoomMedia {
                 )
             })
             .collect();
-        let actions = self.table.set(RECORDER, &chosen);
-        if !actions.is_empty() {
-            self.layers_changed = true;
-        }
-        for action in actions {
-            match action {
-                Action::RequestKeyframe { track, layer } => {
-                    self.request_keyframe(&track, layer, now)
-                }
-                Action::Switched {
-                    subscriber, track, ..
-                } => self.forwarding_stopped(&subscriber, &track),
-            }
-        }
+        self.select(RECORDER, &chosen, now);
     }
 
     /// A packet of a recorded track to the recorder, on the track's continuous stream.
