@@ -67,6 +67,7 @@ cpu = (cpu_at(b) - cpu_at(a)) / hz
 tracks = [t for p in report["participants"] for t in p["tracks"]]
 packets = sum(v[1] for p in report["participants"] for v in p["packets_by_step"].values() if len(v) > 1)
 lost = sum(t["lost"] for t in tracks)
+late = sum(t.get("late", 0) for t in tracks)
 total = sum(t["packets"] for t in tracks)
 heights = sorted({t["height"] for t in tracks if t["kind"] == "video"})
 pps = packets / ((b - a) / 1000)
@@ -76,7 +77,7 @@ failed = len(report["failures"]) + sum(1 for p in report["participants"] if p["e
 print(f"  {label}: {len(report['participants']) + len(report['failures'])} bots ({failed} failed), "
       f"video heights {heights}; received {pps:,.0f} packets/s using {cpu / (b - a) * 1e5:.1f} % "
       f"of a core => {per_cpu:,.0f} packets per CPU-second; loss {lost}/{total} "
-      f"({100 * lost / max(total, 1):.2f} %)")
+      f"({100 * lost / max(total, 1):.2f} %), {late} late")
 open(path + ".figure", "w").write(f"{per_cpu}")
 PY
 }

@@ -199,7 +199,7 @@ pub async fn run(options: BotOptions) -> Result<BotReport, BotError> {
 pub fn render(report: &BotReport) -> String {
     use std::fmt::Write;
     let mut out = format!(
-        "room {}: {} participants\n{:<12} {:<12} {:<6} {:>7} {:>6} {:>7} {:>6} {:>8} {:>7} {:>8}\n",
+        "room {}: {} participants\n{:<12} {:<12} {:<6} {:>7} {:>6} {:>7} {:>6} {:>6} {:>8} {:>7} {:>8}\n",
         report.room,
         report.participants.len(),
         "bot",
@@ -209,6 +209,7 @@ pub fn render(report: &BotReport) -> String {
         "height",
         "frames",
         "lost",
+        "late",
         "switches",
         "freezes",
         "rtt ms"
@@ -217,7 +218,7 @@ pub fn render(report: &BotReport) -> String {
         for t in &p.tracks {
             let _ = writeln!(
                 out,
-                "{:<12} {:<12} {:<6} {:>7} {:>6} {:>7} {:>6} {:>8} {:>7} {:>8}",
+                "{:<12} {:<12} {:<6} {:>7} {:>6} {:>7} {:>6} {:>6} {:>8} {:>7} {:>8}",
                 p.identity,
                 t.publisher,
                 t.kind,
@@ -225,6 +226,7 @@ pub fn render(report: &BotReport) -> String {
                 t.height,
                 t.frames,
                 t.lost,
+                t.late,
                 t.heights.len().saturating_sub(1),
                 t.freezes,
                 t.rtt_ms

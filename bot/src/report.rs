@@ -2,6 +2,7 @@
 //! the frame height (from VP8 keyframes) and its changes, freezes, and whether sequence numbers
 //! stayed continuous — across layer switches too, which is what the SFU's rewriting promises.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -9,6 +10,9 @@ use tidecast_rooms::sfu::codec::vp8_keyframe_size;
 
 /// A pause between frames longer than this is a freeze.
 pub const FREEZE: Duration = Duration::from_millis(500);
+
+/// Sequence numbers of a gap remembered so that a late arrival is not counted lost.
+const MISSING_KEPT: usize = 512;
 
 /// The height received changed (a layer switch, seen by the receiver).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -42,8 +46,11 @@ pub struct TrackReport {
     pub height: u16,
     /// Height changes.
     pub heights: Vec<HeightChange>,
-    /// Packets missing (sequence gaps).
+    /// Packets missing: sequence gaps not filled by a late arrival (as RFC 3550 counts a
+    /// receiver's loss, and so comparable with its RTCP reports).
     pub lost: u64,
+    /// Packets that arrived after a later one (reordered, or retransmitted after a NACK).
+    pub late: u64,
     /// Sequence numbers that went backwards or jumped more than 1000 (a broken rewrite).
     pub discontinuities: u64,
     /// Pauses between frames over 500 ms.
@@ -62,6 +69,8 @@ pub struct TrackStats {
     report: TrackReport,
     started: Instant,
     last_seq: Option<u16>,
+    /// sequence numbers counted in `lost` that may still arrive (the latest [`MISSING_KEPT`])
+    missing: VecDeque<u16>,
     last_frame: Option<Instant>,
     window: (Instant, u64),
     /// the SSRC of the received track these packets come from
@@ -89,6 +98,7 @@ impl TrackStats {
                 height: 0,
                 heights: Vec::new(),
                 lost: 0,
+                late: 0,
                 discontinuities: 0,
                 freezes: 0,
                 max_frame_gap_ms: 0,
@@ -98,6 +108,7 @@ impl TrackStats {
             started,
             ssrc,
             last_seq: None,
+            missing: VecDeque::new(),
             last_frame: None,
             window: (now, 0),
         }
@@ -122,6 +133,11 @@ impl TrackStats {
                 // a duplicate or reordered packet: not a gap, but not an advance either
                 if (0x8000..0xfc18).contains(&d) {
                     r.discontinuities += 1;
+                } else if let Some(i) = self.missing.iter().position(|m| *m == seq) {
+                    // one of a gap's, late: received after all
+                    self.missing.remove(i);
+                    r.lost = r.lost.saturating_sub(1);
+                    r.late += 1;
                 }
                 return;
             }
@@ -130,6 +146,13 @@ impl TrackStats {
                     r.discontinuities += 1;
                 } else {
                     r.lost += u64::from(d - 1);
+                    let last = seq.wrapping_sub(d);
+                    for k in 1..d {
+                        if self.missing.len() == MISSING_KEPT {
+                            self.missing.pop_front();
+                        }
+                        self.missing.push_back(last.wrapping_add(k));
+                    }
                 }
                 true
             }
@@ -224,6 +247,21 @@ mod tests {
             vec![(180, true), (720, true), (180, true)]
         );
         assert_eq!(r.first_frame_ms, Some(100));
+    }
+
+    #[test]
+    fn a_late_packet_is_not_lost() {
+        let t0 = Instant::now();
+        let mut s = TrackStats::new("a", "video", 1, t0, t0);
+        for seq in [65_533u16, 65_534, 1, 2, 65_535, 0, 2, 5] {
+            s.packet(seq, false, &[0], t0);
+        }
+        let r = s.report(t0);
+        // 65,535 and 0 came after 1 (a NACK's retransmission, say); 3 and 4 never did; the
+        // second 2 is a duplicate
+        assert_eq!((r.lost, r.late, r.discontinuities), (2, 2, 0));
+        s.packet(2, false, &[0], t0);
+        assert_eq!(s.report(t0).lost, 2, "a duplicate fills no gap");
     }
 
     #[test]

@@ -333,6 +333,23 @@ impl Config {
         }
         if !r.nodes_dns.is_empty() {
             p.url("rooms.node_url", &r.node_url, &["http", "https"]);
+            // the names give addresses: by name this node would be a member twice
+            let host_port = r.node_url.trim().split_once("://").map(|(_, rest)| {
+                rest.split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .parse::<std::net::SocketAddr>()
+            });
+            if matches!(host_port, Some(Err(_))) {
+                p.add(
+                    "rooms.node_url",
+                    format!(
+                        "{:?}: with rooms.nodes_dns, this node's URL by its IP address and port \
+                         (http://ADDRESS:PORT), as the names resolve to",
+                        r.node_url
+                    ),
+                );
+            }
         }
         if !r.nodes.is_empty() || !r.nodes_dns.is_empty() {
             let me = r.node_url.trim().trim_end_matches('/');
@@ -496,6 +513,15 @@ mod tests {
         assert_eq!(
             rooms(r#"nodes_dns = ["rooms-nodes", "rooms-nodes:0"]"#),
             ["rooms.nodes_dns[0]", "rooms.nodes_dns[1]", "rooms.node_url"]
+        );
+        assert_eq!(
+            rooms("nodes_dns = [\"rooms-nodes:7880\"]\nnode_url = \"http://rooms-a:7880\""),
+            ["rooms.node_url"],
+            "by name it would be a member twice: by its address"
+        );
+        assert_eq!(
+            rooms("nodes_dns = [\"rooms-nodes:7880\"]\nnode_url = \"http://[fd00::7]:7880\""),
+            none
         );
     }
 
