@@ -23,7 +23,7 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 
 use crate::media::{MediaLoop, LAYERS};
-use crate::peer::{gathered, ice_servers_of, PeerCall, SfuConnection};
+use crate::peer::{gathered, ice_servers_of, receivers_started, PeerCall, SfuConnection};
 use crate::report::{TrackReport, TrackStats};
 use crate::steps::Steps;
 use crate::{BotError, BotOptions};
@@ -339,6 +339,7 @@ pub async fn run(
                             c.pc.set_remote_description(RTCSessionDescription::offer(sdp.to_string())?).await?;
                             let answer = c.pc.create_answer(None).await?;
                             c.pc.set_local_description(answer.clone()).await?;
+                            receivers_started(&c.pc).await;
                             send(json!({ "type": "answer", "to": "sfu", "sdp": answer.sdp }));
                         }
                     }
