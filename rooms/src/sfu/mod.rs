@@ -24,6 +24,7 @@
 
 pub mod codec;
 mod commands;
+mod forward;
 pub mod media;
 pub mod peer;
 mod published;
