@@ -565,6 +565,70 @@ mod tests {
     }
 
     #[test]
+    fn malformed_mismatched_and_conflicting_requests_are_refused_with_their_codes() {
+        let (mut core, creds, now) = setup(Limits::default());
+        let mut c = Client::new(&mut core, &creds, 600, now);
+        // Refresh and CreatePermission before any allocation: 437
+        let req = c.request(method::REFRESH, |b| b.add_u32(attr::LIFETIME, 600));
+        let out = core.client(c.five, &req, now, UNIX);
+        assert_eq!(code(&out), Some(437));
+        assert!(out.contains(&Out::Refused(Refused::Mismatch, c.five)));
+        allocate(&mut core, &mut c, now);
+        // a second Allocate on the same 5-tuple (another transaction): 437
+        let req = c.request(method::ALLOCATE, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        });
+        assert_eq!(code(&core.client(c.five, &req, now, UNIX)), Some(437));
+        // no peer address at all: 400
+        let req = c.request(method::CREATE_PERMISSION, |b| b);
+        let out = core.client(c.five, &req, now, UNIX);
+        assert_eq!(code(&out), Some(400));
+        assert!(out.contains(&Out::Refused(Refused::BadRequest, c.five)));
+        // an IPv6 peer on an IPv4 relay: 443, for permissions and channels alike
+        let v6: SocketAddr = "[2606:4700::1111]:7000".parse().unwrap();
+        let req = c.request(method::CREATE_PERMISSION, |b| {
+            b.add_xor_address(attr::XOR_PEER_ADDRESS, v6)
+        });
+        assert_eq!(code(&core.client(c.five, &req, now, UNIX)), Some(443));
+        let bind = |c: &mut Client, channel: u16, peer: SocketAddr| {
+            c.request(method::CHANNEL_BIND, |b| {
+                let [hi, lo] = channel.to_be_bytes();
+                b.add(attr::CHANNEL_NUMBER, &[hi, lo, 0, 0])
+                    .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+            })
+        };
+        let req = bind(&mut c, 0x4001, v6);
+        assert_eq!(code(&core.client(c.five, &req, now, UNIX)), Some(443));
+        // a channel number outside 0x4000-0x7FFF: 400
+        let peer: SocketAddr = "203.0.114.5:7000".parse().unwrap();
+        let req = bind(&mut c, 0x3FFF, peer);
+        assert_eq!(code(&core.client(c.five, &req, now, UNIX)), Some(400));
+        // bound once; the same channel to another peer, or the peer to another channel: 400
+        let req = bind(&mut c, 0x4001, peer);
+        assert_eq!(code(&core.client(c.five, &req, now, UNIX)), None);
+        let other: SocketAddr = "203.0.114.6:7000".parse().unwrap();
+        let req = bind(&mut c, 0x4001, other);
+        assert_eq!(code(&core.client(c.five, &req, now, UNIX)), Some(400));
+        let req = bind(&mut c, 0x4002, peer);
+        assert_eq!(code(&core.client(c.five, &req, now, UNIX)), Some(400));
+        // rebinding the same pair refreshes it
+        let req = bind(&mut c, 0x4001, peer);
+        assert_eq!(code(&core.client(c.five, &req, now, UNIX)), None);
+        // a Refresh is granted its lifetime, authenticated
+        let req = c.request(method::REFRESH, |b| b.add_u32(attr::LIFETIME, 600));
+        let out = core.client(c.five, &req, now, UNIX);
+        let Some(Out::Client(_, bytes)) = out.first() else {
+            panic!("{out:?}")
+        };
+        let m = Message::parse(bytes).unwrap();
+        assert!(m.integrity_ok(&c.key));
+        assert_eq!(
+            (m.class, m.u32(attr::LIFETIME)),
+            (Class::Success, Some(600))
+        );
+    }
+
+    #[test]
     fn expired_or_tampered_credentials_get_401_and_quotas_486() {
         let (mut core, creds, now) = setup(Limits {
             per_user: 1,

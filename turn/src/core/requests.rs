@@ -12,6 +12,13 @@ use super::{
 use crate::auth::username_expiry;
 use crate::stun::{attr, method, Builder, Class, Message};
 
+/// The refusals answered here: the error code, its reason phrase, and how it is counted.
+type Refusal = (u16, &'static str, Refused);
+const BAD_REQUEST: Refusal = (400, "Bad Request", Refused::BadRequest);
+const MISMATCH: Refusal = (437, "Allocation Mismatch", Refused::Mismatch);
+const FORBIDDEN: Refusal = (403, "Forbidden", Refused::Forbidden);
+const FAMILY_MISMATCH: Refusal = (443, "Peer Address Family Mismatch", Refused::BadRequest);
+
 impl TurnCore {
     /// Long-term credentials: the user, key and credential expiry, or the error reply.
     pub(super) fn authenticate(
@@ -73,11 +80,8 @@ impl TurnCore {
         key: [u8; 16],
         credentials_expire_unix: u64,
     ) -> Vec<Out> {
-        let fail = |code: u16, reason: &str, why: Refused| {
-            vec![
-                Out::Client(five, error(m, code, reason).integrity(&key).fingerprint()),
-                Out::Refused(why, five),
-            ]
+        let fail = |code: u16, reason: &'static str, why: Refused| {
+            Self::refuse(five, m, &key, (code, reason, why))
         };
         if let Some(a) = self.allocations.get(&five) {
             if a.transaction == m.transaction {
@@ -86,12 +90,12 @@ impl TurnCore {
                 let reply = Self::allocate_success(five, m.transaction, relay, lifetime, &key);
                 return vec![Out::Client(five, reply)];
             }
-            return fail(437, "Allocation Mismatch", Refused::Mismatch);
+            return Self::mismatch(five, m, &key);
         }
         match m.get(attr::REQUESTED_TRANSPORT) {
             Some([17, ..]) => {}
             Some(_) => return fail(442, "Unsupported Transport Protocol", Refused::BadRequest),
-            None => return fail(400, "Bad Request", Refused::BadRequest),
+            None => return Self::refuse(five, m, &key, BAD_REQUEST),
         }
         // EVEN-PORT is honoured; reserving the next port (its R bit, RESERVATION-TOKEN) is not
         // offered, which RFC 8656 §7.2 answers with 508
@@ -185,15 +189,23 @@ impl TurnCore {
     }
 
     fn mismatch(five: FiveTuple, m: &Message, key: &[u8]) -> Vec<Out> {
+        Self::refuse(five, m, key, MISMATCH)
+    }
+
+    /// An authenticated error answering `m`, and the refusal counted as `why`.
+    fn refuse(five: FiveTuple, m: &Message, key: &[u8], (code, reason, why): Refusal) -> Vec<Out> {
         vec![
-            Out::Client(
-                five,
-                error(m, 437, "Allocation Mismatch")
-                    .integrity(key)
-                    .fingerprint(),
-            ),
-            Out::Refused(Refused::Mismatch, five),
+            Out::Client(five, error(m, code, reason).integrity(key).fingerprint()),
+            Out::Refused(why, five),
         ]
+    }
+
+    /// A success without attributes answering `m` (CreatePermission, ChannelBind).
+    fn success(five: FiveTuple, method: u16, m: &Message, key: &[u8]) -> Vec<Out> {
+        let reply = Builder::new(method, Class::Success, m.transaction)
+            .integrity(key)
+            .fingerprint();
+        vec![Out::Client(five, reply)]
     }
 
     pub(super) fn refresh(
@@ -212,18 +224,22 @@ impl TurnCore {
             let relay = a.relay;
             self.allocations.remove(&five);
             self.by_relay.remove(&relay);
-            let reply = Builder::new(method::REFRESH, Class::Success, m.transaction)
-                .add_u32(attr::LIFETIME, 0)
-                .integrity(key)
-                .fingerprint();
-            return vec![Out::Client(five, reply), Out::Release(relay)];
+            return vec![
+                Out::Client(five, Self::refresh_success(m, 0, key)),
+                Out::Release(relay),
+            ];
         }
         a.expires = now + lifetime;
-        let reply = Builder::new(method::REFRESH, Class::Success, m.transaction)
-            .add_u32(attr::LIFETIME, lifetime.as_secs() as u32)
+        let seconds = lifetime.as_secs() as u32;
+        vec![Out::Client(five, Self::refresh_success(m, seconds, key))]
+    }
+
+    /// A Refresh success answering `m`, granting `seconds` (0: the allocation is released).
+    fn refresh_success(m: &Message, seconds: u32, key: &[u8]) -> Vec<u8> {
+        Builder::new(method::REFRESH, Class::Success, m.transaction)
+            .add_u32(attr::LIFETIME, seconds)
             .integrity(key)
-            .fingerprint();
-        vec![Out::Client(five, reply)]
+            .fingerprint()
     }
 
     pub(super) fn create_permission(
@@ -238,35 +254,21 @@ impl TurnCore {
             return Self::mismatch(five, m, key);
         };
         if peers.is_empty() || peers.iter().any(Option::is_none) {
-            return vec![
-                Out::Client(
-                    five,
-                    error(m, 400, "Bad Request").integrity(key).fingerprint(),
-                ),
-                Out::Refused(Refused::BadRequest, five),
-            ];
+            return Self::refuse(five, m, key, BAD_REQUEST);
         }
         let peers: Vec<SocketAddr> = peers.into_iter().flatten().collect();
         // the filter first: an internal address is refused as such in whatever family
         let forbidden = peers.iter().any(|p| self.filter.check(p.ip()).is_err());
-        let (code, reason, why) = if forbidden {
-            (403, "Forbidden", Refused::Forbidden)
-        } else {
-            (443, "Peer Address Family Mismatch", Refused::BadRequest)
-        };
-        if forbidden || peers.iter().any(|p| p.is_ipv4() != a.relay.is_ipv4()) {
-            return vec![
-                Out::Client(five, error(m, code, reason).integrity(key).fingerprint()),
-                Out::Refused(why, five),
-            ];
+        if forbidden {
+            return Self::refuse(five, m, key, FORBIDDEN);
+        }
+        if peers.iter().any(|p| p.is_ipv4() != a.relay.is_ipv4()) {
+            return Self::refuse(five, m, key, FAMILY_MISMATCH);
         }
         for p in peers {
             a.permissions.insert(p.ip(), now + PERMISSION_LIFETIME);
         }
-        let reply = Builder::new(method::CREATE_PERMISSION, Class::Success, m.transaction)
-            .integrity(key)
-            .fingerprint();
-        vec![Out::Client(five, reply)]
+        Self::success(five, method::CREATE_PERMISSION, m, key)
     }
 
     pub(super) fn channel_bind(
@@ -276,43 +278,35 @@ impl TurnCore {
         key: &[u8],
         now: Instant,
     ) -> Vec<Out> {
-        let bad = |code: u16, reason: &str, why: Refused| {
-            vec![
-                Out::Client(five, error(m, code, reason).integrity(key).fingerprint()),
-                Out::Refused(why, five),
-            ]
-        };
+        let bad = |refusal| Self::refuse(five, m, key, refusal);
         let channel = m
             .get(attr::CHANNEL_NUMBER)
             .and_then(|v| Some(u16::from_be_bytes([*v.first()?, *v.get(1)?])));
         let (Some(channel), Some(peer)) = (channel, m.xor_address(attr::XOR_PEER_ADDRESS)) else {
-            return bad(400, "Bad Request", Refused::BadRequest);
+            return bad(BAD_REQUEST);
         };
         // RFC 8656 uses 0x4000-0x4FFF; RFC 5766 clients (coturn's among them) pick up to 0x7FFF
         if !(0x4000..=0x7FFF).contains(&channel) {
-            return bad(400, "Bad Request", Refused::BadRequest);
+            return bad(BAD_REQUEST);
         }
         let Some(a) = self.allocations.get_mut(&five) else {
             return Self::mismatch(five, m, key);
         };
         if self.filter.check(peer.ip()).is_err() {
-            return bad(403, "Forbidden", Refused::Forbidden);
+            return bad(FORBIDDEN);
         }
         if peer.is_ipv4() != a.relay.is_ipv4() {
-            return bad(443, "Peer Address Family Mismatch", Refused::BadRequest);
+            return bad(FAMILY_MISMATCH);
         }
         // a channel is bound to one peer, a peer to one channel
         let taken = a.channels.get(&channel).is_some_and(|(p, _)| *p != peer)
             || a.channel_of.get(&peer).is_some_and(|c| *c != channel);
         if taken {
-            return bad(400, "Bad Request", Refused::BadRequest);
+            return bad(BAD_REQUEST);
         }
         a.channels.insert(channel, (peer, now + CHANNEL_LIFETIME));
         a.channel_of.insert(peer, channel);
         a.permissions.insert(peer.ip(), now + PERMISSION_LIFETIME);
-        let reply = Builder::new(method::CHANNEL_BIND, Class::Success, m.transaction)
-            .integrity(key)
-            .fingerprint();
-        vec![Out::Client(five, reply)]
+        Self::success(five, method::CHANNEL_BIND, m, key)
     }
 }
