@@ -9,7 +9,10 @@
 //! `UDP_SEGMENT`): the kernel walks its IP stack, netfilter and the route once for the run and
 //! cuts it into the same datagrams on the wire. On loopback a datagram costs ~10.5 µs of kernel
 //! time alone, ~3.4 µs each in a run of two, ~1.4 µs in a run of seven (this machine, sender
-//! thread's system time). Where GSO is refused (`EIO`/`EINVAL`) the run is sent again as plain
+//! thread's system time). Consecutive runs of one segment size — a frame forwarded to each
+//! subscriber in turn — share one `sendmmsg` (the kernel's `UDP_SEGMENT` control message is one
+//! for the call), so a flush costs a call per change between plain datagrams and runs rather
+//! than one per run. Where GSO is refused (`EIO`/`EINVAL`) the run is sent again as plain
 //! datagrams; if those go, the device or kernel lacks GSO and the batch sends plain datagrams
 //! from then on; if they are refused too, the destination was at fault and GSO stays on.
 //!
@@ -52,6 +55,8 @@ pub struct Flushed {
     pub dropped: usize,
     /// of the datagrams sent, those that went in GSO runs
     pub segmented: usize,
+    /// system calls made
+    pub calls: usize,
 }
 
 /// Kernel buffer each way asked for on a busy UDP socket (`net.core.rmem_max`/`wmem_max` cap
@@ -117,15 +122,21 @@ impl SendBatch {
                 done.dropped += total - at;
                 return self.cleared(done);
             }
-            match send_gso(socket, &self.bytes, &self.queued[at..at + run]) {
-                Ok(()) => {
-                    done.sent += run;
-                    done.segmented += run;
-                    done.sent_bytes += self.queued[at..at + run]
-                        .iter()
-                        .map(|&(_, _, len)| len)
-                        .sum::<usize>();
-                    at += run;
+            // this run and the runs right after it of the same segment size (a frame forwarded
+            // to each subscriber in turn) go in one call
+            let group = gso_group(&self.queued, at, run);
+            done.calls += 1;
+            match send_gso(socket, &self.bytes, &self.queued, &group) {
+                Ok(n) if n > 0 => {
+                    for &(start, len) in &group[..n] {
+                        done.sent += len;
+                        done.segmented += len;
+                        done.sent_bytes += self.queued[start..start + len]
+                            .iter()
+                            .map(|&(_, _, len)| len)
+                            .sum::<usize>();
+                        at = start + len;
+                    }
                     plain_from = at;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -134,7 +145,7 @@ impl SendBatch {
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(EIO | EINVAL)) => {
                     // GSO unsupported, or this destination refused (port 0 is EINVAL too):
-                    // the run goes plain, and only if plain datagrams go is GSO to blame
+                    // the first run goes plain, and only if plain datagrams go is GSO to blame
                     let sent_before = done.sent;
                     if self.send_plain(socket, at..at + run, &mut done) {
                         done.dropped += total - (at + run);
@@ -147,8 +158,9 @@ impl SendBatch {
                     at += run;
                     plain_from = at;
                 }
-                // the destination was refused: the run is dropped, the rest still go
-                Err(_) => {
+                // the first run's destination was refused (or nothing was taken): that run is
+                // dropped, the rest still go
+                Ok(_) | Err(_) => {
                     done.dropped += run;
                     at += run;
                     plain_from = at;
@@ -177,6 +189,7 @@ impl SendBatch {
         let mut at = range.start;
         while at < range.end {
             let chunk = &self.queued[at..(at + PER_CALL).min(range.end)];
+            done.calls += 1;
             match send_chunk(socket, &self.bytes, chunk) {
                 Ok(n) if n > 0 => {
                     done.sent += n;
@@ -222,29 +235,67 @@ fn gso_run(queued: &[(SocketAddr, usize, usize)]) -> usize {
     n
 }
 
-/// One GSO send of `run` (back to back in `bytes`, one destination; see [`gso_run`]).
+/// The GSO run of `first_len` datagrams at `first` and the runs right after it with the same
+/// segment size, as (start, length) in `queued`: what one `sendmmsg` carries (the kernel's
+/// `UDP_SEGMENT` control message is the same for every message of the call).
+fn gso_group(
+    queued: &[(SocketAddr, usize, usize)],
+    first: usize,
+    first_len: usize,
+) -> Vec<(usize, usize)> {
+    let size = queued[first].2;
+    let mut group = vec![(first, first_len)];
+    let mut next = first + first_len;
+    while group.len() < PER_CALL && next < queued.len() {
+        let run = gso_run(&queued[next..]);
+        if run < 2 || queued[next].2 != size {
+            break;
+        }
+        group.push((next, run));
+        next += run;
+    }
+    group
+}
+
+/// The GSO runs of `group` (see [`gso_group`]; each back to back in `bytes`, one destination)
+/// in one `sendmmsg`: how many runs the kernel took.
 fn send_gso(
     socket: &UdpSocket,
     bytes: &[u8],
-    run: &[(SocketAddr, usize, usize)],
-) -> io::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
+    queued: &[(SocketAddr, usize, usize)],
+    group: &[(usize, usize)],
+) -> io::Result<usize> {
+    use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
     use std::os::fd::AsRawFd;
-    let (Some(&(to, start, size)), Some(&(_, last_start, last_len))) = (run.first(), run.last())
-    else {
-        return Ok(());
+    let Some(&(first, _)) = group.first() else {
+        return Ok(0);
     };
-    let data = &bytes[start..last_start + last_len];
-    let segment = u16::try_from(size).map_err(|_| io::Error::from_raw_os_error(EINVAL))?;
-    let addr = SockaddrStorage::from(to);
-    sendmsg(
+    let segment =
+        u16::try_from(queued[first].2).map_err(|_| io::Error::from_raw_os_error(EINVAL))?;
+    let iovs: Vec<[IoSlice<'_>; 1]> = group
+        .iter()
+        .map(|&(start, len)| {
+            let (_, from, _) = queued[start];
+            let (_, last_start, last_len) = queued[start + len - 1];
+            [IoSlice::new(&bytes[from..last_start + last_len])]
+        })
+        .collect();
+    let addrs: Vec<Option<SockaddrStorage>> = group
+        .iter()
+        .map(|&(start, _)| Some(SockaddrStorage::from(queued[start].0)))
+        .collect();
+    let cmsgs = [ControlMessage::UdpGsoSegments(&segment)];
+    let mut headers =
+        MultiHeaders::<SockaddrStorage>::preallocate(group.len(), Some(nix::cmsg_space!(u16)));
+    sendmmsg(
         socket.as_raw_fd(),
-        &[IoSlice::new(data)],
-        &[ControlMessage::UdpGsoSegments(&segment)],
+        &mut headers,
+        &iovs,
+        &addrs,
+        cmsgs,
         MsgFlags::MSG_NOSIGNAL,
-        Some(&addr),
     )
-    .map(|_| ())
+    .map(|sent| sent.count())
     .map_err(|e| io::Error::from_raw_os_error(e as i32))
 }
 
@@ -384,6 +435,66 @@ mod tests {
         for k in 0..3u8 {
             let n = a.recv(&mut buf).await.unwrap();
             assert_eq!(&buf[..n], &[k; 1000][..]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_forwarded_to_each_subscriber_goes_in_one_call_and_a_refused_one_alone() {
+        let out = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut subscribers = Vec::new();
+        for _ in 0..5 {
+            subscribers.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        }
+        // one frame (two full packets and a shorter last) to each of five subscribers
+        let frame = |k: u8| [vec![k; 1200], vec![k + 1; 1200], vec![k + 2; 700]];
+        let mut batch = SendBatch::default();
+        for (i, s) in subscribers.iter().enumerate() {
+            for d in frame(10 * i as u8) {
+                batch.push(s.local_addr().unwrap(), &d);
+            }
+        }
+        let flushed = batch.flush(&out);
+        assert_eq!(
+            (flushed.sent, flushed.segmented, flushed.dropped),
+            (15, 15, 0)
+        );
+        assert_eq!(
+            flushed.calls, 1,
+            "five GSO runs of one segment size: one sendmmsg"
+        );
+        let mut buf = [0u8; 2048];
+        for (i, s) in subscribers.iter().enumerate() {
+            for d in frame(10 * i as u8) {
+                let n = s.recv(&mut buf).await.unwrap();
+                assert_eq!(&buf[..n], &d[..]);
+            }
+        }
+        // a refused destination between two good ones: the call stops at it, it alone is
+        // dropped (after its plain retry), the one after it still goes and GSO stays on
+        let refused: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        for (i, to) in [
+            subscribers[0].local_addr().unwrap(),
+            refused,
+            subscribers[1].local_addr().unwrap(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for d in frame(100 + 10 * i as u8) {
+                batch.push(to, &d);
+            }
+        }
+        let flushed = batch.flush(&out);
+        assert_eq!(
+            (flushed.sent, flushed.segmented, flushed.dropped),
+            (6, 6, 3)
+        );
+        assert!(!batch.no_gso);
+        for (s, k) in [(&subscribers[0], 100), (&subscribers[1], 120)] {
+            for d in frame(k) {
+                let n = s.recv(&mut buf).await.unwrap();
+                assert_eq!(&buf[..n], &d[..]);
+            }
         }
     }
 
