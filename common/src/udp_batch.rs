@@ -18,6 +18,11 @@
 //!
 //! A full socket buffer drops the rest of the batch, as a full buffer drops a single datagram;
 //! a datagram the kernel refuses (no route, say) is dropped alone and the others still go.
+//!
+//! The other way, [`RecvBatch`] takes what is queued on a socket with one `recvmmsg(2)`.
+
+mod recv;
+pub use recv::RecvBatch;
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;

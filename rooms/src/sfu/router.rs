@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, debug_span, info, warn};
 
 use super::media::RoomMedia;
-use super::sockets::{recv_any, try_recv_any, PortTurns, Wire, RECV_BATCH};
+use super::sockets::{recv_any, recv_batch, PortTurns, Wire};
 use super::{tcp, Command, Signal, SFU_ID};
 use crate::signal::ServerMessage;
 
@@ -49,7 +49,9 @@ impl Router {
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut tcp_events: mpsc::Receiver<tcp::TcpEvent>,
     ) {
-        let mut buf = vec![0u8; 2048];
+        let mut batch = recv_batch();
+        // the socket looked at first for datagrams (the one after the last that had some)
+        let mut from = 0;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // one timer, moved when the deadline does (a new one per pass would be a timer-wheel
         // insert and removal on every wake-up)
@@ -72,17 +74,14 @@ impl Router {
                 },
                 _ = tick.tick() => self.second(Instant::now()),
                 _ = &mut sleep => {}
-                r = recv_any(&sockets, &mut buf) => match r {
-                    Ok((i, n, source)) => {
+                r = recv_any(&sockets, from, &mut batch) => match r {
+                    // what was queued, in one call: one drive for a burst rather than one per
+                    // datagram
+                    Ok(i) => {
+                        from = i + 1;
                         let now = Instant::now();
-                        self.receive(Protocol::Udp, source, self.wire.local[i], &buf[..n], now);
-                        // take what else is queued before polling the peers: one drive for a
-                        // burst rather than one per datagram
-                        for _ in 0..RECV_BATCH {
-                            let Some((i, n, source)) = try_recv_any(&sockets, &mut buf) else {
-                                break;
-                            };
-                            self.receive(Protocol::Udp, source, self.wire.local[i], &buf[..n], now);
+                        for (data, source) in batch.datagrams() {
+                            self.receive(Protocol::Udp, source, self.wire.local[i], data, now);
                         }
                     }
                     Err(e) => debug!("SFU socket: {e}"),

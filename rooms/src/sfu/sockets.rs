@@ -1,5 +1,6 @@
 //! The SFU's media sockets: binding the UDP ports (and ICE-TCP listeners on the same ports),
-//! handing peers their port in turn, reading datagrams from whichever socket has one, and the
+//! handing peers their port in turn, reading datagrams from whichever socket has some (a batch
+//! per call), and the
 //! [`Wire`] peers' datagrams go out on, batched per pass of the loop.
 
 use std::cell::RefCell;
@@ -10,8 +11,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use str0m::net::Protocol;
-use tidecast_common::udp_batch::SendBatch;
-use tokio::io::ReadBuf;
+use tidecast_common::udp_batch::{RecvBatch, SendBatch};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -130,35 +130,32 @@ impl Wire {
     }
 }
 
+/// Datagrams taken from a socket per wake-up (one `recvmmsg`).
+pub(super) const RECV_BATCH: usize = 32;
+
+/// Room for [`RECV_BATCH`] datagrams of the largest size peers send (a longer one is dropped).
+pub(super) fn recv_batch() -> RecvBatch {
+    RecvBatch::new(RECV_BATCH, 2048)
+}
+
+/// Wait for datagrams on any of `sockets` and take those queued on the first that has some,
+/// looking from socket `from` on (the caller moves it, so a busy port cannot starve the others
+/// of a range): that socket's index.
 pub(super) async fn recv_any(
     sockets: &[UdpSocket],
-    buf: &mut [u8],
-) -> std::io::Result<(usize, usize, SocketAddr)> {
+    from: usize,
+    batch: &mut RecvBatch,
+) -> std::io::Result<usize> {
     poll_fn(|cx| {
-        for (i, s) in sockets.iter().enumerate() {
-            let mut rb = ReadBuf::new(&mut *buf);
-            if let Poll::Ready(r) = s.poll_recv_from(cx, &mut rb) {
-                let n = rb.filled().len();
-                return Poll::Ready(r.map(|a| (i, n, a)));
+        for k in 0..sockets.len() {
+            let i = (from + k) % sockets.len();
+            if let Poll::Ready(r) = batch.poll_recv(cx, &sockets[i]) {
+                return Poll::Ready(r.map(|_| i));
             }
         }
         Poll::Pending
     })
     .await
-}
-
-/// Datagrams taken from the sockets per wake-up, beyond the first.
-pub(super) const RECV_BATCH: usize = 32;
-
-/// A datagram already queued on any of `sockets`, without waiting.
-pub(super) fn try_recv_any(
-    sockets: &[UdpSocket],
-    buf: &mut [u8],
-) -> Option<(usize, usize, SocketAddr)> {
-    sockets
-        .iter()
-        .enumerate()
-        .find_map(|(i, s)| s.try_recv_from(buf).ok().map(|(n, a)| (i, n, a)))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidecast_common::metrics::Registry;
-use tidecast_common::udp_batch::SendBatch;
+use tidecast_common::udp_batch::{RecvBatch, SendBatch};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -27,18 +27,15 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A datagram on the UDP listener, if there is one (else never).
-async fn recv_listener(
-    udp: Option<&UdpSocket>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
+/// The datagrams queued on the UDP listener, once there are some, if there is one (else never).
+async fn recv_listener(udp: Option<&UdpSocket>, batch: &mut RecvBatch) -> std::io::Result<usize> {
     match udp {
-        Some(socket) => socket.recv_from(buf).await,
+        Some(socket) => batch.recv(socket).await,
         None => std::future::pending().await,
     }
 }
 
-/// Datagrams taken from the UDP listener per wake-up.
+/// Datagrams taken from the UDP listener per wake-up (one `recvmmsg`).
 const LISTENER_BATCH: usize = 64;
 
 struct Relay {
@@ -96,7 +93,7 @@ impl Loop {
         // UDP clients are read here, in the loop: no hop through a queue for every datagram
         let udp = self.udp.clone();
         let server = udp.as_ref().and_then(|s| s.local_addr().ok());
-        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut received = RecvBatch::new(LISTENER_BATCH, MAX_MESSAGE);
         loop {
             tokio::select! {
                 n = rx.recv_many(&mut batch, 64) => {
@@ -108,34 +105,20 @@ impl Loop {
                         self.event(e, now, unix).await;
                     }
                 }
-                r = recv_listener(udp.as_deref(), &mut buf) => {
+                r = recv_listener(udp.as_deref(), &mut received) => {
                     let (now, unix) = (Instant::now(), unix_now());
-                    let mut next = r;
-                    // this datagram and those already queued behind it, at most a batch: a
-                    // datagram read is always handled (reading one more than the batch, then
-                    // leaving the loop, lost it — 1 in 75,000 in bench/turn.sh)
-                    for taken in 1..=LISTENER_BATCH {
-                        let (n, client) = match next {
-                            Ok(got) => got,
-                            Err(e) => {
-                                if e.kind() != std::io::ErrorKind::WouldBlock {
-                                    debug!("TURN UDP receive: {e}");
+                    // the datagrams queued, at most a batch, taken in one call
+                    match r {
+                        Ok(_) => {
+                            if let Some(server) = server {
+                                for (data, client) in received.datagrams() {
+                                    let five = FiveTuple { client, server, transport: Transport::Udp };
+                                    let outs = self.core.client(five, data, now, unix);
+                                    self.carry_out(outs).await;
                                 }
-                                break;
                             }
-                        };
-                        if let Some(server) = server {
-                            let five = FiveTuple { client, server, transport: Transport::Udp };
-                            let outs = self.core.client(five, &buf[..n], now, unix);
-                            self.carry_out(outs).await;
                         }
-                        if taken == LISTENER_BATCH {
-                            break;
-                        }
-                        next = match &udp {
-                            Some(socket) => socket.try_recv_from(&mut buf),
-                            None => break,
-                        };
+                        Err(e) => debug!("TURN UDP receive: {e}"),
                     }
                 }
                 _ = tick.tick() => {
