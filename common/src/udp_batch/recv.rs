@@ -12,7 +12,8 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// Room for up to `count` datagrams of up to `size` bytes each, and the ones the last receive
-/// took (see the module docs). A datagram longer than `size` is dropped, not cut short.
+/// took (see the module docs). A datagram longer than `size` is dropped (and logged), not cut
+/// short.
 #[derive(Debug)]
 pub struct RecvBatch {
     size: usize,
@@ -120,6 +121,7 @@ fn receive(
             continue;
         };
         if r.flags.contains(MsgFlags::MSG_TRUNC) {
+            tracing::debug!(%source, "datagram longer than {size} bytes dropped");
             *truncated += 1;
             continue;
         }
