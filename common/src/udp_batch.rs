@@ -11,10 +11,11 @@
 //! time alone, ~3.4 µs each in a run of two, ~1.4 µs in a run of seven (this machine, sender
 //! thread's system time). Consecutive runs of one segment size — a frame forwarded to each
 //! subscriber in turn — share one `sendmmsg` (the kernel's `UDP_SEGMENT` control message is one
-//! for the call), so a flush costs a call per change between plain datagrams and runs rather
-//! than one per run. Where GSO is refused (`EIO`/`EINVAL`) the run is sent again as plain
-//! datagrams; if those go, the device or kernel lacks GSO and the batch sends plain datagrams
-//! from then on; if they are refused too, the destination was at fault and GSO stays on.
+//! for the call), so a flush costs a call per change between plain datagrams and runs (or to a
+//! run of another segment size) rather than one per run. Where GSO is refused (`EIO`/`EINVAL`)
+//! the run is sent again as plain datagrams; if those go, the device or kernel lacks GSO and the
+//! batch sends plain datagrams from then on; if they are refused too, the destination was at
+//! fault and GSO stays on.
 //!
 //! A full socket buffer drops the rest of the batch, as a full buffer drops a single datagram;
 //! a datagram the kernel refuses (no route, say) is dropped alone and the others still go.
