@@ -1,7 +1,6 @@
 //! The SFU's media sockets: binding the UDP ports (and ICE-TCP listeners on the same ports),
 //! handing peers their port in turn, reading datagrams from whichever socket has some (a batch
-//! per call), and the
-//! [`Wire`] peers' datagrams go out on, batched per pass of the loop.
+//! per call), and the [`Wire`] peers' datagrams go out on, batched per pass of the loop.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
